@@ -1,0 +1,61 @@
+"""Series read back from a store, and downsampling that keeps spikes visible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Series:
+    """One number over iterations.
+
+    ``iterations``: int64 ndarray of shape (n,); ``values``: float64 (NaN and Inf kept);
+    ``wall_times``: float64, seconds since the epoch. ``cursor`` is what to pass as ``since``
+    to read only what arrived after this read.
+    """
+
+    key: str
+    iterations: np.ndarray
+    values: np.ndarray
+    wall_times: np.ndarray
+    cursor: int
+
+    def __len__(self) -> int:
+        return len(self.iterations)
+
+    def take(self, index: np.ndarray) -> Series:
+        return Series(self.key, self.iterations[index], self.values[index],
+                      self.wall_times[index], self.cursor)
+
+
+def downsample_index(iterations: np.ndarray, values: np.ndarray, n_points: int) -> np.ndarray:
+    """Indices (sorted) of at most ``n_points`` points that keep the shape of a series.
+
+    The iteration range is cut into equal buckets; each bucket keeps its minimum and its
+    maximum (Inf counts as an extreme) and its first NaN if it has one, so no spike and no
+    divergence disappears; the last point is always kept. Every backend downsamples this way.
+    """
+    n = len(values)
+    if n_points < 2:
+        raise ValueError(f"n_points must be >= 2 (got {n_points}): ask for more points")
+    if n <= n_points:
+        return np.arange(n)
+    nan = np.isnan(values)
+    n_buckets = max(1, (n_points - 1) // (3 if nan.any() else 2))
+    lo, hi = int(iterations.min()), int(iterations.max())
+    bucket = (iterations.astype(np.int64) - lo) * n_buckets // (hi - lo + 1)
+    keep = [np.array([n - 1])]
+    idx = np.flatnonzero(~nan)
+    if idx.size:
+        order = idx[np.lexsort((values[idx], bucket[idx]))]
+        b = bucket[order]
+        starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
+        ends = np.r_[starts[1:] - 1, len(order) - 1]
+        keep += [order[starts], order[ends]]
+    nan_idx = np.flatnonzero(nan)
+    if nan_idx.size:
+        _, first = np.unique(bucket[nan_idx], return_index=True)
+        keep.append(nan_idx[first])
+    return np.unique(np.concatenate(keep))

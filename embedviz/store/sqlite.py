@@ -1,0 +1,519 @@
+"""The SQLite store: one file, the embedded default.
+
+- WAL journal: one writer and any number of readers, in other processes too, at once.
+- Every batch is one transaction that takes the write lock up front (``BEGIN IMMEDIATE``,
+  with a busy timeout); a deferred read-then-write transaction would fail at once under
+  contention instead of waiting.
+- ``synchronous=NORMAL`` (the default): a committed batch survives the writer being killed
+  at any moment; pass ``synchronous="FULL"`` to survive power loss too.
+- Connections are per thread and per process: one opened before ``fork()`` is never used
+  in the child, which opens its own.
+- SQLite stores a NaN as NULL; columns that always hold a number read NULL back as NaN.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from embedviz.errors import NotAStoreError, StoreOpenError, StoreVersionError
+from embedviz.records import (
+    FLOAT_STATS,
+    INT_STATS,
+    STATS,
+    EmbeddingSet,
+    Finding,
+    Histogram,
+    Metric,
+    Projection,
+    Record,
+    Session,
+    Static,
+    Summary,
+    Update,
+    split_stat_key,
+)
+from embedviz.store import codec
+from embedviz.store.base import (
+    EmbeddingInfo,
+    HistogramRecord,
+    SessionInfo,
+    Store,
+    WorkerInfo,
+)
+from embedviz.store.series import Series
+
+APPLICATION_ID = 0x45564253  # "EVBS": marks the file as an embedviz store
+SCHEMA_VERSION = 1
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_SUMMARY_COLS = STATS  # column names in the summaries table
+
+_SCHEMA = f"""
+CREATE TABLE sessions (id TEXT PRIMARY KEY, name TEXT, created REAL NOT NULL,
+                       tags TEXT NOT NULL, info TEXT NOT NULL);
+CREATE TABLE workers (id INTEGER PRIMARY KEY, session TEXT NOT NULL REFERENCES sessions(id),
+                      worker TEXT NOT NULL, static TEXT, static_time REAL,
+                      UNIQUE (session, worker));
+CREATE TABLE series (id INTEGER PRIMARY KEY, wid INTEGER NOT NULL REFERENCES workers(id),
+                     key TEXT NOT NULL, UNIQUE (wid, key));
+CREATE TABLE updates (id INTEGER PRIMARY KEY, wid INTEGER NOT NULL REFERENCES workers(id),
+                      iteration INTEGER NOT NULL, epoch INTEGER, wall_time REAL NOT NULL);
+CREATE INDEX updates_by_worker ON updates (wid, iteration);
+-- Rows of one series lie together (clustered by series id), so reading a series of
+-- 100,000 iterations touches its own pages only. ``id`` is the series' cursor: the update's
+-- id for update values, the next number in the series for metrics.
+CREATE TABLE points (sid INTEGER NOT NULL REFERENCES series(id), id INTEGER NOT NULL,
+                     update_id INTEGER, iteration INTEGER NOT NULL, wall_time REAL NOT NULL,
+                     value REAL, PRIMARY KEY (sid, id)) WITHOUT ROWID;
+CREATE TABLE summaries (tid INTEGER NOT NULL REFERENCES series(id), id INTEGER NOT NULL,
+                        iteration INTEGER NOT NULL, wall_time REAL NOT NULL,
+                        {", ".join(c + (" INTEGER" if c in INT_STATS else " REAL") for c in _SUMMARY_COLS)}, PRIMARY KEY (tid, id)) WITHOUT ROWID;
+CREATE TABLE histograms (tid INTEGER NOT NULL REFERENCES series(id), id INTEGER NOT NULL,
+                         iteration INTEGER NOT NULL, edges BLOB NOT NULL, counts BLOB NOT NULL,
+                         underflow INTEGER NOT NULL, overflow INTEGER NOT NULL,
+                         PRIMARY KEY (tid, id)) WITHOUT ROWID;
+CREATE TABLE findings (id INTEGER PRIMARY KEY, wid INTEGER NOT NULL REFERENCES workers(id),
+                       iteration INTEGER NOT NULL, check_id TEXT NOT NULL,
+                       severity TEXT NOT NULL, layer TEXT, message TEXT NOT NULL,
+                       detail TEXT NOT NULL, wall_time REAL NOT NULL);
+CREATE TABLE embeddings (key TEXT PRIMARY KEY, name TEXT NOT NULL,
+                         session TEXT REFERENCES sessions(id), iteration INTEGER,
+                         n INTEGER NOT NULL, dim INTEGER NOT NULL, labels TEXT NOT NULL,
+                         vectors BLOB NOT NULL, metadata TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE projections (id TEXT PRIMARY KEY, embedding TEXT NOT NULL REFERENCES embeddings(key),
+                          method TEXT NOT NULL, params TEXT NOT NULL, coords BLOB,
+                          n_components INTEGER, quality TEXT NOT NULL, state TEXT NOT NULL,
+                          progress REAL NOT NULL, iteration INTEGER NOT NULL,
+                          message TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+"""
+
+
+def _nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+class SQLiteStore(Store):
+    """A stats store in one SQLite file (see the module docstring for its guarantees)."""
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False,
+                 busy_timeout: float = 30.0, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.url = f"sqlite:///{self.path}"
+        self.readonly = readonly
+        self.busy_timeout = busy_timeout
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise StoreOpenError(f"synchronous must be OFF, NORMAL, FULL or EXTRA (got "
+                                 f"{synchronous!r})")
+        self.synchronous = synchronous.upper()
+        self._local = threading.local()
+        self._all: list[tuple[int, sqlite3.Connection]] = []
+        self._lock = threading.Lock()
+        self._ids: dict[tuple, int] = {}  # committed worker and series ids
+        self._check_file()
+        self._init_schema()
+
+    # ------------------------------------------------------------ connections
+    def _check_file(self) -> None:
+        if self.path.is_dir():
+            raise NotAStoreError(f"{self.path} is a directory: pass a file path such as "
+                                 f"{self.path / 'runs.db'}")
+        if self.path.exists() and self.path.stat().st_size > 0:
+            with open(self.path, "rb") as f:
+                head = f.read(16)
+            if head != _SQLITE_MAGIC:
+                raise NotAStoreError(f"{self.path} is not an embedviz store (not an SQLite "
+                                     "file): pass a new path, or the file a StatsListener wrote")
+        elif self.readonly:
+            raise StoreOpenError(f"{self.path} does not exist: check the path, or open it "
+                                 "writable to create a new store")
+        elif not self.path.parent.exists():
+            raise StoreOpenError(f"cannot create {self.path}: folder {self.path.parent} does "
+                                 "not exist; create it first")
+
+    def _conn(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            # never reuse a connection across fork(): open a new one in this process
+            if self.readonly:
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                                       timeout=self.busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            else:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout,
+                                       isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+            local.conn, local.pid = conn, os.getpid()
+            with self._lock:
+                self._all.append((os.getpid(), conn))
+        return local.conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _init_schema(self) -> None:
+        try:
+            conn = self._conn()
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = [r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")]
+        except sqlite3.DatabaseError as exc:
+            raise NotAStoreError(f"{self.path} cannot be read as a store ({exc}): pass a "
+                                 "new path, or the file a StatsListener wrote") from None
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
+            raise NotAStoreError(f"{self.path} is an SQLite database but not an embedviz store "
+                                 f"(tables: {', '.join(tables[:5])}): pass a new path")
+        if version > SCHEMA_VERSION:
+            raise StoreVersionError(f"{self.path} was written by a newer embedviz (schema "
+                                    f"{version}; this one reads up to {SCHEMA_VERSION}): "
+                                    "upgrade embedviz (pip install -U embedviz)")
+        if app_id == APPLICATION_ID or self.readonly:
+            return
+        conn.execute("PRAGMA journal_mode = WAL")
+        with self._transaction() as conn:
+            if conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
+                return  # another process created it while we waited for the lock
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            mine = [c for pid, c in self._all if pid == os.getpid()]
+            self._all = [(pid, c) for pid, c in self._all if pid != os.getpid()]
+        for conn in mine:
+            conn.close()
+        self._local = threading.local()
+
+    # ------------------------------------------------------------ writing
+    def _id(self, conn: sqlite3.Connection, pending: dict, table: str, key: tuple) -> int:
+        cache_key = (table,) + key
+        found = self._ids.get(cache_key) or pending.get(cache_key)
+        if found:
+            return found
+        if table == "workers":
+            sel = "SELECT id FROM workers WHERE session = ? AND worker = ?"
+            ins = "INSERT INTO workers (session, worker) VALUES (?, ?)"
+        else:
+            sel = "SELECT id FROM series WHERE wid = ? AND key = ?"
+            ins = "INSERT INTO series (wid, key) VALUES (?, ?)"
+        row = conn.execute(sel, key).fetchone()
+        found = row[0] if row else conn.execute(ins, key).lastrowid
+        pending[cache_key] = found
+        return found
+
+    def _write(self, records: list[Record]) -> None:
+        pending: dict[tuple, int] = {}
+        with self._transaction() as conn:
+            for r in records:
+                if isinstance(r, Update):
+                    self._write_update(conn, pending, r)
+                elif isinstance(r, Metric):
+                    wid = self._id(conn, pending, "workers", (r.session, r.worker))
+                    sid = self._id(conn, pending, "series", (wid, "metric/" + r.name))
+                    conn.execute("INSERT INTO points (sid, id, update_id, iteration, wall_time, value)"
+                                 " SELECT ?, coalesce(max(id), 0) + 1, NULL, ?, ?, ? FROM points "
+                                 "WHERE sid = ?", (sid, r.iteration, r.wall_time, r.value, sid))
+                elif isinstance(r, Session):
+                    conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO "
+                                 "UPDATE SET name = coalesce(excluded.name, name), tags = excluded.tags,"
+                                 " info = excluded.info",
+                                 (r.id, r.name, r.created, codec.dumps(r.tags), codec.dumps(r.info)))
+                elif isinstance(r, Static):
+                    wid = self._id(conn, pending, "workers", (r.session, r.worker))
+                    conn.execute("UPDATE workers SET static = ?, static_time = ? WHERE id = ?",
+                                 (codec.dumps(r.info), r.wall_time, wid))
+                elif isinstance(r, Finding):
+                    wid = self._id(conn, pending, "workers", (r.session, r.worker))
+                    conn.execute("INSERT INTO findings (wid, iteration, check_id, severity, layer,"
+                                 " message, detail, wall_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (wid, r.iteration, r.check, r.severity, r.layer, r.message,
+                                  codec.dumps(r.detail), r.wall_time))
+                elif isinstance(r, EmbeddingSet):
+                    conn.execute("INSERT OR IGNORE INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (r.key, r.name, r.session, r.iteration, r.n, r.vectors.shape[1],
+                                  codec.dumps(r.labels), r.vectors.tobytes(),
+                                  codec.dumps(r.metadata), r.created))
+                elif isinstance(r, Projection):
+                    coords = None if r.coords is None else r.coords.tobytes()
+                    ncomp = None if r.coords is None else r.coords.shape[1]
+                    conn.execute("INSERT OR REPLACE INTO projections VALUES "
+                                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (r.id, r.embedding, r.method, codec.dumps(r.params), coords, ncomp,
+                                  codec.dumps(r.quality), r.state, r.progress, r.iteration,
+                                  r.message, r.created, r.updated))
+        self._ids.update(pending)  # only ids whose rows are committed
+
+    def _write_update(self, conn: sqlite3.Connection, pending: dict, u: Update) -> None:
+        wid = self._id(conn, pending, "workers", (u.session, u.worker))
+        uid = conn.execute("INSERT INTO updates (wid, iteration, epoch, wall_time) "
+                           "VALUES (?, ?, ?, ?)", (wid, u.iteration, u.epoch, u.wall_time)).lastrowid
+        points = [] if u.score is None else [("score", u.score)]
+        points += u.scalars.items()
+        conn.executemany(
+            "INSERT INTO points (sid, id, update_id, iteration, wall_time, value) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(self._id(conn, pending, "series", (wid, k)), uid, uid, u.iteration, u.wall_time, v)
+             for k, v in points])
+        stats, hists = [], []
+        for target, sm in u.summaries.items():
+            tid = self._id(conn, pending, "series", (wid, target))
+            stats.append((tid, uid, u.iteration, u.wall_time, *(getattr(sm, c) for c in _SUMMARY_COLS)))
+            h = sm.histogram
+            if h is not None:
+                hists.append((tid, uid, u.iteration, h.edges.tobytes(), h.counts.tobytes(),
+                              h.underflow, h.overflow))
+        if stats:
+            conn.executemany(f"INSERT INTO summaries (tid, id, iteration, wall_time, "
+                             f"{', '.join(_SUMMARY_COLS)}) VALUES "
+                             f"({', '.join('?' * (len(_SUMMARY_COLS) + 4))})", stats)
+        if hists:
+            conn.executemany("INSERT INTO histograms VALUES (?, ?, ?, ?, ?, ?, ?)", hists)
+
+    # ------------------------------------------------------------ reading
+    def _q(self, sql: str, params: tuple = ()) -> list[tuple]:
+        return self._conn().execute(sql, params).fetchall()
+
+    def _session_ids(self, ids: set[str]) -> set[str]:
+        ids = list(ids)
+        found: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            found.update(r[0] for r in self._q(
+                f"SELECT id FROM sessions WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk)))
+        return found
+
+    def _session(self, session_id: str) -> Session:
+        r = self._q("SELECT id, name, created, tags, info FROM sessions WHERE id = ?", (session_id,))[0]
+        return Session(r[0], r[1], r[2], codec.loads(r[3]), codec.loads(r[4]))
+
+    def _sessions(self) -> list[SessionInfo]:
+        out = {r[0]: SessionInfo(r[0], r[1], r[2], codec.loads(r[3]), codec.loads(r[4]))
+               for r in self._q("SELECT id, name, created, tags, info FROM sessions ORDER BY created, id")}
+        for r in self._q("SELECT w.session, w.worker, min(u.iteration), max(u.iteration), "
+                         "count(u.id), max(u.wall_time), w.static IS NOT NULL FROM workers w "
+                         "LEFT JOIN updates u ON u.wid = w.id GROUP BY w.id ORDER BY w.worker"):
+            out[r[0]].workers.append(WorkerInfo(r[1], r[2], r[3], r[4], r[5], bool(r[6])))
+        return list(out.values())
+
+    def _worker_names(self, session: str) -> list[str] | None:
+        if not self._session_ids({session}):
+            return None
+        return [r[0] for r in self._q("SELECT worker FROM workers WHERE session = ? ORDER BY worker",
+                                      (session,))]
+
+    def _wid(self, session: str, worker: str) -> int:
+        rows = self._q("SELECT id FROM workers WHERE session = ? AND worker = ?", (session, worker))
+        return rows[0][0] if rows else -1
+
+    def _static(self, session: str, worker: str) -> dict | None:
+        rows = self._q("SELECT static FROM workers WHERE id = ?", (self._wid(session, worker),))
+        return codec.loads(rows[0][0]) if rows and rows[0][0] else None
+
+    def _series_keys(self, session: str, worker: str) -> list[str]:
+        keys = []
+        for (key,) in self._q("SELECT key FROM series WHERE wid = ?", (self._wid(session, worker),)):
+            if key.partition("/")[0] in ("param", "gradient", "update", "activation"):
+                keys += [f"{key}/{stat}" for stat in STATS]
+            else:
+                keys.append(key)
+        return sorted(keys)
+
+    def _read_series(self, session: str, worker: str, key: str, since: int,
+                     limit: int | None, max_points: int | None) -> Series:
+        stat = split_stat_key(key)
+        table, column, series_key = (("points", "value", key) if stat is None
+                                     else ("summaries", stat[1], stat[0]))
+        sid = self._q("SELECT id FROM series WHERE wid = ? AND key = ?",
+                      (self._wid(session, worker), series_key))
+        if not sid:
+            empty = np.empty(0)
+            return Series(key, empty.astype(np.int64), empty, empty, since)
+        where = f"FROM {table} WHERE {'sid' if table == 'points' else 'tid'} = ? AND id > ?"
+        args = (sid[0][0], since)
+        sql = f"SELECT id, iteration, wall_time, {column} {where} ORDER BY id"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        elif max_points is not None:
+            lo, hi, n, last, n_nan = self._q(
+                f"SELECT min(iteration), max(iteration), count(*), max(id), "
+                f"count(*) - count({column}) {where}", args)[0]
+            if n > max_points:
+                return self._downsampled(key, column, where, args, lo, hi, last, n_nan, max_points)
+        rows = self._q(sql, args)
+        if not rows:
+            empty = np.empty(0)
+            return Series(key, empty.astype(np.int64), empty, empty, since)
+        arr = np.array(rows, dtype=np.float64)  # NULL (a stored NaN) becomes NaN
+        return Series(key, arr[:, 1].astype(np.int64), arr[:, 3], arr[:, 2], int(rows[-1][0]))
+
+    def _downsampled(self, key: str, column: str, where: str, args: tuple, lo: int, hi: int,
+                     last: int, n_nan: int, max_points: int) -> Series:
+        """The bucketing of :func:`downsample_index`, done inside SQLite (one scan a part)."""
+        n_buckets = max(1, (max_points - 1) // (3 if n_nan else 2))
+        bucket = f"(iteration - {int(lo)}) * {n_buckets} / {int(hi) - int(lo) + 1}"
+        # with a single min() or max(), SQLite takes the other columns from that row
+        queries = [f"SELECT id, iteration, wall_time, {agg}({column}) {where} AND {column} "
+                   f"IS NOT NULL GROUP BY {bucket}" for agg in ("min", "max")]
+        if n_nan:
+            queries.append(f"SELECT min(id), iteration, wall_time, NULL {where} AND {column} "
+                           f"IS NULL GROUP BY {bucket}")
+        queries.append(f"SELECT id, iteration, wall_time, {column} {where} AND id = {int(last)}")
+        rows = sorted({r for q in queries for r in self._q(q, args) if r[0] is not None})
+        arr = np.array(rows, dtype=np.float64)
+        return Series(key, arr[:, 1].astype(np.int64), arr[:, 3], arr[:, 2], int(last))
+
+    def _read_histograms(self, session: str, worker: str, target: str, start: int | None,
+                         stop: int | None) -> list[HistogramRecord]:
+        sql = ("SELECT h.iteration, m.wall_time, h.edges, h.counts, h.underflow, h.overflow "
+               "FROM histograms h JOIN series s ON s.id = h.tid JOIN summaries m ON "
+               "m.tid = h.tid AND m.id = h.id WHERE s.wid = ? AND s.key = ? AND "
+               "h.iteration >= ? AND h.iteration <= ? ORDER BY h.id")
+        rows = self._q(sql, (self._wid(session, worker), target,
+                             -1 if start is None else start, 2**62 if stop is None else stop))
+        return [HistogramRecord(r[0], r[1], Histogram(np.frombuffer(r[2], np.float64),
+                                                      np.frombuffer(r[3], np.int64), r[4], r[5]))
+                for r in rows]
+
+    def _finding(self, r: tuple) -> Finding:
+        return Finding(session=r[0], worker=r[1], iteration=r[2], check=r[3], severity=r[4],
+                       layer=r[5], message=r[6], detail=codec.loads(r[7]), wall_time=r[8])
+
+    _FINDING_SQL = ("SELECT w.session, w.worker, f.iteration, f.check_id, f.severity, f.layer, "
+                    "f.message, f.detail, f.wall_time, f.id FROM findings f JOIN workers w ON "
+                    "w.id = f.wid")
+
+    def _findings(self, session: str | None, since: int) -> list[tuple[int, Finding]]:
+        sql = self._FINDING_SQL + " WHERE f.id > ?" + (" AND w.session = ?" if session else "")
+        rows = self._q(sql + " ORDER BY f.id", (since, session) if session else (since,))
+        return [(r[9], self._finding(r)) for r in rows]
+
+    def _has_embedding(self, key: str) -> bool:
+        return bool(self._q("SELECT 1 FROM embeddings WHERE key = ?", (key,)))
+
+    def _embeddings(self, session: str | None) -> list[EmbeddingInfo]:
+        sql = "SELECT key, name, n, dim, session, iteration, created FROM embeddings"
+        rows = self._q(sql + " WHERE session = ? ORDER BY created" if session else
+                       sql + " ORDER BY created", (session,) if session else ())
+        return [EmbeddingInfo(*r) for r in rows]
+
+    def _embedding_rows(self, where: str, params: tuple) -> Iterator[EmbeddingSet]:
+        for r in self._conn().execute(
+                "SELECT key, name, session, iteration, n, dim, labels, vectors, metadata, created "
+                "FROM embeddings " + where + " ORDER BY created", params):
+            vectors = np.frombuffer(r[7], np.float32).reshape(r[4], r[5]).copy()
+            yield EmbeddingSet(name=r[1], labels=codec.loads(r[6]), vectors=vectors,
+                               metadata=codec.loads(r[8]), session=r[2], iteration=r[3],
+                               created=r[9], key=r[0])
+
+    def _embedding(self, key: str) -> EmbeddingSet | None:
+        return next(self._embedding_rows("WHERE key = ?", (key,)), None)
+
+    def _projection_rows(self, where: str, params: tuple) -> list[Projection]:
+        out = []
+        for r in self._q("SELECT id, embedding, method, params, coords, n_components, quality, "
+                         "state, progress, iteration, message, created, updated FROM projections "
+                         + where + " ORDER BY created", params):
+            coords = None if r[4] is None else np.frombuffer(r[4], np.float32).reshape(-1, r[5]).copy()
+            out.append(Projection(id=r[0], embedding=r[1], method=r[2], params=codec.loads(r[3]),
+                                  coords=coords, quality=codec.loads(r[6]), state=r[7],
+                                  progress=r[8], iteration=r[9], message=r[10], created=r[11],
+                                  updated=r[12]))
+        return out
+
+    def _projections(self, embedding: str | None) -> list[Projection]:
+        if embedding is None:
+            return self._projection_rows("", ())
+        return self._projection_rows("WHERE embedding = ?", (embedding,))
+
+    def _projection(self, projection_id: str) -> Projection | None:
+        found = self._projection_rows("WHERE id = ?", (projection_id,))
+        return found[0] if found else None
+
+    def _iteration_index(self, session: str, worker: str) -> set[tuple]:
+        wid = self._wid(session, worker)
+        index = {("update", r[0]) for r in self._q("SELECT iteration FROM updates WHERE wid = ?", (wid,))}
+        index |= {("metric", r[0], r[1][len("metric/"):]) for r in self._q(
+            "SELECT p.iteration, s.key FROM points p JOIN series s ON s.id = p.sid "
+            "WHERE s.wid = ? AND s.key LIKE 'metric/%'", (wid,))}
+        index |= {("finding", r[0], r[1], r[2]) for r in self._q(
+            "SELECT iteration, check_id, layer FROM findings WHERE wid = ?", (wid,))}
+        return index
+
+    def _iter_records(self, session: str | None) -> Iterator[Record]:
+        sessions = [s for s in self._sessions() if session is None or s.id == session]
+        for info in sessions:
+            yield Session(info.id, info.name, info.created, info.tags, info.info)
+            for (wid, worker, static, static_time) in self._q(
+                    "SELECT id, worker, static, static_time FROM workers WHERE session = ? "
+                    "ORDER BY worker", (info.id,)):
+                if static is not None:
+                    yield Static(info.id, worker, codec.loads(static), static_time)
+                yield from self._iter_updates(info.id, worker, wid)
+                for r in self._q("SELECT p.iteration, p.wall_time, p.value, s.key FROM points p "
+                                 "JOIN series s ON s.id = p.sid WHERE s.wid = ? AND "
+                                 "s.key LIKE 'metric/%' ORDER BY p.sid, p.id", (wid,)):
+                    yield Metric(info.id, r[3][len("metric/"):], _nan(r[2]), r[0], worker, r[1])
+                for r in self._q(self._FINDING_SQL + " WHERE f.wid = ? ORDER BY f.id", (wid,)):
+                    yield self._finding(r)
+        keys = set()
+        where, params = ("", ()) if session is None else ("WHERE session = ?", (session,))
+        for emb in self._embedding_rows(where, params):
+            keys.add(emb.key)
+            yield emb
+        for p in self._projections(None):
+            if p.embedding in keys:
+                yield p
+
+    def _iter_updates(self, session: str, worker: str, wid: int, chunk: int = 1000) -> Iterator[Update]:
+        series = self._q("SELECT id, key FROM series WHERE wid = ? AND key NOT LIKE 'metric/%'", (wid,))
+        names = dict(series)
+        ids = ",".join(str(i) for i in names) or "-1"
+        cols = ", ".join(_SUMMARY_COLS)
+        last = 0
+        while True:
+            ups = self._q("SELECT id, iteration, epoch, wall_time FROM updates WHERE wid = ? AND "
+                          "id > ? ORDER BY id LIMIT ?", (wid, last, chunk))
+            if not ups:
+                return
+            lo, hi = ups[0][0], ups[-1][0]
+            span = f"IN ({ids}) AND id BETWEEN {lo} AND {hi}"
+            points: dict[int, list] = {}
+            for uid, sid, value in self._q(f"SELECT id, sid, value FROM points WHERE sid {span}"):
+                points.setdefault(uid, []).append((names[sid], _nan(value)))
+            hists = {(r[0], r[1]): Histogram(np.frombuffer(r[2], np.float64),
+                                             np.frombuffer(r[3], np.int64), r[4], r[5])
+                     for r in self._q("SELECT id, tid, edges, counts, underflow, overflow FROM "
+                                      f"histograms WHERE tid {span}")}
+            summaries: dict[int, dict] = {}
+            for r in self._q(f"SELECT id, tid, {cols} FROM summaries WHERE tid {span} "
+                             "ORDER BY id, tid"):
+                values = dict(zip(_SUMMARY_COLS, r[2:]))
+                for c in FLOAT_STATS:
+                    values[c] = _nan(values[c])
+                summaries.setdefault(r[0], {})[names[r[1]]] = Summary(
+                    **values, histogram=hists.get((r[0], r[1])))
+            for uid, iteration, epoch, wall_time in ups:
+                pts = dict(points.get(uid, []))
+                score = pts.pop("score", None)
+                yield Update(session, worker, iteration, score=score, epoch=epoch,
+                             wall_time=wall_time, scalars=pts, summaries=summaries.get(uid, {}))
+            last = hi

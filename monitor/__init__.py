@@ -1,0 +1,1 @@
+"""embedviz.monitor: listeners that record training into the stats store."""

@@ -1,0 +1,1 @@
+"""embedviz.server: the Bokeh app over the stats store (views arrive with the app issue)."""

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import embedviz
+from embedviz.records import Histogram, Summary, Update
+
+BACKENDS = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request, tmp_path):
+    """The same store contract, once per backend."""
+    target = ":memory:" if request.param == "memory" else str(tmp_path / "runs.db")
+    s = embedviz.open_store(target)
+    yield s
+    s.close()
+
+
+def make_summary(rng: np.random.Generator, *, bins: int = 20, scale: float = 1.0) -> Summary:
+    values = rng.normal(0, scale, size=200)
+    counts, edges = np.histogram(values, bins=bins)
+    return Summary(count=values.size, mean=values.mean(), stdev=values.std(),
+                   mean_magnitude=np.abs(values).mean(), min=values.min(), max=values.max(),
+                   zero_fraction=0.0, histogram=Histogram(edges, counts))
+
+
+def make_update(session: str, iteration: int, rng: np.random.Generator, *, worker: str = "0",
+                layers: int = 3, score: float | None = None) -> Update:
+    summaries = {}
+    for layer in range(layers):
+        for kind in ("param", "gradient", "update"):
+            summaries[f"{kind}/fc{layer}.weight"] = make_summary(rng)
+        summaries[f"activation/fc{layer}"] = make_summary(rng)
+    return Update(session, worker, iteration, score=1.0 / (1 + iteration) if score is None else score,
+                  epoch=iteration // 100, scalars={"lr/0": 0.01, "timing/iteration_ms": 5.0},
+                  summaries=summaries)

@@ -1,0 +1,109 @@
+"""`embedviz sessions | export | import` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+import embedviz
+from embedviz.cli import main
+from tests.conftest import make_update
+
+
+@pytest.fixture
+def filled(tmp_path):
+    path = tmp_path / "runs.db"
+    store = embedviz.open_store(path)
+    store.create_session("run-a", name="baseline")
+    rng = np.random.default_rng(0)
+    store.write([make_update("run-a", i, rng) for i in range(0, 50, 10)])
+    store.log_metric("run-a", "val_loss", math.nan, 40)
+    store.close()
+    return path
+
+
+def test_console_script_lists_sessions(filled):
+    exe = shutil.which("embedviz")
+    assert exe, "the embedviz console script is installed"
+    out = subprocess.run([exe, "sessions", str(filled)], capture_output=True, text=True, check=True)
+    line = [x for x in out.stdout.splitlines() if x.startswith("run-a")][0]
+    assert "baseline" in line and "0..40" in line and " 5 " in line
+
+
+def test_export_then_import_into_a_new_store(filled, tmp_path, capsys):
+    out = tmp_path / "all.jsonl"
+    assert main(["export", str(filled), "-o", str(out)]) == 0
+    lines = out.read_text().splitlines()
+    types = [json.loads(x)["type"] for x in lines]  # strict JSON: no NaN literals
+    assert types == ["session"] + ["update"] * 5 + ["metric"]
+    first_update = json.loads(lines[1])
+    assert (first_update["session"], first_update["worker"], first_update["iteration"]) == ("run-a", "0", 0)
+    assert json.loads(lines[-1])["value"] == {"$float": "NaN"}
+    copy = tmp_path / "copy.db"
+    assert main(["import", str(out), str(copy)]) == 0
+    assert "imported 1 metric, 1 session, 5 update" in capsys.readouterr().out
+    assert embedviz.open_store(copy).session("run-a").workers[0].n_updates == 5
+
+
+def test_a_malformed_line_is_reported_by_number_and_nothing_is_imported(filled, tmp_path, capsys):
+    out = tmp_path / "all.jsonl"
+    main(["export", str(filled), "-o", str(out)])
+    lines = out.read_text().splitlines(keepends=True)
+    lines[3] = lines[3][: len(lines[3]) // 2] + "\n"  # a damaged record in the middle
+    out.write_text("".join(lines))
+    target = tmp_path / "target.db"
+    store = embedviz.open_store(target)
+    store.create_session("precious")
+    store.close()
+    assert main(["import", str(out), str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "line 4 is malformed" in err and "--skip-bad" in err
+    store = embedviz.open_store(target)
+    assert [s.id for s in store.sessions()] == ["precious"]  # nothing partial, nothing lost
+    store.close()
+    assert main(["import", str(out), str(target), "--skip-bad"]) == 0
+    captured = capsys.readouterr()
+    assert "skipped line 4" in captured.err
+    assert embedviz.open_store(target).session("run-a").workers[0].n_updates == 4
+
+
+def test_a_truncated_last_line_is_named_as_such(filled, tmp_path):
+    out = tmp_path / "all.jsonl"
+    main(["export", str(filled), "-o", str(out)])
+    text = out.read_text()
+    out.write_text(text[: len(text) - 25])  # the exporter was killed mid-line
+    with pytest.raises(embedviz.ImportFormatError, match="line 7 is malformed \\(truncated last line") as e:
+        embedviz.open_store(":memory:").import_jsonl(out)
+    assert e.value.line == 7
+
+
+@pytest.mark.parametrize("content, match", [
+    (b'{"type": "update", "session": "s"}\n', "bad update record"),
+    (b'{"type": "weights"}\n', "unknown record type"),
+    (b'[1, 2]\n', "must be a JSON object"),
+    (b'\xff\xfe\n', "line 1 is not UTF-8"),
+])
+def test_bad_lines_get_clear_errors(tmp_path, content, match):
+    f = tmp_path / "bad.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(embedviz.ImportFormatError, match=match):
+        embedviz.open_store(":memory:").import_jsonl(f)
+
+
+def test_cli_errors_name_the_problem(tmp_path, capsys):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a store")
+    assert main(["sessions", str(notes)]) == 2
+    assert "not an embedviz store" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "nope.db"), "-o", str(tmp_path / "x.jsonl")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    store = embedviz.open_store(tmp_path / "s.db")
+    store.create_session("only")
+    store.close()
+    assert main(["export", str(tmp_path / "s.db"), "--session", "typo", "-o", str(tmp_path / "x.jsonl")]) == 2
+    assert "unknown session 'typo'" in capsys.readouterr().err

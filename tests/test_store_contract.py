@@ -1,0 +1,271 @@
+"""The store contract: every backend passes the same suite."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import embedviz
+from embedviz.records import (
+    EmbeddingSet,
+    Finding,
+    Histogram,
+    Metric,
+    Projection,
+    Session,
+    Static,
+    Summary,
+    Update,
+)
+from embedviz.store import codec
+from tests.conftest import make_update
+
+
+def test_sessions_list_workers_iteration_range_and_last_update(store):
+    rng = np.random.default_rng(0)
+    store.create_session("a", name="baseline", tags={"lr": 0.1})
+    store.create_session("b")
+    store.write([make_update("a", i, rng, worker=w) for w in ("0", "1") for i in (10, 20, 30)])
+    store.put_static("a", "0", {"layers": [{"name": "fc0", "params": 12}]})
+    sessions = {s.id: s for s in store.sessions()}
+    assert set(sessions) == {"a", "b"}
+    a = sessions["a"]
+    assert a.name == "baseline" and a.tags == {"lr": 0.1}
+    assert [w.worker for w in a.workers] == ["0", "1"]
+    assert [(w.first_iteration, w.last_iteration, w.n_updates) for w in a.workers] == [(10, 30, 3)] * 2
+    assert a.workers[0].has_static and not a.workers[1].has_static
+    assert a.last_update is not None and sessions["b"].workers == []
+    assert store.static("a", "0") == {"layers": [{"name": "fc0", "params": 12}]}
+
+
+def test_create_session_twice_returns_the_existing_one(store):
+    first = store.create_session("x", name="one")
+    again = store.create_session("x", name="ignored")
+    assert again.name == "one" and again.created == first.created
+    assert len(store.sessions()) == 1
+
+
+def test_series_since_cursor_returns_only_new_points_in_order(store):
+    rng = np.random.default_rng(1)
+    store.create_session("s")
+    store.write([make_update("s", i, rng) for i in range(5)])
+    first = store.read_series("s", "score")
+    assert first.iterations.tolist() == [0, 1, 2, 3, 4]
+    assert first.values == pytest.approx([1 / (1 + i) for i in range(5)])
+    assert len(store.read_series("s", "score", since=first.cursor)) == 0
+    store.write([make_update("s", i, rng) for i in range(5, 8)])
+    nxt = store.read_series("s", "score", since=first.cursor)
+    assert nxt.iterations.tolist() == [5, 6, 7] and nxt.cursor > first.cursor
+    limited = store.read_series("s", "score", limit=2)
+    rest = store.read_series("s", "score", since=limited.cursor)
+    assert limited.iterations.tolist() + rest.iterations.tolist() == list(range(8))
+
+
+def test_summary_statistics_read_back_as_series(store):
+    rng = np.random.default_rng(2)
+    store.create_session("s")
+    updates = [make_update("s", i, rng) for i in range(4)]
+    store.write(updates)
+    keys = store.series_keys("s")
+    assert "update/fc1.weight/mean_magnitude" in keys and "activation/fc0/zero_fraction" in keys
+    assert "lr/0" in keys and "timing/iteration_ms" in keys
+    got = store.read_series("s", "update/fc1.weight/mean_magnitude")
+    want = [u.summaries["update/fc1.weight"].mean_magnitude for u in updates]
+    assert got.values.tolist() == want
+    assert store.read_series("s", "param/fc2.weight/count").values.tolist() == [200] * 4
+
+
+def test_nan_and_inf_are_stored_as_nan_and_inf(store):
+    store.create_session("s")
+    nan_summary = Summary(count=5, mean=math.nan, stdev=math.inf, mean_magnitude=-math.inf,
+                          min=math.nan, max=math.inf, nan_count=3, inf_count=2,
+                          zero_fraction=math.nan, histogram=Histogram([0, 1, 2], [1, 0]))
+    store.write([Update("s", "0", 0, score=math.nan, scalars={"lr/0": math.inf},
+                        summaries={"update/fc.weight": nan_summary}),
+                 Update("s", "0", 1, score=-math.inf)])
+    store.log_metric("s", "val_loss", math.nan, 1)
+    score = store.read_series("s", "score").values
+    assert math.isnan(score[0]) and score[1] == -math.inf
+    assert store.read_series("s", "lr/0").values[0] == math.inf
+    assert math.isnan(store.read_series("s", "metric/val_loss").values[0])
+    assert math.isnan(store.read_series("s", "update/fc.weight/mean").values[0])
+    assert store.read_series("s", "update/fc.weight/stdev").values[0] == math.inf
+    assert store.read_series("s", "update/fc.weight/mean_magnitude").values[0] == -math.inf
+    assert store.read_series("s", "update/fc.weight/nan_count").values[0] == 3
+    back = [r for r in store.records("s") if isinstance(r, Update)][0]
+    assert back.summaries["update/fc.weight"] == nan_summary
+    assert math.isnan(back.score)
+
+
+def test_downsampling_keeps_spikes_nan_and_the_last_point(store):
+    store.create_session("s")
+    n = 5000
+    values = np.sin(np.arange(n) / 200.0)
+    values[1234] = 50.0   # a spike
+    values[3210] = -40.0  # a dip
+    values[4000] = math.nan
+    store.write([Update("s", "0", i, score=float(v)) for i, v in enumerate(values)])
+    ds = store.read_series("s", "score", max_points=300)
+    assert len(ds) <= 300
+    assert 50.0 in ds.values and -40.0 in ds.values
+    assert np.isnan(ds.values).sum() == 1 and 4000 in ds.iterations
+    assert ds.iterations[-1] == n - 1 and np.all(np.diff(ds.iterations) > 0)
+    assert ds.cursor == store.read_series("s", "score").cursor
+
+
+def test_histograms_for_an_iteration_range(store):
+    rng = np.random.default_rng(3)
+    store.create_session("s")
+    updates = [make_update("s", i * 10, rng) for i in range(10)]
+    store.write(updates)
+    hs = store.read_histograms("s", "param/fc0.weight", start=20, stop=50)
+    assert [h.iteration for h in hs] == [20, 30, 40, 50]
+    assert hs[0].histogram == updates[2].summaries["param/fc0.weight"].histogram
+    assert hs[0].histogram.counts.sum() == 200
+
+
+def test_metrics_findings_and_several_workers(store):
+    store.create_session("s")
+    store.write([Metric("s", "accuracy", 0.5, 10, worker="0"),
+                 Metric("s", "accuracy", 0.7, 20, worker="1")])
+    with pytest.raises(embedviz.InvalidRecordError, match="several workers"):
+        store.read_series("s", "metric/accuracy")
+    assert store.read_series("s", "metric/accuracy", worker="1").values.tolist() == [0.7]
+    f = Finding("s", "update_ratio_high", "fc2: update:param ratio 10^-1.4; lower the learning rate",
+                iteration=20, layer="fc2", detail={"log10_ratio": -1.4})
+    store.add_finding(f)
+    (cursor, got), = store.findings("s")
+    assert got == f
+    assert store.findings("s", since=cursor) == []
+
+
+def test_embeddings_and_projections(store):
+    rng = np.random.default_rng(4)
+    store.create_session("s")
+    emb = EmbeddingSet("vocab", ["the", "cat", "<b>dog</b>"], rng.normal(size=(3, 5)),
+                       metadata={"count": [10, 5, 1]}, session="s", iteration=3)
+    key = store.put_embedding(emb)
+    assert store.put_embedding(EmbeddingSet("again", emb.labels, emb.vectors)) == key
+    assert [e.key for e in store.embeddings()] == [key]
+    back = store.embedding(key)
+    assert back.labels == emb.labels and np.array_equal(back.vectors, emb.vectors)
+    assert back.metadata == {"count": [10, 5, 1]} and back.iteration == 3
+    params = {"perplexity": 2.0, "theta": 0.5}
+    p = Projection(key, "tsne", params, state="running", progress=0.5)
+    store.put_projection(p)
+    assert store.find_projection(key, "tsne", params) is None  # not done yet
+    p.coords, p.state, p.progress = rng.normal(size=(3, 2)), "done", 1.0
+    p.quality = {"knn_preservation": 0.9}
+    store.put_projection(p)
+    assert len(store.projections(key)) == 1
+    done = store.find_projection(key, "tsne", dict(params))
+    assert done is not None and done.quality == {"knn_preservation": 0.9}
+    assert np.array_equal(done.coords, p.coords.astype(np.float32))
+    assert store.find_projection(key, "tsne", {"perplexity": 3.0, "theta": 0.5}) is None
+
+
+def test_export_import_round_trip_is_lossless(store, tmp_path):
+    rng = np.random.default_rng(5)
+    store.create_session("s", name="run", tags={"note": "x"}, info={"nan": math.nan})
+    store.put_static("s", "0", {"layers": ["fc0"], "lr": math.inf})
+    ups = [make_update("s", i, rng) for i in range(3)]
+    ups[1].score = math.nan
+    store.write(ups)
+    store.log_metric("s", "val_loss", 0.25, 2)
+    store.add_finding(Finding("s", "nan_loss", "score is NaN at 1", iteration=1, severity="error"))
+    key = store.put_embedding(EmbeddingSet("v", ["a", "b"], [[1, 2], [math.nan, 4]], session="s"))
+    store.put_projection(Projection(key, "pca", {}, coords=[[0, 1], [1, 0]], state="done"))
+    path = tmp_path / "out.jsonl"
+    n = store.export_jsonl(path)
+    assert n == 1 + 1 + 3 + 1 + 1 + 1 + 1
+    for target in (":memory:", str(tmp_path / "copy.db")):
+        other = embedviz.open_store(target)
+        report = other.import_jsonl(path)
+        assert report.imported == {"session": 1, "static": 1, "update": 3, "metric": 1,
+                                   "finding": 1, "embedding": 1, "projection": 1}
+        assert [codec.dumps(r.to_dict()) for r in other.records()] == \
+               [codec.dumps(r.to_dict()) for r in store.records()]
+        again = other.import_jsonl(path)
+        assert again.skipped_existing == 3 + 1 + 1 and "update" not in again.imported
+        assert other.session("s").workers[0].n_updates == 3
+        other.close()
+
+
+def test_exports_of_two_machines_merge_into_one_store(store, tmp_path):
+    rng = np.random.default_rng(6)
+    files = []
+    for worker in ("host-a", "host-b"):
+        offline = embedviz.open_store(str(tmp_path / f"{worker}.db"))
+        offline.create_session("spark-run")
+        offline.write([make_update("spark-run", i, rng, worker=worker) for i in range(3)])
+        files.append(tmp_path / f"{worker}.jsonl")
+        offline.export_jsonl(files[-1])
+        offline.close()
+    for f in files:
+        store.import_jsonl(f)
+    (s,) = store.sessions()
+    assert [(w.worker, w.n_updates) for w in s.workers] == [("host-a", 3), ("host-b", 3)]
+
+
+def test_export_of_one_session(store, tmp_path):
+    rng = np.random.default_rng(7)
+    for sid in ("a", "b"):
+        store.create_session(sid)
+        store.write([make_update(sid, 0, rng)])
+    store.export_jsonl(tmp_path / "a.jsonl", session="a")
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert {codec.loads(line)["session"] for line in lines} == {"a"}
+
+
+# ------------------------------------------------------------------ bad input
+def test_unknown_session_names_the_way_out_and_writes_nothing(store):
+    store.create_session("known")
+    rng = np.random.default_rng(8)
+    with pytest.raises(embedviz.UnknownSessionError, match=r"create_session.*'known'"):
+        store.write([make_update("known", 0, rng), make_update("typo", 1, rng)])
+    assert store.session("known").workers == []  # nothing of the batch was written
+    with pytest.raises(embedviz.UnknownSessionError, match="unknown session 'nope'"):
+        store.read_series("nope", "score")
+    with pytest.raises(KeyError):
+        store.session("nope")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Update("s", "0", -1), "iteration must be an integer >= 0"),
+    (lambda: Update("s", "0", 1.5), "iteration must be an integer"),
+    (lambda: Update("s", "0", 1, score="low"), r"score must be a number.*loss.item\(\)"),
+    (lambda: Update("s", "", 1), "worker must be a non-empty string"),
+    (lambda: Update("s", "0", 1, scalars={"score": 1.0}), "scalar keys may not be 'score'"),
+    (lambda: Update("s", "0", 1, summaries={"weights/fc": None}), "summary keys must be"),
+    (lambda: Histogram([0, 1], [1, 2]), r"len\(edges\) == len\(counts\) \+ 1"),
+    (lambda: Histogram([1, 0, 2], [1, 2]), "strictly increasing"),
+    (lambda: Finding("s", "c", "m", 0, severity="panic"), "severity must be one of"),
+    (lambda: EmbeddingSet("v", ["a"], np.zeros((2, 3))), r"shape \(len\(labels\), dim\)"),
+    (lambda: Projection("k", "tsne", progress=2.0), r"progress must be within \[0, 1\]"),
+])
+def test_bad_records_name_the_problem(make, match):
+    with pytest.raises(embedviz.InvalidRecordError, match=match):
+        make()
+
+
+def test_wrong_types_are_refused_before_anything_is_written(store):
+    store.create_session("s")
+    with pytest.raises(embedviz.InvalidRecordError, match="cannot store a dict"):
+        store.write([Metric("s", "a", 1.0, 0), {"type": "metric"}])
+    assert store.series_keys  # store still usable
+    assert store.session("s").workers == []
+    with pytest.raises(embedviz.InvalidRecordError, match="since must be a cursor"):
+        store.log_metric("s", "a", 1.0, 0) or store.read_series("s", "metric/a", since=-1)
+    with pytest.raises(embedviz.UnknownSessionError, match="put_embedding"):
+        store.put_projection(Projection("0" * 32, "tsne"))
+
+
+def test_zero_dim_tensors_and_numpy_scalars_are_accepted(store):
+    store.create_session("s")
+    store.write([Update("s", "0", np.int64(3), score=np.float32(0.5)),
+                 Static("s", "0", {"n": np.int64(3), "x": np.float32(1.5)}),
+                 Session("s", tags={"t": 1})])
+    assert store.read_series("s", "score").iterations.tolist() == [3]
+    assert store.static("s") == {"n": 3, "x": 1.5}

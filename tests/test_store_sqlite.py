@@ -1,0 +1,211 @@
+"""What only a file store must do: survive kills, serve readers in other processes, refuse
+files that are not stores, and never carry a connection across fork()."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import embedviz
+from embedviz.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
+from tests.conftest import make_update
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+WRITER = textwrap.dedent("""
+    import sys, numpy as np
+    sys.path.insert(0, {root!r})
+    import embedviz
+    from tests.conftest import make_update
+    store = embedviz.open_store(sys.argv[1])
+    store.create_session("crash")
+    worker, batch = sys.argv[2], int(sys.argv[3])
+    rng = np.random.default_rng(0)
+    i = 0
+    while i < int(sys.argv[4]):
+        store.write([make_update("crash", i + k, rng, worker=worker, layers=10) for k in range(batch)])
+        i += batch
+        print(i, flush=True)  # acknowledged: iterations < i are committed
+""")
+
+
+def _child(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER.format(root=ROOT), *args],
+                            stdout=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_a_writer_killed_at_random_moments_leaves_an_intact_store(tmp_path):
+    path = str(tmp_path / "crash.db")
+    rng = random.Random(1234)
+    for attempt in range(25):
+        worker = f"child{attempt}"
+        child = _child([path, worker, "5", "100000"])
+        acked = 0
+        deadline = time.monotonic() + rng.uniform(0.05, 0.6)
+        while time.monotonic() < deadline:
+            line = child.stdout.readline()
+            if not line:
+                break
+            acked = int(line)
+        child.send_signal(signal.SIGKILL)
+        # acknowledgements already in the pipe are promises too
+        rest = child.stdout.read().split()
+        acked = int(rest[-1]) if rest else acked
+        child.wait()
+        conn = sqlite3.connect(path)
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        conn.close()
+        store = embedviz.open_store(path)
+        if acked:
+            got = store.read_series("crash", "score", worker=worker).iterations
+            assert got[:acked].tolist() == list(range(acked)), f"attempt {attempt}"
+            assert len(got) % 5 == 0  # a batch is there whole or not at all
+            assert len(store.read_series("crash", "update/fc9.weight/stdev", worker=worker)) == len(got)
+        store.close()
+
+
+@pytest.mark.slow
+def test_a_reader_process_sees_every_record_once_in_order_while_a_writer_writes(tmp_path):
+    path = str(tmp_path / "live.db")
+    embedviz.open_store(path).create_session("crash")
+    n = 600
+    writer = _child([path, "w", "3", str(n)])
+    reader_code = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {ROOT!r})
+        import embedviz
+        store = embedviz.open_store({path!r}, readonly=True)
+        seen, cursor, deadline = [], 0, time.monotonic() + 60
+        while len(seen) < {n} and time.monotonic() < deadline:
+            try:
+                s = store.read_series("crash", "score", worker="w", since=cursor)
+            except embedviz.UnknownSessionError:  # the worker has not written yet
+                time.sleep(0.005); continue
+            seen += s.iterations.tolist(); cursor = s.cursor
+            time.sleep(0.002)
+        print(",".join(map(str, seen)))
+    """)
+    reader = subprocess.run([sys.executable, "-c", reader_code], capture_output=True, text=True,
+                            timeout=120)
+    writer.wait(timeout=60)
+    assert reader.returncode == 0, reader.stderr
+    seen = [int(x) for x in reader.stdout.strip().split(",")]
+    assert seen == list(range(n))
+
+
+def test_two_writer_processes_at_once_both_land(tmp_path):
+    path = str(tmp_path / "two.db")
+    embedviz.open_store(path).create_session("crash")
+    children = [_child([path, w, "2", "200"]) for w in ("a", "b")]
+    for c in children:
+        c.communicate(timeout=120)
+        assert c.returncode == 0
+    store = embedviz.open_store(path)
+    assert [(w.worker, w.n_updates) for w in store.session("crash").workers] == [("a", 200), ("b", 200)]
+
+
+def test_a_forked_child_opens_its_own_connection(tmp_path):
+    store = embedviz.open_store(str(tmp_path / "fork.db"))
+    store.create_session("s")
+    store.log_metric("s", "m", 1.0, 0)  # the parent holds a connection now
+    pid = os.fork()
+    if pid == 0:  # child: must not touch the parent's connection
+        code = 1
+        try:
+            store.log_metric("s", "m", 2.0, 1)
+            code = 0 if len(store.read_series("s", "metric/m")) == 2 else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    store.log_metric("s", "m", 3.0, 2)
+    assert store.read_series("s", "metric/m").values.tolist() == [1.0, 2.0, 3.0]
+    conn = sqlite3.connect(store.path)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_the_file_is_wal_with_schema_version_and_application_id(tmp_path):
+    path = tmp_path / "s.db"
+    embedviz.open_store(path).create_session("s")
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
+
+
+def test_a_file_that_is_not_a_store_is_refused_and_left_alone(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello, not a database\n")
+    with pytest.raises(embedviz.NotAStoreError, match="not an embedviz store.*new path"):
+        embedviz.open_store(text)
+    assert text.read_text() == "hello, not a database\n"
+    other = tmp_path / "other.sqlite"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE customers (id INTEGER)")
+    conn.commit()
+    conn.close()
+    before = other.read_bytes()
+    with pytest.raises(embedviz.NotAStoreError, match="SQLite database but not an embedviz store"):
+        embedviz.open_store(other)
+    assert other.read_bytes() == before
+    with pytest.raises(embedviz.NotAStoreError, match="is a directory"):
+        embedviz.open_store(tmp_path)
+    with pytest.raises(embedviz.StoreOpenError, match="folder .* does not exist"):
+        embedviz.open_store(tmp_path / "missing" / "runs.db")
+
+
+def test_a_store_from_a_newer_schema_is_refused_without_touching_it(tmp_path):
+    path = tmp_path / "new.db"
+    store = embedviz.open_store(path)
+    store.create_session("keep")
+    store.close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(embedviz.StoreVersionError, match="newer embedviz.*upgrade"):
+        embedviz.open_store(path)
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    conn.close()
+    assert [s.id for s in embedviz.open_store(path).sessions()] == ["keep"]
+
+
+def test_url_forms_pick_the_backend(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert isinstance(embedviz.open_store(":memory:"), embedviz.store.MemoryStore)
+    s = embedviz.open_store("sqlite:///rel.db?synchronous=FULL")
+    assert s.path.name == "rel.db" and s.synchronous == "FULL"
+    s.create_session("x")
+    ro = embedviz.open_store(f"sqlite:///{tmp_path / 'rel.db'}?readonly=1")
+    assert [x.id for x in ro.sessions()] == ["x"]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.create_session("y")
+    with pytest.raises(embedviz.StoreOpenError, match="no store backend for ftp://"):
+        embedviz.open_store("ftp://host/x")
+    with pytest.raises(embedviz.StoreOpenError, match="needs a path or URL"):
+        embedviz.open_store(42)
+    with pytest.raises(embedviz.StoreOpenError, match="does not exist"):
+        embedviz.open_store(tmp_path / "absent.db", readonly=True)
+
+
+def test_a_rolled_back_batch_leaves_no_trace_and_the_store_goes_on(tmp_path):
+    store = embedviz.open_store(tmp_path / "rb.db")
+    store.create_session("s")
+    rng = np.random.default_rng(0)
+    bad = make_update("s", 1, rng, worker="new-worker")
+    bad.summaries["param/fc0.weight"].histogram.counts = "garbage"  # fails inside the write
+    with pytest.raises(AttributeError):  # "garbage".tobytes()
+        store.write([make_update("s", 0, rng, worker="new-worker"), bad])
+    assert store.session("s").workers == []
+    store.write([make_update("s", 0, rng, worker="new-worker")])
+    assert store.session("s").workers[0].n_updates == 1
