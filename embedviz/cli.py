@@ -52,9 +52,21 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from embedviz.demo import run
+
+    with open_store(args.store) as store:
+        run(store)
+    print(f"\nlist them: embedviz sessions {args.store}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedviz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="train a small net and a word2vec model, record both")
+    p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
+    p.set_defaults(func=cmd_demo)
     p = sub.add_parser("sessions", help="list sessions, workers, iteration ranges, last update")
     p.add_argument("store", help="store path or URL (e.g. runs.db)")
     p.set_defaults(func=cmd_sessions)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -224,6 +225,7 @@ class SQLiteStore(Store):
         pending: dict[tuple, int] = {}
         with self._transaction() as conn:
             for r in records:
+                time.sleep(0)  # writers run beside training threads: hand the GIL over often
                 if isinstance(r, Update):
                     self._write_update(conn, pending, r)
                 elif isinstance(r, Metric):

@@ -1,0 +1,98 @@
+"""``embedviz demo``: train a small network and a word2vec model, record both, show them.
+
+Everything it uses ships with the installed packages: scikit-learn's digits and gensim's
+``lee_background.cor`` corpus.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from embedviz.store import Store
+
+
+def train_digits_mlp(store: Store, *, epochs: int = 8, frequency: int = 10, lr: float = 0.1) -> str:
+    """An MLP 64-64-32-10 on scikit-learn's digits with SGD + momentum; returns the session."""
+    import torch
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from embedviz.monitor import StatsListener
+
+    X, y = load_digits(return_X_y=True)
+    Xtr, Xva, ytr, yva = train_test_split(X / 16.0, y, test_size=0.2, random_state=0)
+    Xtr, Xva = torch.tensor(Xtr, dtype=torch.float32), torch.tensor(Xva, dtype=torch.float32)
+    ytr, yva = torch.tensor(ytr), torch.tensor(yva)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
+                                torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    listener = StatsListener(store, frequency, session_name="digits-mlp",
+                             tags={"dataset": "sklearn digits"},
+                             hyperparameters={"lr": lr, "momentum": 0.9, "batch_size": 32,
+                                              "epochs": epochs})
+    with listener.attach(model, opt):
+        for epoch in tqdm(range(epochs), desc="digits MLP", unit="epoch"):
+            perm = torch.randperm(len(Xtr))
+            for i in range(0, len(Xtr), 32):
+                idx = perm[i:i + 32]
+                loss = torch.nn.functional.cross_entropy(model(Xtr[idx]), ytr[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                listener.step(loss, batch_size=len(idx), epoch=epoch)
+            with torch.no_grad():
+                logits = model(Xva)
+                listener.log_metric("val_loss", torch.nn.functional.cross_entropy(logits, yva))
+                listener.log_metric("val_accuracy", (logits.argmax(1) == yva).float().mean())
+    return listener.session
+
+
+def train_lee_word2vec(store: Store, *, epochs: int = 10) -> str:
+    """word2vec on gensim's shipped Lee corpus, with vocabulary snapshots; returns the session."""
+    from gensim.models import Word2Vec
+    from gensim.test.utils import datapath
+    from gensim.utils import simple_preprocess
+
+    from embedviz.monitor import Word2VecListener
+
+    with open(datapath("lee_background.cor"), encoding="utf-8") as f:
+        corpus = [simple_preprocess(line) for line in f]
+    listener = Word2VecListener(store, session_name="lee-word2vec", snapshot_every=2, top_n=500)
+
+    class Progress:  # gensim callbacks are duck-typed
+        def __init__(self) -> None:
+            self.bar = tqdm(total=epochs, desc="word2vec", unit="epoch")
+
+        def on_epoch_end(self, model: object) -> None:
+            self.bar.update()
+
+        def __getattr__(self, name: str):  # the other hooks do nothing
+            return lambda *a: None
+
+    Word2Vec(corpus, vector_size=50, window=5, min_count=3, epochs=epochs, workers=1, seed=1,
+             compute_loss=True, callbacks=[listener, Progress()])
+    return listener.session
+
+
+def run(store: Store) -> None:
+    t0 = time.time()
+    mlp = train_digits_mlp(store)
+    w2v = train_lee_word2vec(store)
+    print(f"\nrecorded in {time.time() - t0:.1f} s into {store.url}")
+    keys = [k for k in store.series_keys(mlp) if k.startswith("param/") and k.endswith(".weight/mean_magnitude")]
+    print(f"\n{mlp}: log10 update:param ratio per layer (about -3 is healthy)")
+    for key in keys:
+        name = key.split("/")[1]
+        p = store.read_series(mlp, key).values
+        u = store.read_series(mlp, f"update/{name}/mean_magnitude").values
+        r = np.log10(u / p)
+        print(f"  {name:<10} first {r[0]:6.2f}   last {r[-1]:6.2f}")
+    acc = store.read_series(mlp, "metric/val_accuracy").values
+    print(f"  validation accuracy {acc[0]:.3f} -> {acc[-1]:.3f}")
+    loss = store.read_series(w2v, "score").values
+    print(f"\n{w2v}: word2vec loss per epoch {loss[0]:.0f} -> {loss[-1]:.0f}; "
+          f"{len(store.embeddings(w2v))} vocabulary snapshots")

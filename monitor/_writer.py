@@ -1,0 +1,314 @@
+"""Getting reports from the training thread into the store without slowing training.
+
+The training thread hands the :class:`BackgroundWriter` records or :class:`Report` objects
+and never waits: when the store is slow or stalled the queue fills, the oldest pending item is
+dropped and counted, and a warning is logged once. Any exception in summarizing or in the
+store is logged once per kind and swallowed.
+
+Where the work happens: a daemon thread takes the items. For CPU tensors and a store that
+another process can open (an SQLite file), it copies each report's tensors into shared memory
+and a **worker process** (embedviz.monitor._worker) summarizes and writes them, so that the
+Python dispatch of hundreds of small tensor operations does not hold this interpreter's GIL
+while the training thread wants it. Otherwise (device tensors, an in-memory store, while the
+worker starts, or if it died) the thread does the work itself.
+
+Records are written in batches, one transaction at most every ``flush_seconds`` (or
+``flush_records`` records), because a transaction's bookkeeping costs more than its rows: a
+report is in the store about ``flush_seconds`` after it was taken, and if the process is
+killed at most that much is lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from multiprocessing.connection import Connection, Listener
+from typing import Any
+
+import numpy as np
+import torch
+from embedviz.monitor._report import Report
+
+from embedviz.records import Record
+from embedviz.store import SQLiteStore, Store
+
+log = logging.getLogger("embedviz.monitor")
+
+
+def _rss_bytes() -> float:
+    """This process's resident memory, bytes."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+
+
+class _WorkerProcess:
+    """The parent's side of the worker process."""
+
+    def __init__(self, store_url: str, start_timeout: float = 120.0) -> None:
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        self.folder = tempfile.mkdtemp(prefix="embedviz-", dir=shm)
+        authkey = secrets.token_bytes(16)
+        self._listener = Listener(os.path.join(self.folder, "socket"), family="AF_UNIX",
+                                  authkey=authkey)
+        env = dict(os.environ, EMBEDVIZ_WORKER_KEY=authkey.hex())
+        self.proc = subprocess.Popen([sys.executable, "-m", "embedviz.monitor._worker",
+                                      self._listener.address, store_url], env=env,
+                                     stdin=subprocess.DEVNULL)
+        self._timeout = start_timeout
+        self.conn: Connection | None = None
+        self._block: np.memmap | None = None
+        self._block_path = ""
+
+    def connect(self) -> None:
+        """Wait for the worker to call back (it imports torch first: seconds)."""
+        sock = getattr(getattr(self._listener, "_listener", None), "_socket", None)
+        if sock is not None:
+            sock.settimeout(self._timeout)  # a worker that never calls back
+        self.conn = self._listener.accept()
+
+    def _space(self, n: int) -> np.memmap:
+        if self._block is None or self._block.size < n:
+            if self._block_path:
+                os.unlink(self._block_path)
+            self._block_path = os.path.join(self.folder, f"block-{secrets.token_hex(4)}")
+            size = int(n * 1.25) + 4096
+            with open(self._block_path, "wb") as f:
+                f.truncate(size * 4)
+            self._block = np.memmap(self._block_path, dtype=np.float32, mode="r+", shape=(size,))
+        return self._block
+
+    def run(self, item: Any) -> tuple[int, float]:
+        """Send one item; returns (failures, seconds the worker spent) once it took it."""
+        conn = self.conn
+        assert conn is not None
+        if isinstance(item, Report):
+            sizes = [t.numel() for _, t, _ in item.tensors]
+            block = torch.from_numpy(self._space(sum(sizes)))
+            layout, start = [], 0
+            for (_, t, _), n in zip(item.tensors, sizes):
+                block[start:start + n].copy_(t.reshape(-1))  # casts to float32
+                layout.append((start * 4, n))
+                start += n
+            meta = Report(item.session, item.worker, item.iteration, item.epoch, item.score(),
+                          item.scalars, [(k, torch.empty(0), n) for k, _, n in item.tensors],
+                          item.bins, item.sample, item.static, item.extra)
+            item.release()
+            conn.send(("report", self._block_path, layout, meta))
+        else:
+            conn.send(("records", item))
+        failed = 0
+        while True:
+            msg = conn.recv()
+            if msg[0] == "failed":  # a timed flush between items failed
+                failed += msg[1]
+                continue
+            return failed + msg[1], msg[2]
+
+    def close(self, timeout: float) -> None:
+        try:
+            if self.conn is not None:
+                self.conn.send(("close",))
+                self.proc.wait(timeout)
+        except Exception:
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+class BackgroundWriter:
+    """A daemon thread between a listener and a store.
+
+    ``max_pending``: items that may wait to be summarized; more drop the oldest.
+    ``busy_seconds`` accumulates the time spent summarizing and writing.
+    """
+
+    def __init__(self, store: Store, *, max_pending: int = 4, flush_seconds: float = 1.0,
+                 flush_records: int = 50, use_process: bool = True,
+                 name: str = "embedviz-writer") -> None:
+        self.store = store
+        self.max_pending = max_pending
+        self.flush_seconds = flush_seconds
+        self.flush_records = flush_records
+        self.dropped = 0
+        self.failed = 0
+        self.written = 0
+        self.busy_seconds = 0.0
+        self._items: collections.deque[Any] = collections.deque()
+        self._batch: list[Record] = []
+        self._last_flush = time.monotonic()
+        self._cv = threading.Condition()
+        self._closing = False
+        self._warned: set[str] = set()
+        self._worker: _WorkerProcess | None = None
+        self._starting: _WorkerProcess | None = None
+        if use_process and isinstance(store, SQLiteStore) and not store.readonly:
+            self._start_worker(store.url)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _start_worker(self, url: str) -> None:
+        try:
+            worker = self._starting = _WorkerProcess(url)
+        except Exception as exc:
+            self.warn_once("worker-start", "could not start the worker process; summarizing "
+                           "on a thread instead", exc)
+            return
+
+        def connect() -> None:  # the worker takes seconds to import torch: don't wait
+            try:
+                worker.connect()
+            except Exception as exc:
+                worker.close(timeout=0.1)
+                if not self._closing:
+                    self.warn_once("worker-start", "the worker process did not start; "
+                                   "summarizing on a thread instead", exc)
+                return
+            with self._cv:
+                if self._closing:
+                    worker.close(timeout=0.1)
+                else:
+                    self._worker = worker
+                    self._cv.notify_all()
+
+        threading.Thread(target=connect, name="embedviz-worker-start", daemon=True).start()
+
+    def submit(self, item: list[Record] | Report) -> None:
+        """Queue records or a report; never blocks. Drops (and counts) the oldest when full."""
+        with self._cv:
+            if self._closing:
+                return
+            if len(self._items) >= self.max_pending:
+                old = self._items.popleft()
+                if isinstance(old, Report):
+                    old.release()
+                self.dropped += 1
+                self.warn_once("dropped", "the store is not keeping up: dropping the oldest "
+                               "pending report (the count is recorded as monitor/dropped_reports)")
+            self._items.append(item)
+            self._cv.notify()
+
+    def warn_once(self, kind: str, message: str, exc: BaseException | None = None) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("embedviz monitor: %s", message, exc_info=exc)
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._items and not self._closing:
+                    wait = self.flush_seconds - (time.monotonic() - self._last_flush)
+                    if self._batch and wait <= 0:
+                        break
+                    self._cv.wait(wait if self._batch else None)
+                item = self._items.popleft() if self._items else None
+                closing = self._closing
+            t0 = time.perf_counter()
+            if item is not None and self._worker is not None and self._to_worker(item):
+                pass
+            elif item is not None:
+                try:
+                    self._batch.extend(self._records(item))
+                except Exception as exc:  # a bug or a bad tensor must not reach training
+                    self.failed += 1
+                    self.warn_once("report:" + type(exc).__name__, "could not summarize a "
+                                   "report; training goes on without it", exc)
+            due = time.monotonic() - self._last_flush >= self.flush_seconds
+            if self._batch and (closing or due or len(self._batch) >= self.flush_records):
+                self._flush()
+            self.busy_seconds += time.perf_counter() - t0
+            if closing and item is None:
+                break
+        with self._cv:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.close(timeout=5.0)
+        elif self._starting is not None:  # still importing: nothing to finish there
+            self._starting.close(timeout=0.1)
+
+    def _to_worker(self, item: Any) -> bool:
+        """Hand the item to the worker process; False if it must be handled here."""
+        worker = self._worker
+        if worker is None:
+            return False
+        if isinstance(item, Report):
+            if not all(t.device.type == "cpu" for _, t, _ in item.tensors):
+                return False
+            item.scalars["memory/rss_bytes"] = _rss_bytes()
+        if self._batch:  # keep the order: what this thread holds goes first
+            self._flush()
+        try:
+            failed, busy = worker.run(item)
+        except (OSError, EOFError) as exc:
+            self.warn_once("worker-died", "the worker process stopped; summarizing on a "
+                           "thread from now on", exc)
+            self._worker = None
+            worker.close(timeout=1.0)
+            return False
+        self.failed += failed
+        self.busy_seconds += busy
+        if failed:
+            self.warn_once("worker-failed", f"the worker process could not write to "
+                           f"{self.store!r}; training goes on, reports are lost")
+        return True
+
+    def _records(self, item: Any) -> list[Record]:
+        if not isinstance(item, Report):
+            return list(item)
+        item.scalars["memory/rss_bytes"] = _rss_bytes()  # read here, off the training thread
+        try:
+            return item.to_records()
+        finally:
+            item.release()
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self._last_flush = time.monotonic()
+        try:
+            self.store.write(batch)
+            self.written += len(batch)
+        except Exception as exc:
+            self.failed += 1
+            self.warn_once("store:" + type(exc).__name__, f"writing to {self.store!r} failed; "
+                           f"training goes on, {len(batch)} record(s) are lost", exc)
+
+    def pending(self) -> int:
+        with self._cv:
+            return len(self._items)
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Summarize and write what is pending, for up to ``timeout`` seconds; True if
+        everything was written. Returns in about ``timeout`` even when the store hangs."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            with self._cv:
+                lost = len(self._items)
+                self._items.clear()
+            worker = self._worker or self._starting
+            if worker is not None and worker.proc.poll() is None:
+                worker.proc.kill()
+            self.warn_once("close", f"the store did not finish within {timeout:.0f} s; "
+                           f"{lost} pending report(s) and the batch being written are lost")
+            return False
+        return True

@@ -1,0 +1,434 @@
+"""StatsListener: the Python form of Deeplearning4j's StatsListener, for PyTorch.
+
+Attach it to a model and its optimizer; call :meth:`StatsListener.step` once per training
+iteration. Every ``frequency`` iterations it records, for every watched parameter, the
+parameter, its gradient (as the optimizer saw it) and its update (the change the optimizer
+applied, learning rate, momentum and weight decay included), every watched leaf module's
+output, the score, learning rates, timing and memory.
+
+What it costs the training thread: on iterations that are not reported, a counter and a
+clock read (no device synchronisation, the loss is not touched). On reported iterations,
+device-side copies of the watched tensors (no synchronisation either); summaries are then
+computed from those copies on their device by a background thread, and only the small
+results leave the device. ``max_pending`` bounds how many reports' copies may wait.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import logging
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from embedviz.monitor._report import BufferPool, Report
+from embedviz.monitor._writer import BackgroundWriter
+from embedviz.monitor.stats import HISTOGRAM_SAMPLE
+
+import embedviz
+from embedviz.errors import InvalidRecordError
+from embedviz.records import Metric, Session
+from embedviz.store import Store, open_store
+
+log = logging.getLogger("embedviz.monitor")
+
+
+def _guarded(method: Callable) -> Callable:
+    """Run a listener method on the training thread; any exception is logged once and
+    swallowed so that it never reaches the training loop."""
+
+    @functools.wraps(method)
+    def wrapper(self: StatsListener, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:
+            self._warn_once(f"{method.__name__}:{type(exc).__name__}",
+                            f"{method.__name__} failed; training goes on unmonitored there", exc)
+            return None
+        finally:
+            self._own_seconds += time.perf_counter() - t0
+
+    return wrapper
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            found = _first_tensor(v)
+            if found is not None:
+                return found
+    if isinstance(value, dict):
+        return _first_tensor(list(value.values()))
+    return None
+
+
+def _shapes(value: Any) -> list[list[int]]:
+    if isinstance(value, torch.Tensor):
+        return [list(value.shape)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _shapes(v)]
+    return []
+
+
+def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    return (any(fnmatch.fnmatchcase(name, p) for p in include)
+            and not any(fnmatch.fnmatchcase(name, p) for p in exclude))
+
+
+class ListenerHandle:
+    """What :meth:`StatsListener.attach` returns: ``remove()`` takes every hook away and
+    writes what is pending; also a context manager."""
+
+    def __init__(self, listener: StatsListener, hooks: list) -> None:
+        self.listener = listener
+        self._hooks = hooks
+
+    def remove(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        self.listener._detach()
+
+    def __enter__(self) -> ListenerHandle:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+
+class StatsListener:
+    """Records training statistics into a store.
+
+    Parameters
+    ----------
+    store: a :class:`~embedviz.store.Store` or anything :func:`embedviz.open_store` takes.
+    frequency: report every this many iterations (iteration 0 is always reported).
+    session, session_name, tags, hyperparameters: the session to record into (created if
+        missing; ``session`` defaults to a new id), its name, tags, and hyperparameters
+        stored with the static info.
+    worker: this process's worker id within the session (e.g. the rank).
+    watch, ignore: shell-style patterns on parameter and module names (``"fc*"``).
+    histograms, activations: record histograms / leaf-module outputs.
+    bins: histogram bins.
+    sample_limit: tensors with more elements are summarized from an even strided sample of
+        about this many (the same positions every report; counts scaled to the full size):
+        copying and reducing every element of every large tensor would cost the training
+        loop far more than the numbers are worth. ``None``: every element, always.
+    histogram_sample: within what is summarized, tensors with more elements get their
+        histogram from a strided sample of this many.
+    max_pending: reports that may wait for the store before the oldest are dropped.
+    close_timeout: seconds ``remove()``/``close()`` waits for pending reports.
+    flush_seconds: reports are written in batches at most this often (see
+        embedviz.monitor._writer): a report is in the store about this long after it was taken.
+    """
+
+    def __init__(self, store: Store | str | os.PathLike, frequency: int = 10, *,
+                 session: str | None = None, session_name: str | None = None,
+                 tags: dict | None = None, hyperparameters: dict | None = None,
+                 worker: str = "0", watch: Sequence[str] = ("*",), ignore: Sequence[str] = (),
+                 histograms: bool = True, activations: bool = True, bins: int = 20,
+                 histogram_sample: int = HISTOGRAM_SAMPLE, sample_limit: int | None = 65536,
+                 max_pending: int = 4,
+                 close_timeout: float = 5.0, flush_seconds: float = 1.0) -> None:
+        if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
+            raise InvalidRecordError(f"frequency must be an integer >= 1 (got {frequency!r}): "
+                                     "report every `frequency` iterations, e.g. 10")
+        if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 10_000:
+            raise InvalidRecordError(f"bins must be an integer in [2, 10000] (got {bins!r})")
+        if isinstance(watch, str) or isinstance(ignore, str):
+            raise InvalidRecordError("watch and ignore take a list of patterns, e.g. "
+                                     "watch=['fc*'] (got a string)")
+        if not isinstance(max_pending, int) or max_pending < 1:
+            raise InvalidRecordError(f"max_pending must be an integer >= 1 (got {max_pending!r})")
+        self.store = open_store(store)
+        self.frequency = frequency
+        session_record = Session(name=session_name, tags=tags or {},
+                                 **({"id": session} if session is not None else {}))
+        self.session = session_record.id
+        self._session_record = session_record
+        self.worker = str(worker)
+        self.hyperparameters = dict(hyperparameters or {})
+        self.watch, self.ignore = tuple(watch), tuple(ignore)
+        self.histograms, self.activations, self.bins = histograms, activations, bins
+        self.histogram_sample = int(histogram_sample)
+        if sample_limit is not None and (isinstance(sample_limit, bool) or not isinstance(sample_limit, int) or sample_limit < 1024):
+            raise InvalidRecordError(f"sample_limit must be None (exact) or an integer >= 1024 "
+                                     f"(got {sample_limit!r})")
+        self.sample_limit = sample_limit
+        self.max_pending, self.close_timeout = max_pending, close_timeout
+        self.flush_seconds = float(flush_seconds)
+        self.iteration = 0
+        self.epoch: int | None = None
+        self._writer: BackgroundWriter | None = None
+        self._warned: set[str] = set()
+        self._own_seconds = 0.0
+        self._reset_capture()
+        self._model: torch.nn.Module | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._params: dict[str, torch.nn.Parameter] = {}
+        self._sizes: dict[str, int] = {}  # elements of each watched tensor
+        self._shapes: dict[str, dict] = {}
+        self._order: list[str] = []
+        self._static_sent = False
+        self._pool = BufferPool(per_shape=max_pending + 2)
+        self._window = self._new_window()
+
+    # ------------------------------------------------------------------ attaching
+    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+               ) -> ListenerHandle:
+        """Hook into ``model`` (and ``optimizer``, for updates and learning rates)."""
+        if not isinstance(model, torch.nn.Module):
+            raise InvalidRecordError(f"attach needs a torch.nn.Module (got {type(model).__name__})"
+                                     ": pass the model you train")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise InvalidRecordError(f"optimizer must be a torch.optim.Optimizer (got "
+                                     f"{type(optimizer).__name__})")
+        self._model, self._optimizer = model, optimizer
+        self._params = {n: p for n, p in model.named_parameters()
+                        if p.requires_grad and _matches(n, self.watch, self.ignore)}
+        self._sizes = {n: p.numel() for n, p in self._params.items()}
+        if not self._params:
+            log.warning("embedviz monitor: no parameter of the model matches watch=%s "
+                        "ignore=%s; only score, timing and memory are recorded",
+                        self.watch, self.ignore)
+        hooks: list = []
+        for name, module in model.named_modules():
+            if name and not any(True for _ in module.children()):
+                hooks.append(module.register_forward_hook(self._make_forward_hook(name)))
+        if optimizer is not None:
+            hooks.append(optimizer.register_step_pre_hook(self._pre_step))
+            hooks.append(optimizer.register_step_post_hook(self._post_step))
+        if self._writer is None:
+            self._writer = BackgroundWriter(self.store, max_pending=self.max_pending,
+                                            flush_seconds=self.flush_seconds)
+            self._writer.submit([self._session_record])
+        self._window = self._new_window()
+        return ListenerHandle(self, hooks)
+
+    def _detach(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Write what is pending (waiting at most ``close_timeout`` seconds) and stop."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close(self.close_timeout)
+
+    # ------------------------------------------------------------------ hooks (training thread)
+    def _reporting(self) -> bool:
+        return self.iteration % self.frequency == 0
+
+    def _make_forward_hook(self, name: str) -> Callable:
+        watched = self.activations and _matches(name, self.watch, self.ignore)
+
+        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
+            if name not in self._shapes:
+                self._record_shapes(name, module, inputs, output)
+            if watched and self.iteration % self.frequency == 0:
+                self._capture_activation(name, output)
+
+        return hook
+
+    @_guarded
+    def _record_shapes(self, name: str, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        self._shapes[name] = {"input": _shapes(inputs), "output": _shapes(output)}
+        self._order.append(name)
+
+    @_guarded
+    def _capture_activation(self, name: str, output: Any) -> None:
+        t = _first_tensor(output)
+        if t is not None and t.is_floating_point():
+            self._sizes[name] = t.numel()
+            self._activations[name] = self._copy(t)  # later in-place ops must not change it
+
+    @_guarded
+    def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if not self._reporting() or self._before is not None:
+            return
+        self._before = {n: self._copy(p) for n, p in self._params.items()}
+        # with a closure, backward runs inside step(): gradients are read after it
+        self._grads_after_step = bool(args) or "closure" in kwargs
+        if not self._grads_after_step:
+            self._capture_grads()
+
+    @_guarded
+    def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+        if not self._reporting() or self._before is None or self._updates is not None:
+            return
+        if self._grads_after_step:
+            self._capture_grads()
+        for n, before in self._before.items():
+            torch.sub(self._view(self._params[n]), before, out=before)  # becomes the update
+        self._updates, self._before = self._before, None
+        self._lrs = {str(i): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)
+                     if isinstance(g.get("lr"), (int, float))}
+
+    def _capture_grads(self) -> None:
+        self._grads = {n: self._copy(p.grad) for n, p in self._params.items()
+                       if p.grad is not None}
+
+    def _view(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` flattened, or an even strided sample of it when it is above sample_limit
+        (the same positions every time for a given size)."""
+        x = t.detach().reshape(-1)
+        limit = self.sample_limit
+        if limit is None or x.numel() <= limit:
+            return x
+        return x[:: -(-x.numel() // limit)]
+
+    def _copy(self, t: torch.Tensor) -> torch.Tensor:
+        return self._pool.copy(self._view(t))
+
+    # ------------------------------------------------------------------ the loop's calls
+    @_guarded
+    def step(self, loss: Any = None, batch_size: int | None = None, epoch: int | None = None) -> None:
+        """Call once per iteration, after ``optimizer.step()``.
+
+        ``loss``: the minibatch loss (a tensor is fine: it is read off the device in the
+        background, only on reported iterations). ``batch_size``: examples in the batch, for
+        examples/s. ``epoch``: the current epoch, if known.
+        """
+        now = time.perf_counter()
+        w = self._window
+        w["steps"] += 1
+        if batch_size is not None:
+            w["examples"] += int(batch_size)
+        if epoch is not None:
+            self.epoch = int(epoch)
+        if self._reporting() and self._writer is not None:
+            self._report(loss, now)
+        self.iteration += 1
+        self._reset_capture()
+
+    def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
+        """Record a named metric (validation loss, accuracy) at ``iteration`` (default: the
+        last completed iteration). Written in the background, like everything else."""
+        try:
+            it = max(self.iteration - 1, 0) if iteration is None else iteration
+            value = value.detach() if isinstance(value, torch.Tensor) else value
+            if self._writer is not None:
+                self._writer.submit([Metric(self.session, name, float(value), it, self.worker)])
+            else:
+                self._warn_once("metric-detached", "log_metric called while not attached; "
+                                "attach the listener first")
+        except Exception as exc:
+            self._warn_once("log_metric", "log_metric failed", exc)
+
+    # ------------------------------------------------------------------ reporting
+    def _new_window(self) -> dict:
+        return {"start": time.perf_counter(), "steps": 0, "examples": 0, "own": self._own_seconds,
+                "busy": self._writer.busy_seconds if self._writer else 0.0}
+
+    def _reset_capture(self) -> None:
+        self._before: dict[str, torch.Tensor] | None = None
+        self._grads: dict[str, torch.Tensor] | None = None
+        self._updates: dict[str, torch.Tensor] | None = None
+        self._activations: dict[str, torch.Tensor] = {}
+        self._lrs: dict[str, float] = {}
+        self._grads_after_step = False
+
+    def _report(self, loss: Any, now: float) -> None:
+        writer = self._writer
+        assert writer is not None
+        w, self._window = self._window, self._new_window()
+        elapsed = max(now - w["start"], 1e-9)
+        if self._grads is None and self._updates is None:  # no optimizer hooks ran
+            self._capture_grads()
+        params = {n: self._copy(p) for n, p in self._params.items()}
+        grads, updates, acts = self._grads or {}, self._updates or {}, self._activations
+        scalars = {f"lr/{k}": v for k, v in self._lrs.items()}
+        if w["steps"] and self.iteration > 0:
+            scalars["timing/iteration_ms"] = 1000.0 * elapsed / w["steps"]
+            scalars["timing/batches_per_s"] = w["steps"] / elapsed
+            if w["examples"]:
+                scalars["timing/examples_per_s"] = w["examples"] / elapsed
+            scalars["timing/listener_ms"] = 1000.0 * (self._own_seconds - w["own"]) / w["steps"]
+            scalars["timing/listener_background_ms"] = 1000.0 * (writer.busy_seconds - w["busy"]) / w["steps"]
+        device = next(iter(self._params.values())).device if self._params else None
+        if device is not None and device.type == "cuda":
+            scalars["memory/device_allocated_bytes"] = float(torch.cuda.memory_allocated(device))
+            scalars["memory/device_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(device))
+        scalars["monitor/dropped_reports"] = float(writer.dropped)
+        scalars["monitor/failed_reports"] = float(writer.failed)
+        loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
+        static = None if self._static_sent else self._static_info()
+        self._static_sent = True
+        sizes = self._sizes
+        tensors = [(f"{kind}/{name}", t, sizes.get(name, t.numel())) for kind, group in (
+            ("param", params), ("gradient", grads), ("update", updates), ("activation", acts))
+            for name, t in group.items()]
+        writer.submit(Report(self.session, self.worker, self.iteration, self.epoch, loss, scalars,
+                             tensors, self.bins if self.histograms else None,
+                             self.histogram_sample, static, pool=self._pool))
+
+    def _static_info(self) -> dict:
+        model, opt = self._model, self._optimizer
+        assert model is not None
+        layers = []
+        for name, module in model.named_modules():
+            own = dict(module.named_parameters(recurse=False))
+            if not name or (any(True for _ in module.children()) and not own):
+                continue
+            layers.append({
+                "name": name, "type": type(module).__name__,
+                "params": {k: list(p.shape) for k, p in own.items()},
+                "n_params": int(sum(p.numel() for p in own.values())),
+                "trainable": int(sum(p.numel() for p in own.values() if p.requires_grad)),
+                "input_shapes": self._shapes.get(name, {}).get("input", []),
+                "output_shapes": self._shapes.get(name, {}).get("output", []),
+                "watched": [f"{name}.{k}" for k in own if f"{name}.{k}" in self._params],
+            })
+        edges = [[name.rpartition(".")[0], name] for name, _ in model.named_modules() if name]
+        devices = sorted({str(p.device) for p in model.parameters()})
+        hardware: dict[str, Any] = {"host": socket.gethostname(), "cpu_count": os.cpu_count(),
+                                    "devices": devices, "torch_threads": torch.get_num_threads()}
+        if torch.cuda.is_available() and any(d.startswith("cuda") for d in devices):
+            props = torch.cuda.get_device_properties(torch.device(devices[0]))
+            hardware["device_name"] = props.name
+            hardware["device_memory_bytes"] = props.total_memory
+        info: dict[str, Any] = {
+            "model": {"type": type(model).__name__, "n_params": int(sum(p.numel() for p in model.parameters())),
+                      "layers": layers, "graph": {"edges": edges, "execution_order": list(self._order)},
+                      "repr": repr(model)[:20000]},
+            "hyperparameters": self.hyperparameters,
+            "listener": {"frequency": self.frequency, "bins": self.bins,
+                         "sample_limit": self.sample_limit,
+                         "sampled": {n: [len(self._view(p)), p.numel()] for n, p in self._params.items()
+                                     if len(self._view(p)) < p.numel()},
+                         "histograms": self.histograms, "activations": self.activations,
+                         "watch": list(self.watch), "ignore": list(self.ignore)},
+            "software": {"python": sys.version.split()[0], "torch": torch.__version__,
+                         "numpy": np.__version__, "embedviz": embedviz.__version__,
+                         "platform": platform.platform()},
+            "hardware": hardware,
+        }
+        if opt is not None:
+            info["optimizer"] = {
+                "type": type(opt).__name__,
+                "defaults": {k: v for k, v in opt.defaults.items() if isinstance(v, (int, float, str, bool, tuple, list, type(None)))},
+                "param_groups": [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()
+                                  if k != "params" and isinstance(v, (int, float, str, bool, tuple, list, type(None)))}
+                                 | {"n_params": int(sum(p.numel() for p in g["params"]))}
+                                 for g in opt.param_groups],
+            }
+        return info
+
+    def _warn_once(self, kind: str, message: str, exc: BaseException | None = None) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning("embedviz monitor: %s", message, exc_info=exc)
+
+    @property
+    def dropped_reports(self) -> int:
+        """Reports dropped because the store did not keep up (so far)."""
+        return self._writer.dropped if self._writer else 0

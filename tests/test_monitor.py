@@ -1,0 +1,273 @@
+"""StatsListener on real training (scikit-learn's digits): what it records is what happened."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+import torch
+from embedviz.monitor import StatsListener
+from sklearn.datasets import load_digits
+
+import embedviz
+from embedviz.store import MemoryStore
+
+FREQ = 5
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+class SmallCNN(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.act = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4 * 8 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.act(self.conv(x.view(-1, 1, 8, 8))).flatten(1))
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+def store(request, tmp_path):
+    s = embedviz.open_store(tmp_path / "runs.db" if request.param == "sqlite" else ":memory:")
+    yield s
+    s.close()
+
+
+def train(model, listener, digits, steps, *, optimizer=None, hook=None):
+    X, y = digits
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    seen = []
+    with listener.attach(model, opt):
+        for i in range(steps):
+            xb, yb = X[(i * 64) % 1700:(i * 64) % 1700 + 64], y[(i * 64) % 1700:(i * 64) % 1700 + 64]
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            if hook:
+                hook(i, model)
+            seen.append({"loss": loss.item(), "grads": grads,
+                         "update": {n: p.detach() - before[n] for n, p in model.named_parameters()},
+                         "param": {n: p.detach().clone() for n, p in model.named_parameters()}})
+            listener.step(loss, batch_size=len(xb))
+    return seen
+
+
+@pytest.mark.parametrize("make", [mlp, SmallCNN], ids=["mlp", "cnn"])
+def test_recorded_statistics_are_what_the_optimizer_did(make, digits, store):
+    model = make()
+    acts: dict[str, torch.Tensor] = {}
+    relu = model[1] if isinstance(model, torch.nn.Sequential) else model.act
+    relu.register_forward_hook(lambda m, i, o: acts.__setitem__("relu", o.detach().clone()))
+    zero_fractions = []
+    seen = train(model, StatsListener(store, FREQ, session="run"), digits, 23,
+                 hook=lambda i, m: zero_fractions.append(float((acts["relu"] == 0).float().mean())))
+    relu_name = "1" if isinstance(model, torch.nn.Sequential) else "act"
+    assert store.read_series("run", "score").iterations.tolist() == [0, 5, 10, 15, 20]
+    assert store.read_series("run", "score").values.tolist() == pytest.approx(
+        [seen[i]["loss"] for i in (0, 5, 10, 15, 20)], rel=1e-6)
+    for name, _ in model.named_parameters():
+        for kind, key in (("update", "update"), ("gradient", "grads"), ("param", "param")):
+            stats = {s: store.read_series("run", f"{kind}/{name}/{s}").values
+                     for s in ("mean", "stdev", "mean_magnitude", "min", "max", "count")}
+            for j, it in enumerate((0, 5, 10, 15, 20)):
+                t = seen[it][key][name].double()
+                tol = 1e-5 * t.abs().max().item()  # float32 sums of values near zero
+                assert stats["count"][j] == t.numel()
+                assert stats["mean"][j] == pytest.approx(t.mean().item(), rel=1e-4, abs=tol)
+                assert stats["mean_magnitude"][j] == pytest.approx(t.abs().mean().item(), rel=1e-4)
+                assert stats["stdev"][j] == pytest.approx(t.std(unbiased=False).item(), rel=1e-3, abs=tol)
+                assert stats["min"][j] == pytest.approx(t.min().item(), rel=1e-6)
+                assert stats["max"][j] == pytest.approx(t.max().item(), rel=1e-6)
+    zf = store.read_series("run", f"activation/{relu_name}/zero_fraction").values
+    assert zf.tolist() == pytest.approx([zero_fractions[i] for i in (0, 5, 10, 15, 20)], abs=1e-9)
+    hists = store.read_histograms("run", f"param/{next(iter(dict(model.named_parameters())))}")
+    assert [h.iteration for h in hists] == [0, 5, 10, 15, 20]
+    h = hists[0].histogram
+    assert h.counts.sum() + h.underflow + h.overflow == seen[0]["param"][next(iter(seen[0]["param"]))].numel()
+    lr = store.read_series("run", "lr/0").values
+    assert lr.tolist() == [0.1] * 5
+    assert "timing/examples_per_s" in store.series_keys("run")
+    static = store.static("run")
+    layers = {layer["name"]: layer for layer in static["model"]["layers"]}
+    first = next(iter(layers.values()))
+    assert first["input_shapes"] and first["output_shapes"] and first["n_params"] > 0
+    assert static["optimizer"]["type"] == "SGD" and static["optimizer"]["param_groups"][0]["momentum"] == 0.9
+    assert static["software"]["torch"] == torch.__version__
+
+
+def test_an_injected_nan_shows_up_at_the_layer_where_it_appeared(digits, store):
+    class Poison(torch.nn.Module):
+        def forward(self, x):
+            if self.training and getattr(self, "armed", False):
+                x = x.clone()
+                x[0, :3] = math.nan
+            return x
+
+    torch.manual_seed(0)
+    poison = Poison()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), poison, torch.nn.Linear(32, 10))
+    listener = StatsListener(store, FREQ, session="nan")
+
+    def arm(i, m):
+        poison.armed = i >= 9  # from iteration 10's forward on
+
+    train(model, listener, digits, 11, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), hook=arm)
+    nan = {name: store.read_series("nan", f"activation/{name}/nan_count").values.tolist()
+           for name in ("0", "1", "2", "3")}
+    assert nan["0"] == [0, 0, 0] and nan["1"] == [0, 0, 0]
+    assert nan["2"] == [0, 0, 3]  # where it appeared
+    assert nan["3"][2] > 0  # and downstream
+    assert math.isnan(store.read_series("nan", "score").values[2])
+    assert store.read_series("nan", "gradient/3.weight/nan_count").values[2] > 0
+
+
+def test_frequency_and_filters_are_honoured(digits):
+    store = MemoryStore()
+    listener = StatsListener(store, 7, session="f", watch=["2.*", "2"], histograms=False)
+    train(mlp(), listener, digits, 30)
+    assert store.read_series("f", "score").iterations.tolist() == [0, 7, 14, 21, 28]
+    keys = store.series_keys("f")
+    assert "param/2.weight/mean" in keys and "activation/2/mean" in keys
+    assert not any(k.startswith(("param/0.", "activation/0", "activation/1/")) for k in keys)
+    assert store.read_histograms("f", "param/2.weight") == []
+
+
+def test_removing_the_listener_removes_every_hook(digits):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    handle = StatsListener(MemoryStore(), FREQ).attach(model, opt)
+    assert any(m._forward_hooks for m in model.modules())
+    handle.remove()
+    assert not any(m._forward_hooks for m in model.modules())
+    assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
+
+
+class FailingStore(MemoryStore):
+    def _write(self, records):
+        raise RuntimeError("disk on fire")
+
+
+class StalledStore(MemoryStore):
+    """A real store that hangs on every write until released (a stalled network disk)."""
+
+    def __init__(self):
+        super().__init__()
+        self.release = threading.Event()
+
+    def _write(self, records):
+        self.release.wait(60)
+        super()._write(records)
+
+
+def test_a_store_that_raises_does_not_stop_training(digits, caplog):
+    store = FailingStore()
+    seen = train(mlp(), StatsListener(store, FREQ), digits, 40)
+    assert len(seen) == 40 and all(math.isfinite(s["loss"]) for s in seen)
+    warnings = [r for r in caplog.records if "disk on fire" in str(r.exc_info) or "failed" in r.getMessage()]
+    assert warnings and len(warnings) < 5  # logged once, not per report
+
+
+def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
+    store = StalledStore()
+    listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = digits
+    handle = listener.attach(model, opt)
+    t0 = time.perf_counter()
+    for _ in range(300):
+        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 20  # a blocked write would take 60 s
+    # all but what waits (4), what one batch holds (<= 50) and the one being written
+    assert listener.dropped_reports >= 300 - 4 - 50 - 1
+    assert listener._writer.pending() <= 4  # bounded: memory does not grow
+    t1 = time.perf_counter()
+    handle.remove()
+    assert time.perf_counter() - t1 < 4  # close returns although the store still hangs
+    store.release.set()
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_10000_iterations(digits, tmp_path):
+    import tracemalloc
+
+    store = embedviz.open_store(tmp_path / "long.db")
+    listener = StatsListener(store, 10)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    X, y = digits
+    tracemalloc.start()
+    with listener.attach(model, opt):
+        for i in range(10_000):
+            xb, yb = X[(i * 32) % 1760:(i * 32) % 1760 + 32], y[(i * 32) % 1760:(i * 32) % 1760 + 32]
+            loss = torch.nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            listener.step(loss)
+            if i == 2000:
+                early = tracemalloc.get_traced_memory()[0]
+    late = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert late - early < 2_000_000, f"python heap grew {late - early} bytes"
+    n = store.session(listener.session).workers[0].n_updates
+    dropped = store.read_series(listener.session, "monitor/dropped_reports").values[-1]
+    assert n >= 500 and n + dropped >= 995  # every report is written or counted as dropped
+
+
+def test_log_metric_and_bad_arguments(digits):
+    store = MemoryStore()
+    listener = StatsListener(store, FREQ, session="m")
+    model = mlp()
+    train(model, listener, digits, 6)
+    with listener.attach(model):
+        listener.log_metric("val_loss", torch.tensor(0.25), iteration=6)
+    assert store.read_series("m", "metric/val_loss").values.tolist() == [0.25]
+    with pytest.raises(embedviz.InvalidRecordError, match="frequency must be an integer >= 1"):
+        StatsListener(store, 0)
+    with pytest.raises(embedviz.InvalidRecordError, match="list of patterns"):
+        StatsListener(store, watch="fc*")
+    with pytest.raises(embedviz.InvalidRecordError, match="torch.nn.Module"):
+        StatsListener(store).attach("not a model")
+
+
+def test_large_tensors_are_summarized_from_an_even_sample():
+    store = MemoryStore()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(400, 400)  # 160,000 weights > sample_limit
+    listener = StatsListener(store, 1, session="big", sample_limit=16384)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with listener.attach(model, opt):
+        loss = model(torch.randn(8, 400)).pow(2).mean()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+    w = model.weight.detach()
+    assert store.read_series("big", "param/weight/count").values[0] == w.numel()
+    assert store.read_series("big", "param/weight/mean_magnitude").values[0] == pytest.approx(w.abs().mean().item(), rel=0.02)
+    assert store.read_series("big", "param/weight/stdev").values[0] == pytest.approx(w.std().item(), rel=0.02)
+    h = store.read_histograms("big", "param/weight")[0].histogram
+    assert abs(h.counts.sum() + h.underflow + h.overflow - w.numel()) <= 25
+    assert store.static("big")["listener"]["sampled"]["weight"][1] == w.numel()
