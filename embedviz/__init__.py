@@ -30,6 +30,24 @@ from embedviz.records import (
 )
 from embedviz.store import Store, open_store
 
+
+def __getattr__(name: str):
+    """The projection front door, imported on first use: ``import embedviz`` and the store
+    stay free of openTSNE, scikit-learn's manifold code and Bokeh."""
+    if name in ("BarnesHutTsne", "PCAProjection", "UMAPProjection", "project", "quality"):
+        from embedviz import projection
+
+        return getattr(projection, name)
+    if name == "plot_vocab":
+        from embedviz.plot import plot_vocab
+
+        return plot_vocab
+    if name in ("load_vocabulary", "Vocabulary", "write_projector_tsv", "read_projector_tsv"):
+        from embedviz import vocab
+
+        return getattr(vocab, name)
+    raise AttributeError(f"module 'embedviz' has no attribute {name!r}")
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -37,4 +55,6 @@ __all__ = [
     "InvalidRecordError", "Metric", "NotAStoreError", "Projection", "ProjectionError", "Session",
     "Static", "Store", "StoreError", "StoreOpenError", "StoreVersionError", "Summary",
     "UnknownSessionError", "Update", "__version__", "open_store",
+    "BarnesHutTsne", "PCAProjection", "UMAPProjection", "project", "quality", "plot_vocab",
+    "load_vocabulary", "Vocabulary", "write_projector_tsv", "read_projector_tsv",
 ]

@@ -61,12 +61,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tsne(args: argparse.Namespace) -> int:
+    import logging
+
+    from embedviz.plot import plot_vocab
+    from embedviz.projection import BarnesHutTsne
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("embedviz").setLevel(logging.INFO)
+    tsne = BarnesHutTsne(perplexity=args.perplexity, max_iter=args.max_iter,
+                         learning_rate=args.learning_rate if args.learning_rate else "auto",
+                         theta=args.theta, normalize=not args.no_normalize, use_pca=args.use_pca,
+                         metric=args.metric, random_state=args.seed)
+    store = open_store(args.store) if args.store else None
+    plot_vocab(args.vectors, tsne, top_n=args.top, color_by=args.color_by, output=args.output,
+               store=store, labels=args.labels, binary=args.binary, allow_pickle=args.allow_pickle,
+               include=args.include or (), exclude=args.exclude or ())
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedviz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a small net and a word2vec model, record both")
     p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("tsne", help="project word vectors with t-SNE into a standalone HTML plot")
+    p.add_argument("vectors", help="word2vec .vec/.txt/.bin, projector tensors.tsv, or .npy (with --labels)")
+    p.add_argument("-o", "--output", default="vocab.html", help="the HTML file to write")
+    p.add_argument("--top", type=int, default=1000, help="the N most frequent words (default 1000)")
+    p.add_argument("--perplexity", type=float, default=30.0)
+    p.add_argument("--max-iter", type=int, default=750)
+    p.add_argument("--learning-rate", type=float, default=None, help="default: n/12 (openTSNE's auto)")
+    p.add_argument("--theta", type=float, default=0.5)
+    p.add_argument("--metric", default="euclidean")
+    p.add_argument("--use-pca", action="store_true", help="reduce to 50 dimensions first")
+    p.add_argument("--no-normalize", action="store_true", help="do not L2-normalise the vectors")
+    p.add_argument("--color-by", default=None, help="a metadata column, or 'cluster'")
+    p.add_argument("--labels", default=None, help="labels file (one a line) for .npy input")
+    p.add_argument("--include", nargs="*", help="words to keep beyond --top")
+    p.add_argument("--exclude", nargs="*", help="words to leave out")
+    p.add_argument("--binary", action="store_true", default=None, help="word2vec binary format")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="read a pickled gensim .model/.kv (runs code from the file: trusted files only)")
+    p.add_argument("--store", default=None, help="record (and reuse) the projection in this store")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_tsne)
     p = sub.add_parser("sessions", help="list sessions, workers, iteration ranges, last update")
     p.add_argument("store", help="store path or URL (e.g. runs.db)")
     p.set_defaults(func=cmd_sessions)
@@ -89,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (EmbedvizError, OSError) as exc:
+    except (EmbedvizError, OSError) as exc:  # ProjectionError is an EmbedvizError
         print(f"embedviz {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -203,8 +203,8 @@ class StatsListener:
                         self.watch, self.ignore)
         hooks: list = []
         for name, module in model.named_modules():
-            if name and not any(True for _ in module.children()):
-                hooks.append(module.register_forward_hook(self._make_forward_hook(name)))
+            if not any(True for _ in module.children()):  # a leaf (the model itself, if alone)
+                hooks.append(module.register_forward_hook(self._make_forward_hook(name or "output")))
         if optimizer is not None:
             hooks.append(optimizer.register_step_pre_hook(self._pre_step))
             hooks.append(optimizer.register_step_post_hook(self._post_step))

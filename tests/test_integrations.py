@@ -77,7 +77,7 @@ def test_lightning_callback_in_one_line(tmp_path):
 
     store = embedviz.open_store(tmp_path / "pl.db")
     torch.manual_seed(0)
-    trainer = lightning.Trainer(max_epochs=2, callbacks=[StatsCallback(store, 5, session="pl")],
+    trainer = lightning.Trainer(max_epochs=2, callbacks=[StatsCallback(store, 5, session="pl", max_pending=10_000)],
                                 logger=False, enable_checkpointing=False, enable_progress_bar=False,
                                 default_root_dir=str(tmp_path), accelerator="cpu")
     trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=64),

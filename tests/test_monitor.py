@@ -76,7 +76,7 @@ def test_recorded_statistics_are_what_the_optimizer_did(make, digits, store):
     relu = model[1] if isinstance(model, torch.nn.Sequential) else model.act
     relu.register_forward_hook(lambda m, i, o: acts.__setitem__("relu", o.detach().clone()))
     zero_fractions = []
-    seen = train(model, StatsListener(store, FREQ, session="run"), digits, 23,
+    seen = train(model, StatsListener(store, FREQ, session="run", max_pending=10_000), digits, 23,
                  hook=lambda i, m: zero_fractions.append(float((acts["relu"] == 0).float().mean())))
     relu_name = "1" if isinstance(model, torch.nn.Sequential) else "act"
     assert store.read_series("run", "score").iterations.tolist() == [0, 5, 10, 15, 20]
@@ -123,7 +123,7 @@ def test_an_injected_nan_shows_up_at_the_layer_where_it_appeared(digits, store):
     torch.manual_seed(0)
     poison = Poison()
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), poison, torch.nn.Linear(32, 10))
-    listener = StatsListener(store, FREQ, session="nan")
+    listener = StatsListener(store, FREQ, session="nan", max_pending=10_000)
 
     def arm(i, m):
         poison.armed = i >= 9  # from iteration 10's forward on
@@ -140,7 +140,8 @@ def test_an_injected_nan_shows_up_at_the_layer_where_it_appeared(digits, store):
 
 def test_frequency_and_filters_are_honoured(digits):
     store = MemoryStore()
-    listener = StatsListener(store, 7, session="f", watch=["2.*", "2"], histograms=False)
+    listener = StatsListener(store, 7, session="f", watch=["2.*", "2"], histograms=False,
+                             max_pending=10_000)
     train(mlp(), listener, digits, 30)
     assert store.read_series("f", "score").iterations.tolist() == [0, 7, 14, 21, 28]
     keys = store.series_keys("f")
@@ -239,7 +240,7 @@ def test_memory_stays_flat_over_10000_iterations(digits, tmp_path):
 
 def test_log_metric_and_bad_arguments(digits):
     store = MemoryStore()
-    listener = StatsListener(store, FREQ, session="m")
+    listener = StatsListener(store, FREQ, session="m", max_pending=10_000)
     model = mlp()
     train(model, listener, digits, 6)
     with listener.attach(model):

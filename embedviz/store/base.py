@@ -323,7 +323,7 @@ class Store(ABC):
                                    and isinstance(r.session, str)})
         batch: list[Record] = []
         for record in parsed:
-            kind = record.to_dict()["type"] if not isinstance(record, Session) else "session"
+            kind = _TYPE_NAMES[type(record)]
             if isinstance(record, Session) and record.id in known:
                 continue  # merge into the existing session
             if isinstance(record, (Update, Metric, Finding)):
@@ -436,6 +436,9 @@ class Store(ABC):
     @abstractmethod
     def _iteration_index(self, session: str, worker: str) -> set[tuple]:
         """Fingerprints (see _fingerprint) of the updates, metrics and findings stored."""
+
+
+_TYPE_NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
 
 
 def _fingerprint(record: Update | Metric | Finding) -> tuple:

@@ -1,0 +1,453 @@
+"""Projections of vectors to 2-D: Barnes-Hut t-SNE on openTSNE, PCA, and UMAP when installed.
+
+:class:`BarnesHutTsne` takes Deeplearning4j's BarnesHutTsne parameters under Python names and
+maps each onto openTSNE (see the class docstring for the table). Where openTSNE does better
+than the seed's defaults it is used, and the choice is logged at INFO: PCA initialisation,
+learning rate n/12 ("auto"), and the FFT-accelerated gradient for large N (auto: Barnes-Hut
+below 10,000 points, FFT from there, the crossover measured on a 2-core machine).
+
+:func:`project` runs the whole pipeline on anything :func:`embedviz.vocab.load_vocabulary`
+reads, records the embedding set and the projection (with progress while it runs and quality
+figures at the end) in a store, and reuses a stored result for the same vectors and
+parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedviz.errors import ProjectionError
+from embedviz.records import Projection
+from embedviz.vocab import Vocabulary, load_vocabulary
+
+log = logging.getLogger("embedviz")
+
+#: below this many points Barnes-Hut is faster here, from it on the FFT method
+FFT_THRESHOLD = 10_000
+
+Callback = Callable[[int, float, np.ndarray], Any]
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms == 0, 1, norms)
+
+
+class BarnesHutTsne:
+    """t-SNE with the seed's parameters, computed by openTSNE.
+
+    ====================== ======================================== ========================
+    parameter (seed name)  openTSNE                                 default here
+    ====================== ======================================== ========================
+    max_iter (maxIter)     early_exaggeration_iter + n_iter         750 (openTSNE's 250+500)
+    stop_lying_iteration   early_exaggeration_iter                  250
+    learning_rate          learning_rate ("auto": n / exaggeration) "auto" (seed: 500)
+    use_ada_grad           openTSNE always adapts per-point gains   True (False: warned)
+    theta                  theta (Barnes-Hut only)                  0.5
+    momentum               initial_momentum (exaggeration phase)    0.8 (seed: 0.5)
+    final_momentum         final_momentum                           0.8
+    normalize              L2-normalise rows first (ours)           True
+    use_pca                reduce to ``pca_components`` first (ours) False
+    perplexity             perplexity (lowered to (n-1)/3 if needed) 30
+    n_components           n_components                             2
+    metric                 metric                                   "euclidean"
+    random_state           random_state                             None
+    (gradient method)      negative_gradient_method                 "auto": BH < 10,000 <= FFT
+    ====================== ======================================== ========================
+
+    After :meth:`fit`: ``embedding_`` (ndarray of shape (n, n_components)),
+    ``kl_divergence_``, ``method_`` ("bh" or "fft"), ``n_iter_`` (iterations run),
+    ``interrupted_`` (the callback stopped it; ``embedding_`` is the partial result).
+    ``callback(iteration, kl_divergence, embedding) -> bool``: called every
+    ``callback_every`` iterations; returning True stops the optimisation.
+    """
+
+    def __init__(self, max_iter: int = 750, stop_lying_iteration: int = 250,
+                 learning_rate: float | str = "auto", use_ada_grad: bool = True,
+                 theta: float = 0.5, momentum: float = 0.8, final_momentum: float = 0.8,
+                 normalize: bool = True, use_pca: bool = False, pca_components: int = 50,
+                 perplexity: float = 30.0, n_components: int = 2, metric: str = "euclidean",
+                 random_state: int | None = None, negative_gradient_method: str = "auto",
+                 early_exaggeration: float = 12.0, initialization: str = "pca",
+                 n_jobs: int | None = None, callback: Callback | None = None,
+                 callback_every: int = 50, progress: bool = True) -> None:
+        self.max_iter = max_iter
+        self.stop_lying_iteration = stop_lying_iteration
+        self.learning_rate = learning_rate
+        self.use_ada_grad = use_ada_grad
+        self.theta = theta
+        self.momentum = momentum
+        self.final_momentum = final_momentum
+        self.normalize = normalize
+        self.use_pca = use_pca
+        self.pca_components = pca_components
+        self.perplexity = perplexity
+        self.n_components = n_components
+        self.metric = metric
+        self.random_state = random_state
+        self.negative_gradient_method = negative_gradient_method
+        self.early_exaggeration = early_exaggeration
+        self.initialization = initialization
+        self.n_jobs = n_jobs
+        self.callback = callback
+        self.callback_every = callback_every
+        self.progress = progress
+
+    method = "tsne"
+
+    def params(self) -> dict:
+        """What determines the result (the store's reuse key); callbacks and progress do not."""
+        keys = ("max_iter", "stop_lying_iteration", "learning_rate", "use_ada_grad", "theta",
+                "momentum", "final_momentum", "normalize", "use_pca", "pca_components",
+                "perplexity", "n_components", "metric", "random_state",
+                "negative_gradient_method", "early_exaggeration", "initialization")
+        return {k: getattr(self, k) for k in keys}
+
+    # -------------------------------------------------------------- checks
+    def _check_params(self) -> None:
+        def whole(name: str, low: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ProjectionError(f"{name} must be a whole number >= {low} (got {v!r})")
+
+        whole("max_iter", 1)
+        whole("stop_lying_iteration", 0)
+        whole("n_components", 1)
+        whole("callback_every", 1)
+        if self.stop_lying_iteration > self.max_iter:
+            raise ProjectionError(f"stop_lying_iteration ({self.stop_lying_iteration}) must not "
+                                  f"exceed max_iter ({self.max_iter}): it ends the early "
+                                  "exaggeration phase within the run")
+        if not (self.learning_rate == "auto" or (isinstance(self.learning_rate, (int, float))
+                                                 and self.learning_rate > 0)):
+            raise ProjectionError(f"learning_rate must be 'auto' or > 0 (got {self.learning_rate!r})")
+        if not 0 <= self.theta <= 1:
+            raise ProjectionError(f"theta must be within [0, 1] (got {self.theta!r}): 0.5 is usual")
+        for name in ("momentum", "final_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ProjectionError(f"{name} must be within [0, 1) (got {getattr(self, name)!r})")
+        if not isinstance(self.perplexity, (int, float)) or self.perplexity <= 0:
+            raise ProjectionError(f"perplexity must be > 0 (got {self.perplexity!r}): 5 to 50 is usual")
+        if self.negative_gradient_method not in ("auto", "bh", "fft"):
+            raise ProjectionError("negative_gradient_method must be 'auto', 'bh' or 'fft' "
+                                  f"(got {self.negative_gradient_method!r})")
+
+    def _check_input(self, x: np.ndarray) -> float:
+        """The perplexity to use for this many points (data-dependent checks)."""
+        n = x.shape[0]
+        if n < 2:
+            raise ProjectionError(f"t-SNE needs at least 2 points (got {n}): select more words")
+        if not np.isfinite(x).all():
+            raise ProjectionError("the vectors hold NaN or Inf: load them with "
+                                  "embedviz.load_vocabulary, which drops and reports them")
+        limit = (n - 1) / 3
+        if self.perplexity > limit:
+            log.warning("embedviz: perplexity %s is too high for %d points; using %.2f "
+                        "(at most (n - 1) / 3)", self.perplexity, n, limit)
+            return limit
+        return float(self.perplexity)
+
+    def opentsne_kwargs(self, n: int) -> dict:
+        """The openTSNE.TSNE arguments this object maps to for ``n`` points."""
+        method = self.negative_gradient_method
+        if method == "auto":
+            method = "fft" if n >= FFT_THRESHOLD else "bh"
+            log.info("embedviz: %d points: %s gradients (Barnes-Hut below %d points, FFT from "
+                     "there)", n, "FFT" if method == "fft" else "Barnes-Hut", FFT_THRESHOLD)
+        if not self.use_ada_grad:
+            log.warning("embedviz: openTSNE always adapts per-point gains (its counterpart of "
+                        "AdaGrad); use_ada_grad=False cannot be honoured")
+        if self.learning_rate == "auto":
+            log.info("embedviz: learning rate 'auto' = n / exaggeration (%.0f in the early "
+                     "exaggeration phase), openTSNE's choice over the seed's 500",
+                     n / self.early_exaggeration)
+        return dict(
+            n_components=self.n_components, perplexity=self.perplexity,
+            learning_rate=self.learning_rate,
+            early_exaggeration_iter=self.stop_lying_iteration,
+            early_exaggeration=self.early_exaggeration,
+            n_iter=self.max_iter - self.stop_lying_iteration, theta=self.theta,
+            initial_momentum=self.momentum, final_momentum=self.final_momentum,
+            metric=self.metric, initialization=self.initialization,
+            negative_gradient_method=method, random_state=self.random_state,
+            n_jobs=self.n_jobs or os.cpu_count() or 1,
+        )
+
+    # -------------------------------------------------------------- fitting
+    def _prepare(self, x: np.ndarray, fit: bool) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float32)
+        if self.normalize:
+            x = _l2_normalize(x)
+        if self.use_pca and x.shape[1] > self.pca_components:
+            if fit:
+                from sklearn.decomposition import PCA
+
+                k = min(self.pca_components, x.shape[0])
+                self.pca_ = PCA(n_components=k, random_state=self.random_state).fit(x)
+            x = self.pca_.transform(x).astype(np.float32)
+        return x
+
+    def fit(self, x: np.ndarray) -> BarnesHutTsne:
+        from openTSNE import TSNE
+
+        self._check_params()
+        x = np.asarray(x)
+        if x.ndim != 2:
+            raise ProjectionError(f"vectors must have shape (n, dim) (got {x.shape})")
+        perplexity = self._check_input(x)
+        xp = self._prepare(x, fit=True)
+        n = xp.shape[0]
+        kwargs = self.opentsne_kwargs(n)
+        kwargs["perplexity"] = perplexity
+        if n <= 3 * perplexity + 1 or n < 4:  # openTSNE's kNN needs a few neighbours
+            kwargs["initialization"] = "spectral" if n > 3 else "random"
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.max_iter, desc=f"t-SNE ({n} points)", unit="it", leave=False)
+        state = {"offset": 0, "last": 0, "done": 0, "kl": float("nan"), "stopped": False}
+        ee = self.stop_lying_iteration
+
+        def on_progress(iteration: int, error: float, embedding: np.ndarray) -> bool:
+            if iteration < state["last"] or (state["offset"] == 0 and state["done"] >= ee and ee):
+                state["offset"] = ee  # openTSNE restarts its count in the second phase
+            state["last"] = iteration
+            done = min(state["offset"] + iteration, self.max_iter)
+            if bar is not None:
+                bar.update(done - state["done"])
+            state["done"], state["kl"] = done, float(error)
+            stop = bool(self.callback(done, float(error), np.asarray(embedding))) if self.callback else False
+            state["stopped"] = state["stopped"] or stop
+            return stop
+
+        if self.callback is not None or bar is not None:
+            # a callback makes openTSNE evaluate the KL divergence at every call: only when asked
+            kwargs["callbacks"] = on_progress
+            kwargs["callbacks_every_iters"] = self.callback_every
+        try:
+            embedding = TSNE(**kwargs).fit(xp)
+        finally:
+            if bar is not None:
+                bar.close()
+        self.method_ = kwargs["negative_gradient_method"]
+        self.opentsne_ = embedding
+        self.embedding_ = np.asarray(embedding, dtype=np.float32)
+        kl = getattr(embedding, "kl_divergence", None)  # None when interrupted
+        self.kl_divergence_ = float(state["kl"] if kl is None else kl)
+        self.n_iter_ = state["done"] if state["stopped"] else self.max_iter
+        self.interrupted_ = state["stopped"]
+        return self
+
+    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).embedding_
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Place new points into the fitted map without recomputing it (openTSNE's transform)."""
+        if not hasattr(self, "opentsne_"):
+            raise ProjectionError("call fit() before transform(): there is no map to place "
+                                  "points into yet")
+        xp = self._prepare(np.atleast_2d(np.asarray(x, dtype=np.float32)), fit=False)
+        return np.asarray(self.opentsne_.transform(xp), dtype=np.float32)
+
+
+class PCAProjection:
+    """PCA to ``n_components`` dimensions, behind the same interface as BarnesHutTsne."""
+
+    method = "pca"
+
+    def __init__(self, n_components: int = 2, normalize: bool = True,
+                 random_state: int | None = None) -> None:
+        self.n_components = n_components
+        self.normalize = normalize
+        self.random_state = random_state
+        self.callback = None
+
+    def params(self) -> dict:
+        return {"n_components": self.n_components, "normalize": self.normalize}
+
+    def fit(self, x: np.ndarray) -> PCAProjection:
+        from sklearn.decomposition import PCA
+
+        x = np.asarray(x, dtype=np.float32)
+        if x.shape[0] < 2:
+            raise ProjectionError(f"PCA needs at least 2 points (got {x.shape[0]})")
+        xp = _l2_normalize(x) if self.normalize else x
+        self.pca_ = PCA(n_components=min(self.n_components, *xp.shape),
+                        random_state=self.random_state).fit(xp)
+        self.embedding_ = self.pca_.transform(xp).astype(np.float32)
+        self.interrupted_ = False
+        return self
+
+    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).embedding_
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        return self.pca_.transform(_l2_normalize(x) if self.normalize else x).astype(np.float32)
+
+
+class UMAPProjection:
+    """UMAP (umap-learn, when installed) behind the same interface."""
+
+    method = "umap"
+
+    def __init__(self, n_components: int = 2, n_neighbors: int = 15, min_dist: float = 0.1,
+                 metric: str = "euclidean", normalize: bool = True,
+                 random_state: int | None = None) -> None:
+        try:
+            import umap  # noqa: F401
+        except ImportError:
+            raise ProjectionError("UMAP needs umap-learn: pip install umap-learn "
+                                  "(or use method='tsne' or 'pca')") from None
+        self.n_components, self.n_neighbors, self.min_dist = n_components, n_neighbors, min_dist
+        self.metric, self.normalize, self.random_state = metric, normalize, random_state
+        self.callback = None
+
+    def params(self) -> dict:
+        return {"n_components": self.n_components, "n_neighbors": self.n_neighbors,
+                "min_dist": self.min_dist, "metric": self.metric, "normalize": self.normalize,
+                "random_state": self.random_state}
+
+    def fit(self, x: np.ndarray) -> UMAPProjection:
+        import umap
+
+        xp = np.asarray(x, dtype=np.float32)
+        xp = _l2_normalize(xp) if self.normalize else xp
+        self.umap_ = umap.UMAP(n_components=self.n_components, n_neighbors=self.n_neighbors,
+                               min_dist=self.min_dist, metric=self.metric,
+                               random_state=self.random_state).fit(xp)
+        self.embedding_ = np.asarray(self.umap_.embedding_, dtype=np.float32)
+        self.interrupted_ = False
+        return self
+
+    def fit_transform(self, x: np.ndarray) -> np.ndarray:
+        return self.fit(x).embedding_
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        xp = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        return np.asarray(self.umap_.transform(_l2_normalize(xp) if self.normalize else xp),
+                          dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- quality
+def quality(x: np.ndarray, y: np.ndarray, *, k: int = 10, sample: int = 1000,
+            random_state: int = 0) -> dict:
+    """How well ``y`` (the map) keeps the neighbourhoods of ``x`` (the input space).
+
+    On a random sample of ``sample`` points (all points if fewer): ``knn_preservation`` is
+    the mean share of each point's ``k`` nearest neighbours in x that are among its k
+    nearest in y; ``trustworthiness`` is scikit-learn's (1: no false neighbours in the map).
+    """
+    from sklearn.manifold import trustworthiness
+    from sklearn.neighbors import NearestNeighbors
+
+    n = len(x)
+    idx = np.random.default_rng(random_state).choice(n, size=min(sample, n), replace=False)
+    xs, ys = np.asarray(x, dtype=np.float32)[idx], np.asarray(y, dtype=np.float32)[idx]
+    m = len(idx)
+    kk = max(1, min(k, m - 2))
+    if m < 3:
+        return {"knn_preservation": float("nan"), "trustworthiness": float("nan"), "k": kk, "sample": m}
+    nx = NearestNeighbors(n_neighbors=kk + 1).fit(xs).kneighbors(xs, return_distance=False)[:, 1:]
+    ny = NearestNeighbors(n_neighbors=kk + 1).fit(ys).kneighbors(ys, return_distance=False)[:, 1:]
+    kept = np.mean([len(set(a) & set(b)) / kk for a, b in zip(nx, ny)])
+    return {"knn_preservation": float(kept),
+            "trustworthiness": float(trustworthiness(xs, ys, n_neighbors=kk)),
+            "k": kk, "sample": m}
+
+
+# ---------------------------------------------------------------------------- pipeline
+@dataclass
+class ProjectionResult:
+    """``coords``: ndarray of shape (n, n_components) for ``vocab``'s words, in order."""
+
+    vocab: Vocabulary
+    coords: np.ndarray
+    projection: Projection
+    estimator: Any
+    reused: bool = False
+
+
+def make_estimator(method: str, **params: Any) -> Any:
+    method = method.lower()
+    if method in ("tsne", "t-sne", "barneshut", "bhtsne"):
+        return BarnesHutTsne(**params)
+    if method == "pca":
+        return PCAProjection(**params)
+    if method == "umap":
+        return UMAPProjection(**params)
+    raise ProjectionError(f"unknown projection method {method!r}: use 'tsne', 'pca' or 'umap'")
+
+
+def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: Any = None,
+            session: str | None = None, iteration: int | None = None, reuse: bool = True,
+            stream_every: int | None = 50, quality_sample: int = 1000,
+            **load: Any) -> ProjectionResult:
+    """Load (see load_vocabulary, ``**load``), project, measure, and record in ``store``.
+
+    With a store: the embedding set and the projection are saved; while it runs the
+    projection's coordinates and progress are written every ``stream_every`` iterations (so
+    a viewer can watch it converge); the same vectors with the same parameters return the
+    stored result without recomputing (``reuse=False`` to force).
+    """
+    from embedviz.store import open_store
+
+    vocab = data if isinstance(data, Vocabulary) and not load else load_vocabulary(data, **load)
+    est = estimator if estimator is not None else make_estimator(method)
+    method = getattr(est, "method", method)
+    params = est.params()
+    store = open_store(store) if store is not None and not hasattr(store, "write") else store
+    key = vocab.to_embedding_set(session, iteration).key
+    if store is not None:
+        store.put_embedding(vocab.to_embedding_set(session, iteration))
+        if reuse:
+            found = store.find_projection(key, method, params)
+            if found is not None and found.coords is not None:
+                log.info("embedviz: reusing stored projection %s", found.id)
+                return ProjectionResult(vocab, found.coords, found, est, reused=True)
+    record = Projection(key, method, params, state="running")
+    if store is not None:
+        store.put_projection(record)
+    user_callback = getattr(est, "callback", None)
+    total = getattr(est, "max_iter", 1)
+
+    def stream(it: int, error: float, embedding: np.ndarray) -> bool:
+        stop = bool(user_callback(it, error, embedding)) if user_callback else False
+        if store is not None and stream_every and (it % stream_every == 0 or stop):
+            record.coords, record.iteration = np.asarray(embedding), it
+            record.progress = min(1.0, it / total)
+            record.quality = {"kl_divergence": error}
+            store.put_projection(record)
+        return stop
+
+    if hasattr(est, "callback") and isinstance(est, BarnesHutTsne):
+        est.callback = stream
+    try:
+        coords = est.fit_transform(vocab.vectors)
+    except Exception as exc:
+        if store is not None:
+            record.state, record.message = "failed", f"{type(exc).__name__}: {exc}"
+            store.put_projection(record)
+        raise
+    finally:
+        if isinstance(est, BarnesHutTsne):
+            est.callback = user_callback
+    xq = _l2_normalize(vocab.vectors) if getattr(est, "normalize", False) else vocab.vectors
+    record.quality = quality(xq, coords, sample=quality_sample)
+    if hasattr(est, "kl_divergence_"):
+        record.quality["kl_divergence"] = est.kl_divergence_
+    record.coords = coords
+    record.state = "interrupted" if getattr(est, "interrupted_", False) else "done"
+    record.progress, record.iteration = 1.0, int(getattr(est, "n_iter_", 0))
+    if store is not None:
+        store.put_projection(record)
+    log.info("embedviz: %s of %d points: kNN preservation %.3f, trustworthiness %.3f",
+             method, len(vocab), record.quality["knn_preservation"], record.quality["trustworthiness"])
+    return ProjectionResult(vocab, coords, record, est)
