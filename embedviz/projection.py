@@ -404,9 +404,10 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
     method = getattr(est, "method", method)
     params = est.params()
     store = open_store(store) if store is not None and not hasattr(store, "write") else store
-    key = vocab.to_embedding_set(session, iteration).key
+    embedding_set = vocab.to_embedding_set(session, iteration)  # hashes the vectors once
+    key = embedding_set.key
     if store is not None:
-        store.put_embedding(vocab.to_embedding_set(session, iteration))
+        store.put_embedding(embedding_set)
         if reuse:
             found = store.find_projection(key, method, params)
             if found is not None and found.coords is not None:
