@@ -56,7 +56,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from embedviz.demo import run
 
     with open_store(args.store) as store:
-        run(store)
+        run(store, html=args.html)
     print(f"\nlist them: embedviz sessions {args.store}")
     return 0
 
@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a small net and a word2vec model, record both")
     p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
+    p.add_argument("--html", default="vocab.html", help="t-SNE page of the word2vec vocabulary")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("tsne", help="project word vectors with t-SNE into a standalone HTML plot")
     p.add_argument("vectors", help="word2vec .vec/.txt/.bin, projector tensors.tsv, or .npy (with --labels)")

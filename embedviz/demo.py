@@ -78,7 +78,20 @@ def train_lee_word2vec(store: Store, *, epochs: int = 10) -> str:
     return listener.session
 
 
-def run(store: Store) -> None:
+def plot_last_snapshot(store: Store, session: str, output: str) -> None:
+    """t-SNE of the last vocabulary snapshot of a word2vec session, as a standalone page."""
+    from embedviz.plot import plot_vocab
+    from embedviz.projection import BarnesHutTsne
+    from embedviz.vocab import Vocabulary
+
+    last = store.embeddings(session)[-1]
+    emb = store.embedding(last.key)
+    vocab = Vocabulary(emb.labels, emb.vectors, emb.metadata, f"lee word2vec, epoch {emb.iteration}")
+    plot_vocab(vocab, BarnesHutTsne(random_state=0), top_n=None, color_by="cluster",
+               output=output, store=store, session=session)
+
+
+def run(store: Store, html: str | None = "vocab.html") -> None:
     t0 = time.time()
     mlp = train_digits_mlp(store)
     w2v = train_lee_word2vec(store)
@@ -96,3 +109,9 @@ def run(store: Store) -> None:
     loss = store.read_series(w2v, "score").values
     print(f"\n{w2v}: word2vec loss per epoch {loss[0]:.0f} -> {loss[-1]:.0f}; "
           f"{len(store.embeddings(w2v))} vocabulary snapshots")
+    if html:
+        plot_last_snapshot(store, w2v, html)
+        proj = store.projections(store.embeddings(w2v)[-1].key)[-1]
+        print(f"  t-SNE of the last snapshot: kNN preservation "
+              f"{proj.quality['knn_preservation']:.2f}, trustworthiness "
+              f"{proj.quality['trustworthiness']:.2f}; open {html} in a browser")

@@ -107,3 +107,18 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     store.close()
     assert main(["export", str(tmp_path / "s.db"), "--session", "typo", "-o", str(tmp_path / "x.jsonl")]) == 2
     assert "unknown session 'typo'" in capsys.readouterr().err
+
+
+def test_the_demo_records_both_trainings_and_writes_the_map(tmp_path, capsys):
+    store = tmp_path / "demo.db"
+    assert main(["demo", "--store", str(store), "--html", str(tmp_path / "vocab.html")]) == 0
+    out = capsys.readouterr().out
+    assert "update:param ratio" in out and "kNN preservation" in out
+    s = embedviz.open_store(store)
+    names = {x.name: x for x in s.sessions()}
+    assert set(names) == {"digits-mlp", "lee-word2vec"}
+    mlp = names["digits-mlp"].id
+    assert len(s.read_series(mlp, "metric/val_accuracy")) == 8
+    assert s.read_series(mlp, "metric/val_accuracy").values[-1] > 0.85
+    assert len(s.projections()) == 1 and s.projections()[0].state == "done"
+    assert (tmp_path / "vocab.html").stat().st_size > 100_000
