@@ -305,6 +305,7 @@ class BackgroundWriter:
             with self._cv:
                 lost = len(self._items)
                 self._items.clear()
+                self.dropped += lost
             worker = self._worker or self._starting
             if worker is not None and worker.proc.poll() is None:
                 worker.proc.kill()

@@ -172,6 +172,7 @@ class StatsListener:
         self._writer: BackgroundWriter | None = None
         self._warned: set[str] = set()
         self._own_seconds = 0.0
+        self._dropped_before = 0  # drops of writers already closed
         self._reset_capture()
         self._model: torch.nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -223,6 +224,7 @@ class StatsListener:
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close(self.close_timeout)
+            self._dropped_before += writer.dropped
 
     # ------------------------------------------------------------------ hooks (training thread)
     def _reporting(self) -> bool:
@@ -430,5 +432,5 @@ class StatsListener:
 
     @property
     def dropped_reports(self) -> int:
-        """Reports dropped because the store did not keep up (so far)."""
-        return self._writer.dropped if self._writer else 0
+        """Reports dropped because the store did not keep up (so far, over every attach)."""
+        return self._dropped_before + (self._writer.dropped if self._writer else 0)
