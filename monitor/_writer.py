@@ -42,6 +42,9 @@ from embedviz.store import SQLiteStore, Store
 
 log = logging.getLogger("embedviz.monitor")
 
+#: plain records (metrics, static info) that may wait before the oldest are dropped
+MAX_RECORDS = 10_000
+
 
 def _rss_bytes() -> float:
     """This process's resident memory, bytes."""
@@ -149,6 +152,7 @@ class BackgroundWriter:
         self.flush_seconds = flush_seconds
         self.flush_records = flush_records
         self.dropped = 0
+        self.dropped_records = 0
         self.failed = 0
         self.written = 0
         self.busy_seconds = 0.0
@@ -192,17 +196,30 @@ class BackgroundWriter:
         threading.Thread(target=connect, name="embedviz-worker-start", daemon=True).start()
 
     def submit(self, item: list[Record] | Report) -> None:
-        """Queue records or a report; never blocks. Drops (and counts) the oldest when full."""
+        """Queue records or a report; never blocks.
+
+        At most ``max_pending`` reports wait: one more drops (and counts) the oldest waiting
+        report. Plain records (session, static info, metrics) are small and precious: they are
+        never dropped for a report, only beyond MAX_RECORDS waiting items, oldest first.
+        """
         with self._cv:
             if self._closing:
                 return
-            if len(self._items) >= self.max_pending:
-                old = self._items.popleft()
-                if isinstance(old, Report):
+            if isinstance(item, Report):
+                waiting = [i for i, x in enumerate(self._items) if isinstance(x, Report)]
+                if len(waiting) >= self.max_pending:
+                    old = self._items[waiting[0]]
+                    del self._items[waiting[0]]
                     old.release()
-                self.dropped += 1
-                self.warn_once("dropped", "the store is not keeping up: dropping the oldest "
-                               "pending report (the count is recorded as monitor/dropped_reports)")
+                    self.dropped += 1
+                    self.warn_once("dropped", "the store is not keeping up: dropping the oldest "
+                                   "pending report (the count is recorded as "
+                                   "monitor/dropped_reports)")
+            elif len(self._items) >= MAX_RECORDS:
+                self._items.popleft()
+                self.dropped_records += 1
+                self.warn_once("dropped-records", f"the store is not keeping up: more than "
+                               f"{MAX_RECORDS} metrics wait; dropping the oldest")
             self._items.append(item)
             self._cv.notify()
 
@@ -304,8 +321,8 @@ class BackgroundWriter:
         if self._thread.is_alive():
             with self._cv:
                 lost = len(self._items)
+                self.dropped += sum(isinstance(x, Report) for x in self._items)
                 self._items.clear()
-                self.dropped += lost
             worker = self._worker or self._starting
             if worker is not None and worker.proc.poll() is None:
                 worker.proc.kill()

@@ -271,3 +271,24 @@ def test_large_tensors_are_summarized_from_an_even_sample():
     h = store.read_histograms("big", "param/weight")[0].histogram
     assert abs(h.counts.sum() + h.underflow + h.overflow - w.numel()) <= 25
     assert store.static("big")["listener"]["sampled"]["weight"][1] == w.numel()
+
+
+def test_metrics_are_never_dropped_to_make_room_for_reports(digits):
+    store = StalledStore()
+    listener = StatsListener(store, 1, session="keep", max_pending=2, close_timeout=10.0)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = digits
+    handle = listener.attach(model, opt)
+    for i in range(60):
+        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+        listener.log_metric("val_loss", float(i), iteration=i)
+    assert listener.dropped_reports > 0  # reports made room...
+    store.release.set()
+    handle.remove()
+    got = store.read_series("keep", "metric/val_loss")
+    assert got.iterations.tolist() == list(range(60))  # ...metrics did not
