@@ -30,6 +30,10 @@ log = logging.getLogger("embedviz")
 
 #: below this many points Barnes-Hut is faster here, from it on the FFT method
 FFT_THRESHOLD = 10_000
+#: exact (brute-force, BLAS) neighbours while n * n * dim stays below this; Annoy above.
+#: Measured here with 50 dimensions: exact 1.7 s vs Annoy 6.0 s at 20,000 points, 9.8 s vs
+#: 18.0 s at 50,000 (brute force grows as n^2 * dim, so Annoy wins beyond)
+EXACT_NEIGHBORS_WORK = 50_000 * 50_000 * 50
 
 Callback = Callable[[int, float, np.ndarray], Any]
 
@@ -59,6 +63,8 @@ class BarnesHutTsne:
     metric                 metric                                   "euclidean"
     random_state           random_state                             None
     (gradient method)      negative_gradient_method                 "auto": BH < 10,000 <= FFT
+    (neighbours)           neighbors                                "auto": exact while
+                                                                    n*n*dim <= 1.25e11, Annoy
     ====================== ======================================== ========================
 
     After :meth:`fit`: ``embedding_`` (ndarray of shape (n, n_components)),
@@ -75,6 +81,7 @@ class BarnesHutTsne:
                  perplexity: float = 30.0, n_components: int = 2, metric: str = "euclidean",
                  random_state: int | None = None, negative_gradient_method: str = "auto",
                  early_exaggeration: float = 12.0, initialization: str = "pca",
+                 neighbors: str = "auto",
                  n_jobs: int | None = None, callback: Callback | None = None,
                  callback_every: int = 50, progress: bool = True) -> None:
         self.max_iter = max_iter
@@ -94,6 +101,7 @@ class BarnesHutTsne:
         self.negative_gradient_method = negative_gradient_method
         self.early_exaggeration = early_exaggeration
         self.initialization = initialization
+        self.neighbors = neighbors
         self.n_jobs = n_jobs
         self.callback = callback
         self.callback_every = callback_every
@@ -106,7 +114,7 @@ class BarnesHutTsne:
         keys = ("max_iter", "stop_lying_iteration", "learning_rate", "use_ada_grad", "theta",
                 "momentum", "final_momentum", "normalize", "use_pca", "pca_components",
                 "perplexity", "n_components", "metric", "random_state",
-                "negative_gradient_method", "early_exaggeration", "initialization")
+                "negative_gradient_method", "early_exaggeration", "initialization", "neighbors")
         return {k: getattr(self, k) for k in keys}
 
     # -------------------------------------------------------------- checks
@@ -134,6 +142,9 @@ class BarnesHutTsne:
                 raise ProjectionError(f"{name} must be within [0, 1) (got {getattr(self, name)!r})")
         if not isinstance(self.perplexity, (int, float)) or self.perplexity <= 0:
             raise ProjectionError(f"perplexity must be > 0 (got {self.perplexity!r}): 5 to 50 is usual")
+        if self.neighbors not in ("auto", "exact", "annoy", "pynndescent"):
+            raise ProjectionError("neighbors must be 'auto', 'exact', 'annoy' or 'pynndescent' "
+                                  f"(got {self.neighbors!r})")
         if self.negative_gradient_method not in ("auto", "bh", "fft"):
             raise ProjectionError("negative_gradient_method must be 'auto', 'bh' or 'fft' "
                                   f"(got {self.negative_gradient_method!r})")
@@ -153,13 +164,18 @@ class BarnesHutTsne:
             return limit
         return float(self.perplexity)
 
-    def opentsne_kwargs(self, n: int) -> dict:
-        """The openTSNE.TSNE arguments this object maps to for ``n`` points."""
+    def opentsne_kwargs(self, n: int, dim: int = 50) -> dict:
+        """The openTSNE.TSNE arguments this object maps to for ``n`` points of ``dim``."""
         method = self.negative_gradient_method
         if method == "auto":
             method = "fft" if n >= FFT_THRESHOLD else "bh"
             log.info("embedviz: %d points: %s gradients (Barnes-Hut below %d points, FFT from "
                      "there)", n, "FFT" if method == "fft" else "Barnes-Hut", FFT_THRESHOLD)
+        neighbors = self.neighbors
+        if neighbors == "auto":
+            neighbors = "exact" if n * n * dim <= EXACT_NEIGHBORS_WORK else "annoy"
+            log.info("embedviz: %d points of %d dimensions: %s nearest neighbours", n, dim,
+                     "exact (brute force)" if neighbors == "exact" else "approximate (Annoy)")
         if not self.use_ada_grad:
             log.warning("embedviz: openTSNE always adapts per-point gains (its counterpart of "
                         "AdaGrad); use_ada_grad=False cannot be honoured")
@@ -175,7 +191,7 @@ class BarnesHutTsne:
             n_iter=self.max_iter - self.stop_lying_iteration, theta=self.theta,
             initial_momentum=self.momentum, final_momentum=self.final_momentum,
             metric=self.metric, initialization=self.initialization,
-            negative_gradient_method=method, random_state=self.random_state,
+            negative_gradient_method=method, random_state=self.random_state, neighbors=neighbors,
             n_jobs=self.n_jobs or os.cpu_count() or 1,
         )
 
@@ -203,7 +219,7 @@ class BarnesHutTsne:
         perplexity = self._check_input(x)
         xp = self._prepare(x, fit=True)
         n = xp.shape[0]
-        kwargs = self.opentsne_kwargs(n)
+        kwargs = self.opentsne_kwargs(n, xp.shape[1])
         kwargs["perplexity"] = perplexity
         if n <= 3 * perplexity + 1 or n < 4:  # openTSNE's kNN needs a few neighbours
             kwargs["initialization"] = "spectral" if n > 3 else "random"

@@ -32,6 +32,8 @@ def test_parameters_reach_opentsne():
     assert kw["initial_momentum"] == 0.5 and kw["final_momentum"] == 0.7
     assert kw["perplexity"] == 12 and kw["metric"] == "cosine" and kw["random_state"] == 3
     assert kw["negative_gradient_method"] == "bh" and kw["initialization"] == "pca"
+    assert kw["neighbors"] == "exact"
+    assert BarnesHutTsne().opentsne_kwargs(200_000, 300)["neighbors"] == "annoy"
     assert BarnesHutTsne().opentsne_kwargs(20_000)["negative_gradient_method"] == "fft"
     assert BarnesHutTsne(negative_gradient_method="bh").opentsne_kwargs(20_000)["negative_gradient_method"] == "bh"
 
