@@ -185,20 +185,29 @@ def test_a_store_that_raises_does_not_stop_training(digits, caplog):
     assert warnings and len(warnings) < 5  # logged once, not per report
 
 
-def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
-    store = StalledStore()
-    listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
+def _one_batch_loop(listener, digits, steps, each=None):
+    """Train an MLP on one batch for ``steps`` steps under ``listener``; returns the handle
+    (still attached)."""
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     X, y = digits
     handle = listener.attach(model, opt)
-    t0 = time.perf_counter()
-    for _ in range(300):
+    for i in range(steps):
         loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
         opt.zero_grad()
         loss.backward()
         opt.step()
         listener.step(loss)
+        if each is not None:
+            each(i)
+    return handle
+
+
+def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
+    store = StalledStore()
+    listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
+    t0 = time.perf_counter()
+    handle = _one_batch_loop(listener, digits, 300)
     elapsed = time.perf_counter() - t0
     assert elapsed < 20  # a blocked write would take 60 s
     # all but what waits (4), what one batch holds (<= 50) and the one being written
@@ -276,17 +285,8 @@ def test_large_tensors_are_summarized_from_an_even_sample():
 def test_metrics_are_never_dropped_to_make_room_for_reports(digits):
     store = StalledStore()
     listener = StatsListener(store, 1, session="keep", max_pending=2, close_timeout=10.0)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    X, y = digits
-    handle = listener.attach(model, opt)
-    for i in range(60):
-        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        listener.step(loss)
-        listener.log_metric("val_loss", float(i), iteration=i)
+    handle = _one_batch_loop(listener, digits, 60,
+                             each=lambda i: listener.log_metric("val_loss", float(i), iteration=i))
     assert listener.dropped_reports > 0  # reports made room...
     store.release.set()
     handle.remove()
