@@ -124,6 +124,15 @@ class Histogram:
             raise _fail("histogram counts must be >= 0", self.counts.min(), "check the counts")
         self.underflow, self.overflow = int(self.underflow), int(self.overflow)
 
+    @classmethod
+    def trusted(cls, edges: np.ndarray, counts: np.ndarray, underflow: int, overflow: int
+                ) -> Histogram:
+        """A histogram from a float64 edge array and an int64 count array known to be valid
+        (as embedviz's own summarizers make them), without checking them again."""
+        h = cls.__new__(cls)
+        h.edges, h.counts, h.underflow, h.overflow = edges, counts, underflow, overflow
+        return h
+
     def to_dict(self) -> dict:
         return {"edges": self.edges, "counts": self.counts,
                 "underflow": self.underflow, "overflow": self.overflow}
@@ -165,6 +174,16 @@ class Summary:
         elif self.histogram is not None and not isinstance(self.histogram, Histogram):
             raise _fail("histogram must be a Histogram or None", type(self.histogram).__name__,
                         "build it with embedviz.records.Histogram(edges, counts)")
+
+    @classmethod
+    def trusted(cls, histogram: Histogram | None, **stats: Any) -> Summary:
+        """A summary from values already of the right types (Python floats and ints, as
+        embedviz's own summarizers make them), without checking them again: the monitor
+        builds thousands a second."""
+        s = cls.__new__(cls)
+        s.__dict__.update(stats)
+        s.histogram = histogram
+        return s
 
     def to_dict(self) -> dict:
         d: dict[str, Any] = {name: getattr(self, name) for name in STATS}

@@ -1,44 +1,117 @@
 """A report: what a listener captured at one reported iteration, before it is summarized.
 
-Built on the training thread (device-side copies, no synchronisation); turned into records
-by :meth:`Report.to_records` on the writer's background thread.
+The training thread copies (samples of) the watched tensors into one flat buffer, a
+:class:`Slot`, with a few fused copy operations and no device synchronisation. The slot lives
+in shared memory when a worker process may summarize it (an SQLite store, CPU tensors), on
+the tensors' device otherwise. :meth:`Report.to_records` turns it into records off the
+training thread, with a fixed number of array passes for all the tensors together
+(:func:`embedviz.monitor.stats.summarize_flat`).
 """
 
 from __future__ import annotations
 
+import collections
+import os
+import secrets
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
-from embedviz.monitor.stats import summarize_many
+from embedviz.monitor.stats import HISTOGRAM_SAMPLE, _scaled, _summarize_torch, summarize_flat
 
 from embedviz.records import Record, Static, Summary, Update
 
 
-class BufferPool:
-    """Reused tensors for a listener's copies: a fresh multi-megabyte allocation costs page
-    faults on every report, more than the copy itself."""
+class Slot:
+    """One report's capture buffer and what lies where in it: ``entries`` are
+    (key, elements in the buffer, elements of the tensor they stand for)."""
 
-    def __init__(self, per_shape: int = 8) -> None:
-        self.per_shape = per_shape
-        self._free: dict[tuple, list[torch.Tensor]] = {}
+    def __init__(self, pool: SlotPool, device: torch.device, dtype: torch.dtype) -> None:
+        self.pool, self.device, self.dtype = pool, device, dtype
+        self.buf = torch.empty(0, dtype=dtype, device=device)
+        self.path: str | None = None
+        self.entries: list[tuple[str, int, int]] = []
+        self.used = 0
+        self._splits: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = {}
 
-    def copy(self, t: torch.Tensor) -> torch.Tensor:
-        src = t.detach()
-        free = self._free.get((src.shape, src.dtype, src.device))
-        try:
-            buf = free.pop() if free else None
-        except IndexError:  # emptied by another thread meanwhile
-            buf = None
-        if buf is None:
-            return src.clone(memory_format=torch.contiguous_format)
-        return buf.copy_(src)
+    def reset(self) -> None:
+        self.entries = []
+        self.used = 0
 
-    def release(self, tensors: list[torch.Tensor]) -> None:
-        for t in tensors:
-            free = self._free.setdefault((t.shape, t.dtype, t.device), [])
-            if len(free) < self.per_shape:
-                free.append(t)
+    def add(self, keys: list[str], views: list[torch.Tensor], totals: list[int]) -> tuple[int, int]:
+        """Copy ``views`` (1-D) one after the other into the buffer, in one fused operation;
+        returns the block's (start, end)."""
+        sizes = [v.numel() for v in views]
+        start, end = self.used, self.used + sum(sizes)
+        if end > self.buf.numel():
+            self.pool.grow(self, end)
+            self._splits = {}
+        if len(views) == 1:
+            self.buf[start:end].copy_(views[0])
+        elif views:  # where each block goes repeats from report to report
+            key = (start, tuple(sizes))
+            dst = self._splits.get(key)
+            if dst is None:
+                if len(self._splits) > 64:
+                    self._splits.clear()
+                dst = self._splits[key] = list(self.buf[start:end].split(sizes))
+            torch._foreach_copy_(dst, views)
+        self.entries.extend(zip(keys, sizes, totals))
+        self.used = end
+        return start, end
+
+
+class SlotPool:
+    """The slots of one listener: ``size`` of them (the reports that may wait, the one being
+    summarized, the one being captured), allocated once and reused, since fresh multi-megabyte
+    allocations cost page faults on every report. In ``folder`` (shared memory) for CPU
+    tensors when a worker process may read them."""
+
+    def __init__(self, size: int, folder: str | None = None) -> None:
+        self.size, self.folder = size, folder
+        self._free: collections.deque[Slot] = collections.deque()
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def acquire(self, device: torch.device, dtype: torch.dtype) -> Slot | None:
+        with self._lock:
+            for _ in range(len(self._free)):
+                slot = self._free.popleft()
+                if slot.device == device and slot.dtype == dtype:
+                    slot.reset()
+                    return slot
+                self._free.append(slot)
+            if self._made < self.size:
+                self._made += 1
+                return Slot(self, device, dtype)
+            if self._free:  # every slot made, none of this kind free: remake one
+                self._free.popleft().pool = None  # type: ignore[assignment]
+                return Slot(self, device, dtype)
+            return None
+
+    def release(self, slot: Slot) -> None:
+        if slot.pool is self:
+            self._free.append(slot)
+
+    def grow(self, slot: Slot, n: int) -> None:
+        cap = max(n + n // 4, 1 << 16)
+        if self.folder is not None and slot.device.type == "cpu":
+            path = os.path.join(self.folder, f"slot-{secrets.token_hex(6)}")
+            np_dtype = np.float64 if slot.dtype == torch.float64 else np.float32
+            with open(path, "wb") as f:
+                f.truncate(cap * np.dtype(np_dtype).itemsize)
+            buf = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="r+", shape=(cap,)))
+        else:
+            path, buf = None, torch.empty(cap, dtype=slot.dtype, device=slot.device)
+        buf[:slot.used].copy_(slot.buf[:slot.used])
+        if slot.path is not None:
+            try:
+                os.unlink(slot.path)  # mapped views stay valid until dropped
+            except OSError:
+                pass
+        slot.buf, slot.path = buf, path
 
 
 @dataclass
@@ -49,33 +122,53 @@ class Report:
     epoch: int | None
     loss: Any  # a detached tensor, a number or None
     scalars: dict[str, float]
-    tensors: list[tuple[str, torch.Tensor, int]]  # ("update/fc1.weight", copy or sample, numel)
+    slot: Slot | None  # None once sent to the worker process (entries travel alone)
     bins: int | None
-    sample: int
+    #: exact (NaN, Inf) counts of sampled tensors found non-finite over every element
+    nonfinite: dict[str, tuple[int, int]] = field(default_factory=dict)
     static: dict | None = None
     extra: list[Record] = field(default_factory=list)
-    pool: BufferPool | None = field(default=None, repr=False, compare=False)
+    entries: list[tuple[str, int, int]] = field(default_factory=list)
+    #: on an accelerator, histograms of larger tensors come from a sample of this many
+    sample: int = HISTOGRAM_SAMPLE
+
+    def __post_init__(self) -> None:
+        if self.slot is not None and not self.entries:
+            self.entries = list(self.slot.entries)
 
     def release(self) -> None:
-        """Hand the copies back for reuse (once nothing reads them any more)."""
-        pool, self.pool = self.pool, None
-        if pool is not None:
-            pool.release([t for _, t, _ in self.tensors])
+        """Hand the slot back for reuse (once nothing reads it any more)."""
+        slot, self.slot = self.slot, None
+        if slot is not None and slot.pool is not None:
+            slot.pool.release(slot)
 
-    def __getstate__(self) -> dict:  # the pool stays in the training process
-        state = dict(self.__dict__)
-        state["pool"] = None
-        return state
+    def shippable(self) -> Report:
+        """This report without its slot, for the worker process (it maps the slot's file)."""
+        return Report(self.session, self.worker, self.iteration, self.epoch, self.score(),
+                      self.scalars, None, self.bins, self.nonfinite, self.static, self.extra,
+                      self.entries, self.sample)
 
     def score(self) -> float | None:
         return None if self.loss is None else float(self.loss)
 
-    def to_records(self, tensors: list[torch.Tensor] | None = None) -> list[Record]:
-        """Summarize the tensors (or the given replacements, e.g. views of shared memory)."""
-        ts = [t for _, t, _ in self.tensors] if tensors is None else tensors
-        totals = [n for _, _, n in self.tensors]
-        summaries: dict[str, Summary] = dict(zip(
-            [k for k, _, _ in self.tensors], summarize_many(ts, self.bins, self.sample, totals)))
+    def summaries(self, flat: np.ndarray | None = None) -> list[Summary]:
+        """Summaries of the captured tensors, from ``flat`` (the slot's contents, e.g. as
+        mapped by the worker process) or from the slot."""
+        sizes = [n for _, n, _ in self.entries]
+        if flat is None:
+            assert self.slot is not None
+            buf = self.slot.buf[:sum(sizes)]
+            if buf.device.type != "cpu":  # summarized on the device; small results leave it
+                return _summarize_torch(list(buf.split(sizes)), self.bins, self.sample,
+                                        [t for _, _, t in self.entries])
+            flat = buf.numpy()
+        out = summarize_flat(flat, sizes, self.bins)
+        for i, (key, _, total) in enumerate(self.entries):
+            out[i] = _scaled(out[i], total, self.nonfinite.get(key))
+        return out
+
+    def to_records(self, flat: np.ndarray | None = None) -> list[Record]:
+        summaries = dict(zip([k for k, _, _ in self.entries], self.summaries(flat)))
         records: list[Record] = list(self.extra)
         if self.static is not None:
             records.append(Static(self.session, self.worker, self.static))

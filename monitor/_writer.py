@@ -6,11 +6,12 @@ dropped and counted, and a warning is logged once. Any exception in summarizing 
 store is logged once per kind and swallowed.
 
 Where the work happens: a daemon thread takes the items. For CPU tensors and a store that
-another process can open (an SQLite file), it copies each report's tensors into shared memory
-and a **worker process** (embedviz.monitor._worker) summarizes and writes them, so that the
-Python dispatch of hundreds of small tensor operations does not hold this interpreter's GIL
-while the training thread wants it. Otherwise (device tensors, an in-memory store, while the
-worker starts, or if it died) the thread does the work itself.
+another process can open (an SQLite file), a report's capture buffer already lies in shared
+memory (see embedviz.monitor._report.SlotPool); the thread sends the worker process
+(embedviz.monitor._worker) its layout and the worker summarizes and writes it, so that
+neither the summaries nor the store's Python code hold this interpreter's GIL while the
+training thread wants it. Otherwise (device tensors, an in-memory store, while the worker
+starts, or if it died) the thread does the work itself.
 
 Records are written in batches, one transaction at most every ``flush_seconds`` (or
 ``flush_records`` records), because a transaction's bookkeeping costs more than its rows: a
@@ -33,8 +34,6 @@ import time
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
-import numpy as np
-import torch
 from embedviz.monitor._report import Report
 
 from embedviz.records import Record
@@ -46,10 +45,10 @@ log = logging.getLogger("embedviz.monitor")
 MAX_RECORDS = 10_000
 
 
-def _rss_bytes() -> float:
-    """This process's resident memory, bytes."""
+def _rss_bytes(pid: int | str = "self") -> float:
+    """A process's resident memory (this one's by default), bytes."""
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"/proc/{pid}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         import resource
@@ -60,9 +59,8 @@ def _rss_bytes() -> float:
 class _WorkerProcess:
     """The parent's side of the worker process."""
 
-    def __init__(self, store_url: str, start_timeout: float = 120.0) -> None:
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-        self.folder = tempfile.mkdtemp(prefix="embedviz-", dir=shm)
+    def __init__(self, store_url: str, folder: str, start_timeout: float = 120.0) -> None:
+        self.folder = folder
         authkey = secrets.token_bytes(16)
         self._listener = Listener(os.path.join(self.folder, "socket"), family="AF_UNIX",
                                   authkey=authkey)
@@ -72,8 +70,6 @@ class _WorkerProcess:
                                      stdin=subprocess.DEVNULL)
         self._timeout = start_timeout
         self.conn: Connection | None = None
-        self._block: np.memmap | None = None
-        self._block_path = ""
 
     def connect(self) -> None:
         """Wait for the worker to call back (it imports torch first: seconds)."""
@@ -82,43 +78,32 @@ class _WorkerProcess:
             sock.settimeout(self._timeout)  # a worker that never calls back
         self.conn = self._listener.accept()
 
-    def _space(self, n: int) -> np.memmap:
-        if self._block is None or self._block.size < n:
-            if self._block_path:
-                os.unlink(self._block_path)
-            self._block_path = os.path.join(self.folder, f"block-{secrets.token_hex(4)}")
-            size = int(n * 1.25) + 4096
-            with open(self._block_path, "wb") as f:
-                f.truncate(size * 4)
-            self._block = np.memmap(self._block_path, dtype=np.float32, mode="r+", shape=(size,))
-        return self._block
-
     def run(self, item: Any) -> tuple[int, float]:
         """Send one item; returns (failures, seconds the worker spent) once it took it."""
         conn = self.conn
         assert conn is not None
         if isinstance(item, Report):
-            sizes = [t.numel() for _, t, _ in item.tensors]
-            block = torch.from_numpy(self._space(sum(sizes)))
-            layout, start = [], 0
-            for (_, t, _), n in zip(item.tensors, sizes):
-                block[start:start + n].copy_(t.reshape(-1))  # casts to float32
-                layout.append((start * 4, n))
-                start += n
-            meta = Report(item.session, item.worker, item.iteration, item.epoch, item.score(),
-                          item.scalars, [(k, torch.empty(0), n) for k, _, n in item.tensors],
-                          item.bins, item.sample, item.static, item.extra)
-            item.release()
-            conn.send(("report", self._block_path, layout, meta))
+            slot = item.slot
+            assert slot is not None and slot.path is not None
+            try:
+                conn.send(("report", slot.path, str(slot.buf.numpy().dtype), slot.used,
+                           item.shippable()))
+            except BaseException:
+                item.release()
+                raise
         else:
             conn.send(("records", item))
         failed = 0
-        while True:
-            msg = conn.recv()
-            if msg[0] == "failed":  # a timed flush between items failed
-                failed += msg[1]
-                continue
-            return failed + msg[1], msg[2]
+        try:
+            while True:
+                msg = conn.recv()
+                if msg[0] == "failed":  # a timed flush between items failed
+                    failed += msg[1]
+                    continue
+                return failed + msg[1], msg[2]
+        finally:
+            if isinstance(item, Report):
+                item.release()  # the worker has summarized it: the slot may be reused
 
     def close(self, timeout: float) -> None:
         try:
@@ -134,7 +119,6 @@ class _WorkerProcess:
             self._listener.close()
         except OSError:
             pass
-        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 class BackgroundWriter:
@@ -164,14 +148,18 @@ class BackgroundWriter:
         self._warned: set[str] = set()
         self._worker: _WorkerProcess | None = None
         self._starting: _WorkerProcess | None = None
+        #: where capture buffers go so that the worker process can map them (None: no worker)
+        self.shared_folder: str | None = None
         if use_process and isinstance(store, SQLiteStore) and not store.readonly:
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            self.shared_folder = tempfile.mkdtemp(prefix="embedviz-", dir=shm)
             self._start_worker(store.url)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _start_worker(self, url: str) -> None:
         try:
-            worker = self._starting = _WorkerProcess(url)
+            worker = self._starting = _WorkerProcess(url, self.shared_folder or "")
         except Exception as exc:
             self.warn_once("worker-start", "could not start the worker process; summarizing "
                            "on a thread instead", exc)
@@ -260,6 +248,8 @@ class BackgroundWriter:
             worker.close(timeout=5.0)
         elif self._starting is not None:  # still importing: nothing to finish there
             self._starting.close(timeout=0.1)
+        if self.shared_folder is not None:  # mapped buffers stay valid until dropped
+            shutil.rmtree(self.shared_folder, ignore_errors=True)
 
     def _to_worker(self, item: Any) -> bool:
         """Hand the item to the worker process; False if it must be handled here."""
@@ -267,9 +257,8 @@ class BackgroundWriter:
         if worker is None:
             return False
         if isinstance(item, Report):
-            if not all(t.device.type == "cpu" for _, t, _ in item.tensors):
-                return False
-            item.scalars["memory/rss_bytes"] = _rss_bytes()
+            if item.slot is None or item.slot.path is None:  # on a device, or not shared
+                return False  # (the worker reads the training process's memory itself)
         if self._batch:  # keep the order: what this thread holds goes first
             self._flush()
         try:
@@ -279,6 +268,9 @@ class BackgroundWriter:
                            "thread from now on", exc)
             self._worker = None
             worker.close(timeout=1.0)
+            if isinstance(item, Report):  # its buffer went back to the pool: lost
+                self.failed += 1
+                return True
             return False
         self.failed += failed
         self.busy_seconds += busy

@@ -7,10 +7,13 @@ applied, learning rate, momentum and weight decay included), every watched leaf 
 output, the score, learning rates, timing and memory.
 
 What it costs the training thread: on iterations that are not reported, a counter and a
-clock read (no device synchronisation, the loss is not touched). On reported iterations,
-device-side copies of the watched tensors (no synchronisation either); summaries are then
-computed from those copies on their device by a background thread, and only the small
-results leave the device. ``max_pending`` bounds how many reports' copies may wait.
+clock read (no device synchronisation, the loss is not touched). On reported iterations, a
+few fused copies of the watched tensors (of an even sample of those above ``sample_limit``)
+into one flat buffer, and one norm per sampled CPU tensor so that a NaN or Inf anywhere in it
+is counted exactly. Summaries are computed off the training thread: for CPU tensors into an
+SQLite store by a worker process reading the buffer from shared memory, otherwise by a
+background thread, on the tensors' device (only small results leave it). ``max_pending``
+bounds how many reports' buffers may wait.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import logging
+import math
 import os
 import platform
 import socket
@@ -28,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from embedviz.monitor._report import BufferPool, Report
+from embedviz.monitor._report import Report, Slot, SlotPool
 from embedviz.monitor._writer import BackgroundWriter
 from embedviz.monitor.stats import HISTOGRAM_SAMPLE
 
@@ -89,14 +93,10 @@ class ListenerHandle:
     """What :meth:`StatsListener.attach` returns: ``remove()`` takes every hook away and
     writes what is pending; also a context manager."""
 
-    def __init__(self, listener: StatsListener, hooks: list) -> None:
+    def __init__(self, listener: StatsListener) -> None:
         self.listener = listener
-        self._hooks = hooks
 
     def remove(self) -> None:
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
         self.listener._detach()
 
     def __enter__(self) -> ListenerHandle:
@@ -121,11 +121,13 @@ class StatsListener:
     histograms, activations: record histograms / leaf-module outputs.
     bins: histogram bins.
     sample_limit: tensors with more elements are summarized from an even strided sample of
-        about this many (the same positions every report; counts scaled to the full size):
-        copying and reducing every element of every large tensor would cost the training
-        loop far more than the numbers are worth. ``None``: every element, always.
-    histogram_sample: within what is summarized, tensors with more elements get their
-        histogram from a strided sample of this many.
+        about this many (the same positions every report, a stride coprime with the last
+        dimension so that every column is visited; counts scaled to the full size; NaN and
+        Inf counted over every element on CPU): copying and reducing every element of every
+        large tensor would cost the training loop far more than the numbers are worth.
+        ``None``: every element, always.
+    histogram_sample: on an accelerator, tensors with more elements (after sampling) get
+        their histogram from a strided sample of this many (on CPU every element counts).
     max_pending: reports that may wait for the store before the oldest are dropped.
     close_timeout: seconds ``remove()``/``close()`` waits for pending reports.
     flush_seconds: reports are written in batches at most this often (see
@@ -137,7 +139,7 @@ class StatsListener:
                  tags: dict | None = None, hyperparameters: dict | None = None,
                  worker: str = "0", watch: Sequence[str] = ("*",), ignore: Sequence[str] = (),
                  histograms: bool = True, activations: bool = True, bins: int = 20,
-                 histogram_sample: int = HISTOGRAM_SAMPLE, sample_limit: int | None = 65536,
+                 histogram_sample: int = HISTOGRAM_SAMPLE, sample_limit: int | None = 8192,
                  max_pending: int = 4,
                  close_timeout: float = 5.0, flush_seconds: float = 1.0) -> None:
         if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
@@ -177,11 +179,14 @@ class StatsListener:
         self._model: torch.nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
-        self._sizes: dict[str, int] = {}  # elements of each watched tensor
         self._shapes: dict[str, dict] = {}
         self._order: list[str] = []
         self._static_sent = False
-        self._pool = BufferPool(per_shape=max_pending + 2)
+        self._hooks: list = []
+        self._param_views: dict[str, tuple[int, torch.Tensor]] = {}
+        self._plans: dict[tuple, list[tuple[str, int, int, int]]] = {}
+        self._leaves: list[tuple[torch.nn.Module, Callable]] = []
+        self._pool: SlotPool | None = None
         self._window = self._new_window()
 
     # ------------------------------------------------------------------ attaching
@@ -197,26 +202,47 @@ class StatsListener:
         self._model, self._optimizer = model, optimizer
         self._params = {n: p for n, p in model.named_parameters()
                         if p.requires_grad and _matches(n, self.watch, self.ignore)}
-        self._sizes = {n: p.numel() for n, p in self._params.items()}
         if not self._params:
             log.warning("embedviz monitor: no parameter of the model matches watch=%s "
                         "ignore=%s; only score, timing and memory are recorded",
                         self.watch, self.ignore)
-        hooks: list = []
-        for name, module in model.named_modules():
-            if not any(True for _ in module.children()):  # a leaf (the model itself, if alone)
-                hooks.append(module.register_forward_hook(self._make_forward_hook(name or "output")))
-        if optimizer is not None:
-            hooks.append(optimizer.register_step_pre_hook(self._pre_step))
-            hooks.append(optimizer.register_step_post_hook(self._post_step))
+        self._disarm()  # attached again: the hooks of the earlier attach go
+        self._param_views, self._plans = {}, {}
+        self._leaves = [(module, self._make_forward_hook(name or "output"))
+                        for name, module in model.named_modules()
+                        if not any(True for _ in module.children())]  # (the model, if alone)
         if self._writer is None:
             self._writer = BackgroundWriter(self.store, max_pending=self.max_pending,
                                             flush_seconds=self.flush_seconds)
             self._writer.submit([self._session_record])
+            # every report that may wait, the one being summarized, the one being captured
+            self._pool = SlotPool(self.max_pending + 2, self._writer.shared_folder)
+        dtypes = {p.dtype for p in self._params.values()}
+        self._dtype = torch.float64 if torch.float64 in dtypes else torch.float32
+        self._device = next(iter(self._params.values())).device if self._params else None
         self._window = self._new_window()
-        return ListenerHandle(self, hooks)
+        if self._reporting():
+            self._arm()
+        return ListenerHandle(self)
+
+    def _arm(self) -> None:
+        """Hook into the model and optimizer for one reported iteration. Hooks are there only
+        while an iteration is reported: a forward hook on every module costs each module call
+        Python work, ~2% of the reference MLP's step if left in place."""
+        if self._hooks or self._model is None:
+            return
+        self._hooks = [module.register_forward_hook(hook) for module, hook in self._leaves]
+        if self._optimizer is not None:
+            self._hooks.append(self._optimizer.register_step_pre_hook(self._pre_step))
+            self._hooks.append(self._optimizer.register_step_post_hook(self._post_step))
+
+    def _disarm(self) -> None:
+        hooks, self._hooks = self._hooks, []
+        for h in hooks:
+            h.remove()
 
     def _detach(self) -> None:
+        self._disarm()
         self.close()
 
     def close(self) -> None:
@@ -236,7 +262,7 @@ class StatsListener:
         def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
             if name not in self._shapes:
                 self._record_shapes(name, module, inputs, output)
-            if watched and self.iteration % self.frequency == 0:
+            if watched:  # (hooked only while an iteration is reported)
                 self._capture_activation(name, output)
 
         return hook
@@ -249,50 +275,160 @@ class StatsListener:
     @_guarded
     def _capture_activation(self, name: str, output: Any) -> None:
         t = _first_tensor(output)
-        if t is not None and t.is_floating_point():
-            self._sizes[name] = t.numel()
-            self._activations[name] = self._copy(t)  # later in-place ops must not change it
+        if t is None or not t.is_floating_point():
+            return
+        slot = self._slot_for(t.device)
+        if slot is None:
+            return
+        t = t.detach()
+        n, limit = t.numel(), self.sample_limit
+        if limit is not None and n > limit:
+            # whole examples, the first of the batch: a batch is a random sample of examples
+            # already, and a unit's zero fraction stays what it is; one example too large
+            # is sampled evenly like a parameter
+            per_row = n // max(t.shape[0], 1) if t.dim() > 1 else n
+            view = t[:limit // per_row].reshape(-1) if t.dim() > 1 and per_row <= limit else self._view(t)
+            self._checks.append((f"activation/{name}", t))  # NaN and Inf counted over every element
+        else:
+            view = t.reshape(-1)
+        slot.add([f"activation/{name}"], [view], [n])  # later in-place ops can't change it
+
+    def _slot_for(self, device: torch.device) -> Slot | None:
+        """This iteration's capture buffer (taken from the pool at the first capture)."""
+        if self._slot is None and self._pool is not None:
+            self._slot = self._pool.acquire(self._device or device, self._dtype)
+            if self._slot is None:
+                self._warn_once("no-slot", "no capture buffer free; this report is skipped")
+        return self._slot
+
+    def _capture(self, *groups: tuple[str, dict[str, torch.Tensor]]) -> dict[str, tuple[int, int]]:
+        """Copy (samples of) the tensors of each (kind, {name: tensor}) group into the slot, in
+        one fused copy; returns where each kind's block lies."""
+        slot = self._slot_for(self._device or torch.device("cpu"))
+        if slot is None:
+            return {}
+        keys: list[str] = []
+        views: list[torch.Tensor] = []
+        totals: list[int] = []
+        blocks = {}
+        start = slot.used
+        for kind, tensors in groups:
+            plan = self._plan(kind, tensors)
+            if kind in ("param", "update"):
+                views += [self._param_view(n, t) for n, t in tensors.items()]
+                if kind == "param":  # (after the step: what the parameters are now)
+                    self._checks += [(key, t) for t, (key, count, _, total) in
+                                     zip(tensors.values(), plan) if count < total]
+            else:
+                views += [self._sample(t, stride, count) for t, (_, count, stride, _) in
+                          zip(tensors.values(), plan)]
+                self._checks += [(key, t) for t, (key, count, _, total) in
+                                 zip(tensors.values(), plan) if count < total]
+            keys += [key for key, _, _, _ in plan]
+            totals += [total for _, _, _, total in plan]
+            size = sum(count for _, count, _, _ in plan)
+            blocks[kind] = (start, start + size)
+            start += size
+        slot.add(keys, views, totals)
+        return blocks
+
+    def _plan(self, kind: str, tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int, int]]:
+        """(key, elements kept, stride, elements) of each tensor; kept from report to report
+        (made anew if a tensor's size changed)."""
+        key = (kind, tuple(tensors))
+        plan = self._plans.get(key)
+        if plan is None or any(t.numel() != p[3] for t, p in zip(tensors.values(), plan)):
+            plan = []
+            for n, t in tensors.items():
+                stride = self._stride(t)
+                plan.append((f"{kind}/{n}", -(-t.numel() // stride), stride, t.numel()))
+            self._plans[key] = plan
+        return plan
+
+    def _stride(self, t: torch.Tensor) -> int:
+        """Every how many elements of ``t`` are kept (1: all of it). Tensors above
+        sample_limit are sampled evenly; the stride shares no factor with the last dimension,
+        so that a matrix's sample visits every column."""
+        n, limit = t.numel(), self.sample_limit
+        if limit is None or n <= limit:
+            return 1
+        stride = -(-n // limit)
+        cols = t.shape[-1] if t.dim() else 1
+        while math.gcd(stride, cols) != 1:
+            stride += 1
+        return stride
+
+    @staticmethod
+    def _sample(t: torch.Tensor, stride: int, count: int) -> torch.Tensor:
+        x = t.detach()
+        if x.is_contiguous():
+            return x.as_strided((count,), (stride,))
+        return x.reshape(-1)[::stride]
+
+    def _param_view(self, name: str, p: torch.Tensor) -> torch.Tensor:
+        """The sample of a parameter, kept between reports (the optimizer changes it in
+        place; made anew if its storage was replaced)."""
+        cached = self._param_views.get(name)
+        if cached is None or cached[0] != p.data_ptr():
+            cached = self._param_views[name] = (p.data_ptr(), self._view(p))
+        return cached[1]
 
     @_guarded
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
         if not self._reporting() or self._before is not None:
             return
-        self._before = {n: self._copy(p) for n, p in self._params.items()}
         # with a closure, backward runs inside step(): gradients are read after it
         self._grads_after_step = bool(args) or "closure" in kwargs
-        if not self._grads_after_step:
-            self._capture_grads()
+        # the parameters before the step, where their updates will be, and the gradients
+        blocks = self._capture(("update", self._params), *(
+            () if self._grads_after_step else (("gradient", self._grads()),)))
+        self._before = blocks.get("update")
+        self._grads_captured = not self._grads_after_step
 
     @_guarded
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
-        if not self._reporting() or self._before is None or self._updates is not None:
+        if not self._reporting() or self._before is None or self._params_captured:
             return
         if self._grads_after_step:
             self._capture_grads()
-        for n, before in self._before.items():
-            torch.sub(self._view(self._params[n]), before, out=before)  # becomes the update
-        self._updates, self._before = self._before, None
+        after = self._capture(("param", self._params)).get("param")
+        self._params_captured = True
+        if after is not None and self._slot is not None:
+            buf = self._slot.buf
+            (b0, b1), (a0, a1) = self._before, after
+            torch.sub(buf[a0:a1], buf[b0:b1], out=buf[b0:b1])  # before becomes the update
         self._lrs = {str(i): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)
                      if isinstance(g.get("lr"), (int, float))}
 
+    def _grads(self) -> dict[str, torch.Tensor]:
+        return {n: p.grad for n, p in self._params.items() if p.grad is not None}
+
     def _capture_grads(self) -> None:
-        self._grads = {n: self._copy(p.grad) for n, p in self._params.items()
-                       if p.grad is not None}
+        self._capture(("gradient", self._grads()))
+        self._grads_captured = True
 
     def _view(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` flattened, or an even strided sample of it when it is above sample_limit
-        (the same positions every time for a given size)."""
-        x = t.detach().reshape(-1)
-        limit = self.sample_limit
-        if limit is None or x.numel() <= limit:
-            return x
-        return x[:: -(-x.numel() // limit)]
+        (the same positions every time for a given shape; see :meth:`_stride`)."""
+        stride = self._stride(t)
+        return self._sample(t, stride, -(-t.numel() // stride))
 
-    def _copy(self, t: torch.Tensor) -> torch.Tensor:
-        return self._pool.copy(self._view(t))
+    def _nonfinite(self) -> dict[str, tuple[int, int]]:
+        """Exact (NaN, Inf) counts of the sampled tensors that hold any: a sum over every
+        element finds those (CPU only: on a device, reading it back would synchronise)."""
+        checks, self._checks = self._checks, []
+        checks = [(k, t) for k, t in checks if t.device.type == "cpu"]
+        if not checks:
+            return {}
+        sums = torch.stack([t.sum() for _, t in checks]).tolist()
+        found = {}
+        for (key, t), total in zip(checks, sums):
+            if not math.isfinite(total):  # (or finite values so large that the sum overflows)
+                nan_count = int(torch.isnan(t).sum())
+                found[key] = (nan_count, int(torch.isinf(t).sum()))
+        return found
 
     # ------------------------------------------------------------------ the loop's calls
-    @_guarded
     def step(self, loss: Any = None, batch_size: int | None = None, epoch: int | None = None) -> None:
         """Call once per iteration, after ``optimizer.step()``.
 
@@ -300,6 +436,18 @@ class StatsListener:
         background, only on reported iterations). ``batch_size``: examples in the batch, for
         examples/s. ``epoch``: the current epoch, if known.
         """
+        it, f = self.iteration, self.frequency
+        if it % f and (it + 1) % f and epoch is None and (batch_size is None or type(batch_size) is int):
+            # neither reported nor next to one: two counters (nothing here can raise)
+            w = self._window
+            w["steps"] += 1
+            w["examples"] += batch_size or 0
+            self.iteration = it + 1
+            return
+        self._step(loss, batch_size, epoch)
+
+    @_guarded
+    def _step(self, loss: Any, batch_size: int | None, epoch: int | None) -> None:
         now = time.perf_counter()
         w = self._window
         w["steps"] += 1
@@ -307,10 +455,17 @@ class StatsListener:
             w["examples"] += int(batch_size)
         if epoch is not None:
             self.epoch = int(epoch)
-        if self._reporting() and self._writer is not None:
+        reporting = self._reporting()
+        if reporting and self._writer is not None:
             self._report(loss, now)
         self.iteration += 1
-        self._reset_capture()
+        if reporting:
+            self._reset_capture()
+        if self._writer is not None:
+            if self._reporting():
+                self._arm()
+            elif self._hooks:
+                self._disarm()
 
     def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
         """Record a named metric (validation loss, accuracy) at ``iteration`` (default: the
@@ -332,10 +487,13 @@ class StatsListener:
                 "busy": self._writer.busy_seconds if self._writer else 0.0}
 
     def _reset_capture(self) -> None:
-        self._before: dict[str, torch.Tensor] | None = None
-        self._grads: dict[str, torch.Tensor] | None = None
-        self._updates: dict[str, torch.Tensor] | None = None
-        self._activations: dict[str, torch.Tensor] = {}
+        slot = getattr(self, "_slot", None)
+        if slot is not None and slot.pool is not None:  # captured, not reported (detached)
+            slot.pool.release(slot)
+        self._slot: Slot | None = None
+        self._before: tuple[int, int] | None = None  # where the parameters before the step lie
+        self._grads_captured = self._params_captured = False
+        self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
         self._lrs: dict[str, float] = {}
         self._grads_after_step = False
 
@@ -344,10 +502,11 @@ class StatsListener:
         assert writer is not None
         w, self._window = self._window, self._new_window()
         elapsed = max(now - w["start"], 1e-9)
-        if self._grads is None and self._updates is None:  # no optimizer hooks ran
+        if not self._grads_captured:  # no optimizer hooks ran
             self._capture_grads()
-        params = {n: self._copy(p) for n, p in self._params.items()}
-        grads, updates, acts = self._grads or {}, self._updates or {}, self._activations
+        if not self._params_captured:
+            self._capture(("param", self._params))
+        nonfinite = self._nonfinite()
         scalars = {f"lr/{k}": v for k, v in self._lrs.items()}
         if w["steps"] and self.iteration > 0:
             scalars["timing/iteration_ms"] = 1000.0 * elapsed / w["steps"]
@@ -365,13 +524,12 @@ class StatsListener:
         loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
         static = None if self._static_sent else self._static_info()
         self._static_sent = True
-        sizes = self._sizes
-        tensors = [(f"{kind}/{name}", t, sizes.get(name, t.numel())) for kind, group in (
-            ("param", params), ("gradient", grads), ("update", updates), ("activation", acts))
-            for name, t in group.items()]
+        slot, self._slot = self._slot, None
+        if slot is None:  # nothing captured (no buffer free): the numbers without summaries
+            slot = Slot(SlotPool(0), torch.device("cpu"), torch.float32)
         writer.submit(Report(self.session, self.worker, self.iteration, self.epoch, loss, scalars,
-                             tensors, self.bins if self.histograms else None,
-                             self.histogram_sample, static, pool=self._pool))
+                             slot, self.bins if self.histograms else None, nonfinite, static,
+                             sample=self.histogram_sample))
 
     def _static_info(self) -> dict:
         model, opt = self._model, self._optimizer

@@ -76,7 +76,8 @@ def test_recorded_statistics_are_what_the_optimizer_did(make, digits, store):
     relu = model[1] if isinstance(model, torch.nn.Sequential) else model.act
     relu.register_forward_hook(lambda m, i, o: acts.__setitem__("relu", o.detach().clone()))
     zero_fractions = []
-    seen = train(model, StatsListener(store, FREQ, session="run", max_pending=10_000), digits, 23,
+    seen = train(model, StatsListener(store, FREQ, session="run", max_pending=10_000,
+                                 sample_limit=None), digits, 23,
                  hook=lambda i, m: zero_fractions.append(float((acts["relu"] == 0).float().mean())))
     relu_name = "1" if isinstance(model, torch.nn.Sequential) else "act"
     assert store.read_series("run", "score").iterations.tolist() == [0, 5, 10, 15, 20]
@@ -292,3 +293,96 @@ def test_metrics_are_never_dropped_to_make_room_for_reports(digits):
     handle.remove()
     got = store.read_series("keep", "metric/val_loss")
     assert got.iterations.tolist() == list(range(60))  # ...metrics did not
+
+
+def test_the_worker_process_records_exactly_what_happened(digits, tmp_path):
+    """Into an SQLite store, reports are summarized by a worker process reading the capture
+    buffers from shared memory: once it is up, what it writes is still exact."""
+    store = embedviz.open_store(tmp_path / "worker.db")
+    listener = StatsListener(store, 2, session="w", max_pending=10_000)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    X, y = digits
+    truth: dict[int, dict[str, torch.Tensor]] = {}
+    deadline = time.monotonic() + 120
+    with listener.attach(model, opt):
+        i, first = 0, None
+        while first is None or i < first + 10:
+            if first is None and listener._writer._worker is not None and i % 2 == 0:
+                first = i  # the worker is connected: from here on it summarizes
+            assert time.monotonic() < deadline, "the worker process did not start"
+            loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+            opt.zero_grad()
+            loss.backward()
+            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+            opt.step()
+            truth[i] = {f"gradient/{n}": g for n, g in grads.items()} | {
+                f"param/{n}": p.detach().clone() for n, p in model.named_parameters()}
+            listener.step(loss)
+            i += 1
+            if first is None:
+                time.sleep(0.05)
+    assert listener._writer is None and listener.dropped_reports == 0
+    checked = 0
+    for key in truth[first]:
+        series = {s: store.read_series("w", f"{key}/{s}") for s in ("mean", "stdev", "max", "count")}
+        for it, mean, stdev, hi, count in zip(series["mean"].iterations, series["mean"].values,
+                                              series["stdev"].values, series["max"].values,
+                                              series["count"].values):
+            if it < first:
+                continue
+            t = truth[int(it)][key].double()
+            assert count == t.numel()
+            assert mean == pytest.approx(t.mean().item(), rel=1e-4, abs=1e-6 * t.abs().max().item())
+            assert stdev == pytest.approx(t.std(unbiased=False).item(), rel=1e-3)
+            assert hi == pytest.approx(t.max().item(), rel=1e-6)
+            checked += 1
+    assert checked >= 5 * len(truth[first])
+    rss = store.read_series("w", "memory/rss_bytes")
+    assert rss.values[-1] > 50e6  # the training process's memory, read by the worker
+
+
+def test_a_nan_outside_the_sample_is_counted_exactly():
+    store = MemoryStore()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(400, 400)  # 160,000 weights, sampled every 41st
+    listener = StatsListener(store, 1, session="s", sample_limit=4096)
+    with torch.no_grad():
+        model.weight[3, 1] = math.nan  # position 1201: not one of the sampled positions
+        model.weight[7, 2] = math.inf
+    with listener.attach(model):  # no optimizer: the weights stay as they are
+        loss = model(torch.rand(8, 400) + 0.1).pow(2).mean()
+        loss.backward()
+        listener.step(loss)
+    assert store.static("s")["listener"]["sampled"]["weight"] == [3903, 160_000]
+    assert store.read_series("s", "param/weight/nan_count").values.tolist() == [1]
+    assert store.read_series("s", "param/weight/inf_count").values.tolist() == [1]
+    # output units 3 and 7 are NaN / Inf for every example: their gradient rows are not finite
+    grad = model.weight.grad
+    nan_grad, inf_grad = int(torch.isnan(grad).sum()), int(torch.isinf(grad).sum())
+    assert nan_grad >= 400
+    assert store.read_series("s", "gradient/weight/nan_count").values.tolist() == [nan_grad]
+    assert store.read_series("s", "gradient/weight/inf_count").values.tolist() == [inf_grad]
+    h = store.read_histograms("s", "param/weight")[0].histogram
+    assert h.counts.sum() + h.underflow + h.overflow == 160_000 - 2
+
+
+def test_large_activations_are_sampled_by_whole_examples(digits):
+    store = MemoryStore()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    seen = {}
+    model[1].register_forward_hook(lambda m, i, o: seen.__setitem__("relu", o.detach().clone()))
+    listener = StatsListener(store, 1, session="a", sample_limit=4096)
+    X, y = digits
+    with listener.attach(model):
+        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+        loss.backward()
+        listener.step(loss)
+    relu = seen["relu"]  # 64 x 512 = 32,768 > 4,096: the first 8 examples are summarized
+    assert store.read_series("a", "activation/1/count").values.tolist() == [relu.numel()]
+    zf = store.read_series("a", "activation/1/zero_fraction").values[0]
+    assert zf == pytest.approx(float((relu[:8] == 0).float().mean()), abs=1e-9)
+    assert zf == pytest.approx(float((relu == 0).float().mean()), abs=0.05)
+    mean = store.read_series("a", "activation/1/mean").values[0]
+    assert mean == pytest.approx(relu[:8].double().mean().item(), rel=1e-5)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from embedviz.monitor.stats import summarize, summarize_many
+from embedviz.monitor.stats import _summarize_torch, summarize, summarize_flat, summarize_many
 
 
 def test_an_outlier_lands_in_overflow_instead_of_flattening_the_bins():
@@ -59,3 +59,48 @@ def test_a_sample_scales_counts_to_the_full_tensor():
     assert s.stdev == pytest.approx(full.std().item(), rel=0.02)
     exact, _ = np.histogram(full.numpy(), bins=s.histogram.edges)
     assert np.abs(exact - s.histogram.counts).max() < 0.05 * exact.max()
+
+
+def test_flat_summaries_count_every_element_exactly():
+    rng = np.random.default_rng(3)
+    parts = [rng.normal(0, 1, 5000), np.zeros(0), rng.normal(5, 1e-3, 300), np.array([2.5]),
+             np.where(rng.random(4000) < 0.3, 0.0, rng.exponential(2, 4000)),
+             np.array([1.0, np.nan, -np.inf, 0.0, 4.0]), np.full(10, 7.0)]
+    parts[0][17] = 1e4  # an outlier
+    x = np.concatenate(parts).astype(np.float32)
+    got = summarize_flat(x, [len(p) for p in parts], bins=16)
+    for part, s in zip(parts, got):
+        p32 = part.astype(np.float32).astype(np.float64)
+        finite = p32[np.isfinite(p32)]
+        assert s.count == len(part)
+        assert s.nan_count == int(np.isnan(p32).sum()) and s.inf_count == int(np.isinf(p32).sum())
+        if not len(finite):
+            assert math.isnan(s.mean)
+            continue
+        assert s.mean == pytest.approx(finite.mean(), rel=1e-6, abs=1e-9)
+        assert s.stdev == pytest.approx(finite.std(), rel=1e-4, abs=1e-9)
+        assert s.mean_magnitude == pytest.approx(np.abs(finite).mean(), rel=1e-6)
+        assert (s.min, s.max) == (finite.min(), finite.max())
+        assert s.zero_fraction == pytest.approx((p32 == 0).sum() / len(part))
+        h = s.histogram
+        assert h.underflow == (finite < h.edges[0]).sum() and h.overflow == (finite > h.edges[-1]).sum()
+        inside = finite[(finite >= h.edges[0]) & (finite <= h.edges[-1])]
+        assert h.counts.sum() == len(inside)
+        exact, _ = np.histogram(inside, bins=h.edges)
+        assert np.abs(exact - h.counts).sum() <= 2  # (a value on an edge may round either way)
+    assert got[0].histogram.overflow == 1  # the outlier, not a flattened histogram
+
+
+def test_the_device_path_agrees_with_the_flat_path():
+    """Tensors on an accelerator are summarized with torch on their device; on CPU with
+    numpy. Run the torch path on CPU tensors: the numbers agree."""
+    torch.manual_seed(4)
+    ts = [torch.randn(3000), torch.rand(64, 32) * (torch.rand(64, 32) > 0.5), torch.randn(7) * 1e-3]
+    flat = summarize_many(ts, bins=12)
+    dev = _summarize_torch(ts, bins=12)
+    for a, b in zip(flat, dev):
+        assert a.count == b.count and a.nan_count == b.nan_count
+        for stat in ("mean", "stdev", "mean_magnitude", "min", "max", "zero_fraction"):
+            assert getattr(a, stat) == pytest.approx(getattr(b, stat), rel=1e-5, abs=1e-9)
+        assert np.allclose(a.histogram.edges, b.histogram.edges, rtol=1e-5)
+        assert np.abs(a.histogram.counts - b.histogram.counts).max() <= 2
