@@ -77,12 +77,13 @@ class SlotPool:
 
     def acquire(self, device: torch.device, dtype: torch.dtype) -> Slot | None:
         with self._lock:
-            for _ in range(len(self._free)):
-                slot = self._free.popleft()
+            # the most recently released first: its pages are the likeliest to be in cache
+            for i in range(len(self._free) - 1, -1, -1):
+                slot = self._free[i]
                 if slot.device == device and slot.dtype == dtype:
+                    del self._free[i]
                     slot.reset()
                     return slot
-                self._free.append(slot)
             if self._made < self.size:
                 self._made += 1
                 return Slot(self, device, dtype)

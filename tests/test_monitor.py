@@ -161,6 +161,24 @@ def test_removing_the_listener_removes_every_hook(digits):
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 
+def test_hooks_are_in_place_only_around_reported_iterations(digits):
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    listener = StatsListener(MemoryStore(), 3, session="h")
+    hooked = []
+    X, y = digits
+    with listener.attach(model, opt):
+        for _ in range(7):
+            hooked.append(bool(model[0]._forward_hooks) and bool(opt._optimizer_step_pre_hooks))
+            loss = torch.nn.functional.cross_entropy(model(X[:32]), y[:32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            listener.step(loss)
+    assert hooked == [True, False, False, True, False, False, True]  # iterations 0, 3, 6
+    assert not model[0]._forward_hooks and not opt._optimizer_step_pre_hooks
+
+
 class FailingStore(MemoryStore):
     def _write(self, records):
         raise RuntimeError("disk on fire")
