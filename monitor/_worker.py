@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 
@@ -96,6 +97,8 @@ def main(address: str, url: str) -> None:
         conn.send(("done", failed, time.perf_counter() - t0))
     flush()
     store.close()
+    if os.getppid() != parent:  # the training process died: nobody else removes its buffers
+        shutil.rmtree(os.path.dirname(address), ignore_errors=True)
 
 
 if __name__ == "__main__":

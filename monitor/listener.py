@@ -185,7 +185,7 @@ class StatsListener:
         self._hooks: list = []
         self._param_views: dict[str, tuple[int, torch.Tensor]] = {}
         self._plans: dict[tuple, list[tuple[str, int, int, int]]] = {}
-        self._leaves: list[tuple[torch.nn.Module, Callable]] = []
+        self._leaves: dict[int, Callable] = {}  # id(leaf module) -> its forward hook
         self._pool: SlotPool | None = None
         self._window = self._new_window()
 
@@ -208,9 +208,9 @@ class StatsListener:
                         self.watch, self.ignore)
         self._disarm()  # attached again: the hooks of the earlier attach go
         self._param_views, self._plans = {}, {}
-        self._leaves = [(module, self._make_forward_hook(name or "output"))
+        self._leaves = {id(module): self._make_forward_hook(name or "output")
                         for name, module in model.named_modules()
-                        if not any(True for _ in module.children())]  # (the model, if alone)
+                        if not any(True for _ in module.children())}  # (the model, if alone)
         if self._writer is None:
             self._writer = BackgroundWriter(self.store, max_pending=self.max_pending,
                                             flush_seconds=self.flush_seconds)
@@ -227,11 +227,12 @@ class StatsListener:
 
     def _arm(self) -> None:
         """Hook into the model and optimizer for one reported iteration. Hooks are there only
-        while an iteration is reported: a forward hook on every module costs each module call
-        Python work, ~2% of the reference MLP's step if left in place."""
+        while an iteration is reported (a forward hook costs every module call Python work).
+        One global module forward hook, not one per leaf: arming and disarming every report
+        then costs two registrations, whatever the size of the model."""
         if self._hooks or self._model is None:
             return
-        self._hooks = [module.register_forward_hook(hook) for module, hook in self._leaves]
+        self._hooks = [torch.nn.modules.module.register_module_forward_hook(self._on_forward)]
         if self._optimizer is not None:
             self._hooks.append(self._optimizer.register_step_pre_hook(self._pre_step))
             self._hooks.append(self._optimizer.register_step_post_hook(self._post_step))
@@ -255,6 +256,11 @@ class StatsListener:
     # ------------------------------------------------------------------ hooks (training thread)
     def _reporting(self) -> bool:
         return self.iteration % self.frequency == 0
+
+    def _on_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+        hook = self._leaves.get(id(module))  # (other modules, other models: not ours)
+        if hook is not None:
+            hook(module, inputs, output)
 
     def _make_forward_hook(self, name: str) -> Callable:
         watched = self.activations and _matches(name, self.watch, self.ignore)

@@ -154,14 +154,18 @@ def test_frequency_and_filters_are_honoured(digits):
 def test_removing_the_listener_removes_every_hook(digits):
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    from torch.nn.modules.module import _global_forward_hooks
+
     handle = StatsListener(MemoryStore(), FREQ).attach(model, opt)
-    assert any(m._forward_hooks for m in model.modules())
+    assert _global_forward_hooks and opt._optimizer_step_pre_hooks  # (iteration 0 is reported)
     handle.remove()
-    assert not any(m._forward_hooks for m in model.modules())
+    assert not any(m._forward_hooks for m in model.modules()) and not _global_forward_hooks
     assert not opt._optimizer_step_pre_hooks and not opt._optimizer_step_post_hooks
 
 
 def test_hooks_are_in_place_only_around_reported_iterations(digits):
+    from torch.nn.modules.module import _global_forward_hooks as global_forward_hooks
+
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     listener = StatsListener(MemoryStore(), 3, session="h")
@@ -169,14 +173,14 @@ def test_hooks_are_in_place_only_around_reported_iterations(digits):
     X, y = digits
     with listener.attach(model, opt):
         for _ in range(7):
-            hooked.append(bool(model[0]._forward_hooks) and bool(opt._optimizer_step_pre_hooks))
+            hooked.append(bool(global_forward_hooks) and bool(opt._optimizer_step_pre_hooks))
             loss = torch.nn.functional.cross_entropy(model(X[:32]), y[:32])
             opt.zero_grad()
             loss.backward()
             opt.step()
             listener.step(loss)
     assert hooked == [True, False, False, True, False, False, True]  # iterations 0, 3, 6
-    assert not model[0]._forward_hooks and not opt._optimizer_step_pre_hooks
+    assert not global_forward_hooks and not opt._optimizer_step_pre_hooks
 
 
 class FailingStore(MemoryStore):
@@ -404,3 +408,44 @@ def test_large_activations_are_sampled_by_whole_examples(digits):
     assert zf == pytest.approx(float((relu == 0).float().mean()), abs=0.05)
     mean = store.read_series("a", "activation/1/mean").values[0]
     assert mean == pytest.approx(relu[:8].double().mean().item(), rel=1e-5)
+
+
+def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memory(tmp_path):
+    """SIGKILL the training process: its worker process writes what it received, removes
+    the capture buffers from /dev/shm, and exits."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "killed.db"
+    script = textwrap.dedent(f"""
+        import os, signal, time, torch
+        from embedviz.monitor import StatsListener
+        listener = StatsListener({str(db)!r}, 1, session="k", max_pending=10_000)
+        model = torch.nn.Linear(20, 5)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        listener.attach(model, opt)
+        deadline = time.monotonic() + 120
+        i = 0
+        while listener._writer._worker is None or i < 40:
+            loss = model(torch.randn(8, 20)).pow(2).mean()
+            opt.zero_grad(); loss.backward(); opt.step()
+            listener.step(loss)
+            i += 1
+            time.sleep(0.01)
+            assert time.monotonic() < deadline
+        print(listener._writer.shared_folder, listener._writer._worker.proc.pid, i, flush=True)
+        time.sleep(0.5)  # the worker has taken the reports (it acknowledges each)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder, worker_pid, steps = proc.stdout.split()
+    deadline = time.monotonic() + 30
+    while os.path.exists(f"/proc/{worker_pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(folder)
+    store = embedviz.open_store(db)
+    assert store.read_series("k", "score").iterations.tolist() == list(range(int(steps)))
