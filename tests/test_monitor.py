@@ -449,3 +449,52 @@ def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memo
     assert not os.path.exists(folder)
     store = embedviz.open_store(db)
     assert store.read_series("k", "score").iterations.tolist() == list(range(int(steps)))
+
+
+def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
+    """Another process holds SQLite's write lock for seconds (a long transaction): the
+    worker waits for it, reports beyond max_pending are dropped and counted, no training
+    step waits, and once the lock is gone the reports flow again."""
+    import sqlite3
+
+    db = tmp_path / "locked.db"
+    listener = StatsListener(embedviz.open_store(db), 1, session="L", max_pending=4,
+                             close_timeout=30)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = digits
+
+    def one_step() -> float:
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+        return time.perf_counter() - t0
+
+    handle = listener.attach(model, opt)
+    deadline = time.monotonic() + 120
+    while listener._writer._worker is None:
+        assert time.monotonic() < deadline, "the worker process did not start"
+        one_step()
+        time.sleep(0.02)
+    blocker = sqlite3.connect(db, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by another connection
+    locked_from, worst = listener.iteration, 0.0
+    t_end = time.monotonic() + 4
+    while time.monotonic() < t_end:
+        worst = max(worst, one_step())
+    blocker.execute("COMMIT")
+    blocker.close()
+    released_at = listener.iteration
+    for _ in range(20):
+        one_step()
+        time.sleep(0.01)
+    handle.remove()
+    assert worst < 0.5, f"a training step waited {worst:.2f} s for the locked store"
+    assert listener.dropped_reports > 0  # more reports than max_pending waited
+    written = embedviz.open_store(db).read_series("L", "score").iterations.tolist()
+    assert written == sorted(set(written))  # each at most once, in order
+    assert any(it >= released_at for it in written)  # flowing again
+    assert len([it for it in written if it >= locked_from]) < released_at - locked_from + 20
