@@ -30,6 +30,13 @@ FLUSH_SECONDS = 1.0
 FLUSH_RECORDS = 50
 
 
+def _reply(conn: object, msg: tuple) -> None:
+    try:
+        conn.send(msg)  # type: ignore[attr-defined]
+    except OSError:  # the training process is gone: what is buffered is still written
+        pass
+
+
 def main(address: str, url: str) -> None:
     from multiprocessing.connection import Client
 
@@ -65,11 +72,11 @@ def main(address: str, url: str) -> None:
         if not conn.poll(max(0.0, FLUSH_SECONDS - (time.monotonic() - last_flush))):
             failed = flush()
             if failed:
-                conn.send(("failed", failed))
+                _reply(conn, ("failed", failed))
             continue
         try:
             msg = conn.recv()
-        except EOFError:
+        except (EOFError, OSError):  # the training process closed, or died
             break
         if msg[0] == "close":
             break
@@ -94,7 +101,7 @@ def main(address: str, url: str) -> None:
             if type(exc).__name__ not in warned:
                 warned.add(type(exc).__name__)
                 log.warning("embedviz monitor worker: could not summarize a report", exc_info=exc)
-        conn.send(("done", failed, time.perf_counter() - t0))
+        _reply(conn, ("done", failed, time.perf_counter() - t0))
     flush()
     store.close()
     if os.getppid() != parent:  # the training process died: nobody else removes its buffers
