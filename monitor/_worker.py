@@ -10,6 +10,7 @@ a fresh interpreter, so nothing of the training script is imported again.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -48,6 +49,10 @@ def main(address: str, url: str) -> None:
         return
     store = open_store(url)
     parent = os.getppid()
+    # everything imported so far (torch, numpy: hundreds of thousands of objects) lives as
+    # long as this process: keep it out of the cyclic collector's full passes, which would
+    # otherwise walk all of it every few hundred reports
+    gc.freeze()
     maps: dict[str, np.memmap] = {}
     warned: set[str] = set()
     pending: list = []
