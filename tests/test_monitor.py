@@ -412,7 +412,8 @@ def test_large_activations_are_sampled_by_whole_examples(digits):
 
 def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memory(tmp_path):
     """SIGKILL the training process: its worker process writes what it received, removes
-    the capture buffers from /dev/shm, and exits."""
+    the capture buffers from /dev/shm, and exits. (Reports summarized on the thread before
+    the worker was up are written about once a second: a kill can lose that last second.)"""
     import os
     import signal
     import subprocess
@@ -428,8 +429,10 @@ def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memo
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         listener.attach(model, opt)
         deadline = time.monotonic() + 120
-        i = 0
-        while listener._writer._worker is None or i < 40:
+        i, first = 0, None
+        while first is None or i < first + 20:  # 20 reports through the worker
+            if first is None and listener._writer._worker is not None:
+                first = i
             loss = model(torch.randn(8, 20)).pow(2).mean()
             opt.zero_grad(); loss.backward(); opt.step()
             listener.step(loss)
@@ -448,7 +451,8 @@ def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memo
         time.sleep(0.1)
     assert not os.path.exists(folder)
     store = embedviz.open_store(db)
-    assert store.read_series("k", "score").iterations.tolist() == list(range(int(steps)))
+    written = store.read_series("k", "score").iterations.tolist()
+    assert written == list(range(int(steps))), (sorted(set(range(int(steps))) - set(written)), proc.stderr)
 
 
 def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
