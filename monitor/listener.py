@@ -27,7 +27,7 @@ import platform
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -175,7 +175,13 @@ class StatsListener:
         self._warned: set[str] = set()
         self._own_seconds = 0.0
         self._dropped_before = 0  # drops of writers already closed
-        self._reset_capture()
+        # what one reported iteration captured (see _reset_capture)
+        self._slot: Slot | None = None
+        self._before: tuple[int, int] | None = None  # where the parameters before the step lie
+        self._grads_captured = self._params_captured = False
+        self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
+        self._lrs: dict[str, float] = {}
+        self._grads_after_step = False
         self._model: torch.nn.Module | None = None
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
@@ -307,7 +313,7 @@ class StatsListener:
                 self._warn_once("no-slot", "no capture buffer free; this report is skipped")
         return self._slot
 
-    def _capture(self, *groups: tuple[str, dict[str, torch.Tensor]]) -> dict[str, tuple[int, int]]:
+    def _capture(self, *groups: tuple[str, Mapping[str, torch.Tensor]]) -> dict[str, tuple[int, int]]:
         """Copy (samples of) the tensors of each (kind, {name: tensor}) group into the slot, in
         one fused copy; returns where each kind's block lies."""
         slot = self._slot_for(self._device or torch.device("cpu"))
@@ -338,7 +344,7 @@ class StatsListener:
         slot.add(keys, views, totals)
         return blocks
 
-    def _plan(self, kind: str, tensors: dict[str, torch.Tensor]) -> list[tuple[str, int, int, int]]:
+    def _plan(self, kind: str, tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int, int]]:
         """(key, elements kept, stride, elements) of each tensor; kept from report to report
         (made anew if a tensor's size changed)."""
         key = (kind, tuple(tensors))
@@ -493,14 +499,14 @@ class StatsListener:
                 "busy": self._writer.busy_seconds if self._writer else 0.0}
 
     def _reset_capture(self) -> None:
-        slot = getattr(self, "_slot", None)
+        slot = self._slot
         if slot is not None and slot.pool is not None:  # captured, not reported (detached)
             slot.pool.release(slot)
-        self._slot: Slot | None = None
-        self._before: tuple[int, int] | None = None  # where the parameters before the step lie
+        self._slot = None
+        self._before = None
         self._grads_captured = self._params_captured = False
-        self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
-        self._lrs: dict[str, float] = {}
+        self._checks = []
+        self._lrs = {}
         self._grads_after_step = False
 
     def _report(self, loss: Any, now: float) -> None:

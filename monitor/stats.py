@@ -30,6 +30,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -247,7 +248,7 @@ class _Scratch:
         self._arrays: dict[tuple[str, object], np.ndarray] = {}
         self._segments: dict[tuple[int, ...], np.ndarray] = {}
 
-    def get(self, name: str, n: int, dtype: type) -> np.ndarray:
+    def get(self, name: str, n: int, dtype: Any) -> np.ndarray:
         a = self._arrays.get((name, dtype))
         if a is None or a.size < n:
             a = self._arrays[(name, dtype)] = np.empty(max(n, 1 << 16), dtype=dtype)
@@ -357,38 +358,39 @@ def summarize_flat(x: np.ndarray, sizes: Sequence[int], bins: int | None = 20,
     x = np.ascontiguousarray(x).reshape(-1)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float32)
-    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1)
-    if sizes.sum() != x.size:
-        raise ValueError(f"the segments hold {int(sizes.sum())} elements, the array {x.size}")
-    n_seg = len(sizes)
-    counted = [(int(n), 0, 0, -1) for n in sizes]  # (count, NaN, Inf, zeros or -1)
-    starts = np.concatenate(([0], np.cumsum(sizes)[:-1])) if n_seg else sizes
-    full = sizes > 0
+    lens: np.ndarray = np.asarray(sizes, dtype=np.int64).reshape(-1)
+    if lens.sum() != x.size:
+        raise ValueError(f"the segments hold {int(lens.sum())} elements, the array {x.size}")
+    n_seg = len(lens)
+    counted = [(int(n), 0, 0, -1) for n in lens]  # (count, NaN, Inf, zeros or -1)
+    starts = np.concatenate(([0], np.cumsum(lens)[:-1])) if n_seg else lens
+    full = lens > 0
     sums = _reduce(np.add, x, starts[full], np.float64) if x.size else np.zeros(0)
     if not np.isfinite(sums).all():  # the rare path: keep the finite values of each segment
-        parts, sizes = [], sizes.copy()
-        for i, s in zip(np.flatnonzero(full), starts[full]):
-            seg = x[s:s + counted[i][0]]
+        parts, lens = [], lens.copy()
+        for j, s in zip(np.flatnonzero(full).tolist(), starts[full].tolist()):
+            seg = x[s:s + counted[j][0]]
             finite = np.isfinite(seg)
             if finite.all():
                 parts.append(seg)
                 continue
             nan_count = int(np.isnan(seg).sum())
             kept = seg[finite]
-            counted[i] = (len(seg), nan_count, len(seg) - kept.size - nan_count, int((seg == 0).sum()))
+            counted[j] = (len(seg), nan_count, len(seg) - kept.size - nan_count, int((seg == 0).sum()))
             parts.append(kept)
-            sizes[i] = kept.size
+            lens[j] = kept.size
         x = np.concatenate(parts) if parts else x[:0]
-        full = sizes > 0
+        full = lens > 0
     out: list[Summary] = []
     if x.size:
-        stats, counts, ranges = _flat_finite(x, sizes[full], bins)
-        m = sizes[full].astype(np.float64)
+        stats, counts, ranges = _flat_finite(x, lens[full], bins)
+        m = lens[full].astype(np.float64)
         # float64 rows -> Python floats in one go; everything below is already valid
         means, mags = (stats[:, 0] / m).tolist(), (stats[:, 4] / m).tolist()
         stdevs, mins, maxs = np.sqrt(stats[:, 5]).tolist(), stats[:, 1].tolist(), stats[:, 2].tolist()
         nonzero = stats[:, 3].tolist()
         if bins:
+            assert counts is not None and ranges is not None
             edges = ranges[:, :1] + (ranges[:, 1:] - ranges[:, :1]) * (np.arange(bins + 1) / bins)
             edges[:, -1] = ranges[:, 1]
             outside = counts[:, bins:].tolist()
@@ -400,6 +402,7 @@ def summarize_flat(x: np.ndarray, sizes: Sequence[int], bins: int | None = 20,
             continue
         hist = None
         if bins:
+            assert counts is not None
             hist = Histogram.trusted(edges[r], counts[r, :bins], outside[r][0], outside[r][1])
         out.append(Summary.trusted(hist, count=n, mean=means[r], stdev=stdevs[r],
                                    mean_magnitude=mags[r], min=mins[r], max=maxs[r],
@@ -427,7 +430,7 @@ def summarize_many(tensors: Sequence[torch.Tensor], bins: int | None = 20,
     out: list[Summary | None] = [None] * len(tensors)
     groups: dict[object, list[int]] = {}
     for i, t in enumerate(tensors):
-        key = ("cpu", t.dtype == torch.float64) if t.device.type == "cpu" else t.device
+        key: object = ("cpu", t.dtype == torch.float64) if t.device.type == "cpu" else t.device
         groups.setdefault(key, []).append(i)
     for key, idx in groups.items():
         ts = [tensors[i] for i in idx]
