@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from embedviz.monitor._writer import _rss_bytes
 
-from embedviz.store import open_store
+from embedviz.store import SQLiteStore, open_store
 
 log = logging.getLogger("embedviz.monitor.worker")
 
@@ -48,6 +48,8 @@ def main(address: str, url: str) -> None:
     except OSError:  # the listener closed before we were up: nothing to do
         return
     store = open_store(url)
+    if isinstance(store, SQLiteStore):
+        store.yield_gil = False
     parent = os.getppid()
     # everything imported so far (torch, numpy: hundreds of thousands of objects) lives as
     # long as this process: keep it out of the cyclic collector's full passes, which would

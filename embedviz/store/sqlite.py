@@ -108,6 +108,9 @@ class SQLiteStore(Store):
         self.url = f"sqlite:///{self.path}"
         self.readonly = readonly
         self.busy_timeout = busy_timeout
+        #: let other threads have the GIL between records (a process of its own, like the
+        #: monitor's worker, has no training thread to yield to: it turns this off)
+        self.yield_gil = True
         if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise StoreOpenError(f"synchronous must be OFF, NORMAL, FULL or EXTRA (got "
                                  f"{synchronous!r})")
@@ -225,7 +228,8 @@ class SQLiteStore(Store):
         pending: dict[tuple, int] = {}
         with self._transaction() as conn:
             for r in records:
-                time.sleep(0)  # writers run beside training threads: hand the GIL over often
+                if self.yield_gil:
+                    time.sleep(0)  # writers run beside training threads: hand the GIL over often
                 if isinstance(r, Update):
                     self._write_update(conn, pending, r)
                 elif isinstance(r, Metric):
