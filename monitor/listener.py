@@ -380,6 +380,8 @@ class StatsListener:
     def _param_view(self, name: str, p: torch.Tensor) -> torch.Tensor:
         """The sample of a parameter, kept between reports (the optimizer changes it in
         place; made anew if its storage was replaced)."""
+        if not p.is_contiguous():  # (channels_last weights): its sample is a copy, made anew
+            return self._view(p)
         cached = self._param_views.get(name)
         if cached is None or cached[0] != p.data_ptr():
             cached = self._param_views[name] = (p.data_ptr(), self._view(p))

@@ -502,3 +502,28 @@ def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
     assert written == sorted(set(written))  # each at most once, in order
     assert any(it >= released_at for it in written)  # flowing again
     assert len([it for it in written if it >= locked_from]) < released_at - locked_from + 20
+
+
+def test_channels_last_weights_are_followed_step_by_step():
+    """A non-contiguous parameter (a channels_last convolution) is sampled anew each report,
+    not from a stale copy."""
+    store = MemoryStore()
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(16, 32, 5).to(memory_format=torch.channels_last)  # 12,800 weights
+    assert not model.weight.is_contiguous()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    listener = StatsListener(store, 1, session="cl", sample_limit=4096)
+    means = []
+    with listener.attach(model, opt):
+        for _ in range(3):
+            loss = model(torch.randn(4, 16, 12, 12).to(memory_format=torch.channels_last)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            means.append(model.weight.detach().mean().item())
+            listener.step(loss)
+    got = store.read_series("cl", "param/weight/mean").values
+    assert len(set(got.tolist())) == 3  # it moves with the weights
+    assert got.tolist() == pytest.approx(means, rel=0.2, abs=0.02)
+    updates = store.read_series("cl", "update/weight/mean_magnitude").values
+    assert (updates > 0).all()
