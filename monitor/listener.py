@@ -180,6 +180,7 @@ class StatsListener:
         self._before: tuple[int, int] | None = None  # where the parameters before the step lie
         self._grads_captured = self._params_captured = False
         self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
+        self._seen: set[str] = set()  # modules whose output was captured
         self._lrs: dict[str, float] = {}
         self._grads_after_step = False
         self._model: torch.nn.Module | None = None
@@ -287,8 +288,9 @@ class StatsListener:
     @_guarded
     def _capture_activation(self, name: str, output: Any) -> None:
         t = _first_tensor(output)
-        if t is None or not t.is_floating_point():
-            return
+        if t is None or not t.is_floating_point() or name in self._seen:
+            return  # (several forward passes before one step: the first batch's outputs)
+        self._seen.add(name)
         slot = self._slot_for(t.device)
         if slot is None:
             return
@@ -508,6 +510,7 @@ class StatsListener:
         self._before = None
         self._grads_captured = self._params_captured = False
         self._checks = []
+        self._seen = set()
         self._lrs = {}
         self._grads_after_step = False
 

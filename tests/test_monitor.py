@@ -527,3 +527,24 @@ def test_channels_last_weights_are_followed_step_by_step():
     assert got.tolist() == pytest.approx(means, rel=0.2, abs=0.02)
     updates = store.read_series("cl", "update/weight/mean_magnitude").values
     assert (updates > 0).all()
+
+
+def test_gradient_accumulation_records_each_activation_once(digits):
+    """Four micro-batches, one optimizer step and one listener.step per iteration: the
+    activations recorded are the first micro-batch's, once."""
+    store = MemoryStore()
+    model = mlp()
+    first = {}
+    model[1].register_forward_hook(lambda m, i, o: first.setdefault("relu", o.detach().clone()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = digits
+    with StatsListener(store, 1, session="acc").attach(model, opt) as handle:
+        opt.zero_grad()
+        for k in range(4):
+            xb, yb = X[16 * k:16 * (k + 1)], y[16 * k:16 * (k + 1)]
+            (torch.nn.functional.cross_entropy(model(xb), yb) / 4).backward()
+        opt.step()
+        handle.listener.step(batch_size=64)
+    assert store.read_series("acc", "activation/1/count").values.tolist() == [first["relu"].numel()]
+    zf = store.read_series("acc", "activation/1/zero_fraction").values[0]
+    assert zf == pytest.approx(float((first["relu"] == 0).float().mean()))
