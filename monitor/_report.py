@@ -11,6 +11,7 @@ training thread, with a fixed number of array passes for all the tensors togethe
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import secrets
 import threading
@@ -22,6 +23,8 @@ import torch
 from embedviz.monitor.stats import HISTOGRAM_SAMPLE, _scaled, _summarize_torch, summarize_flat
 
 from embedviz.records import Record, Static, Summary, Update
+
+log = logging.getLogger("embedviz.monitor")
 
 
 class Slot:
@@ -74,6 +77,7 @@ class SlotPool:
         self._free: collections.deque[Slot] = collections.deque()
         self._made = 0
         self._lock = threading.Lock()
+        self.warned_full = False
 
     def acquire(self, device: torch.device, dtype: torch.dtype) -> Slot | None:
         with self._lock:
@@ -96,16 +100,39 @@ class SlotPool:
         if slot.pool is self:
             self._free.append(slot)
 
+    def _shared(self, cap: int, dtype: torch.dtype) -> tuple[str | None, torch.Tensor | None]:
+        """A buffer of ``cap`` elements in a file of the shared folder, its space reserved up
+        front: writing to a mapped page of a full /dev/shm (64 MB in a default Docker
+        container) would kill the process with SIGBUS. (None, None) if there is no room: the
+        report is then summarized on the writer thread, from ordinary memory."""
+        assert self.folder is not None
+        np_dtype = np.float64 if dtype == torch.float64 else np.float32
+        path = os.path.join(self.folder, f"slot-{secrets.token_hex(6)}")
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, cap * np.dtype(np_dtype).itemsize)
+            finally:
+                os.close(fd)
+            return path, torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="r+", shape=(cap,)))
+        except OSError as exc:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            if not self.warned_full:
+                self.warned_full = True
+                log.warning("embedviz monitor: no room for capture buffers in %s (%s); "
+                            "summarizing in this process instead", self.folder, exc)
+            return None, None
+
     def grow(self, slot: Slot, n: int) -> None:
         cap = max(n + n // 4, 1 << 16)
+        path, buf = None, None
         if self.folder is not None and slot.device.type == "cpu":
-            path = os.path.join(self.folder, f"slot-{secrets.token_hex(6)}")
-            np_dtype = np.float64 if slot.dtype == torch.float64 else np.float32
-            with open(path, "wb") as f:
-                f.truncate(cap * np.dtype(np_dtype).itemsize)
-            buf = torch.from_numpy(np.memmap(path, dtype=np_dtype, mode="r+", shape=(cap,)))
-        else:
-            path, buf = None, torch.empty(cap, dtype=slot.dtype, device=slot.device)
+            path, buf = self._shared(cap, slot.dtype)
+        if buf is None:
+            buf = torch.empty(cap, dtype=slot.dtype, device=slot.device)
         buf[:slot.used].copy_(slot.buf[:slot.used])
         if slot.path is not None:
             try:

@@ -548,3 +548,39 @@ def test_gradient_accumulation_records_each_activation_once(digits):
     assert store.read_series("acc", "activation/1/count").values.tolist() == [first["relu"].numel()]
     zf = store.read_series("acc", "activation/1/zero_fraction").values[0]
     assert zf == pytest.approx(float((first["relu"] == 0).float().mean()))
+
+
+def test_a_full_shared_memory_folder_does_not_crash_training(tmp_path):
+    """Capture buffers are files in /dev/shm (64 MB in a default Docker container). When it
+    is full, writing to a mapped page would kill the process with SIGBUS: space is reserved
+    first, and without room the buffer is ordinary memory. Checked on a real 512 kB tmpfs
+    (mounting one needs root), in a subprocess so that a SIGBUS would fail the test, not end it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    mount = tmp_path / "tinyshm"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        script = textwrap.dedent(f"""
+            import torch
+            from embedviz.monitor._report import SlotPool
+            pool = SlotPool(2, {str(mount)!r})
+            slot = pool.acquire(torch.device("cpu"), torch.float32)
+            small = torch.arange(1000, dtype=torch.float32)
+            slot.add(["param/a"], [small], [1000])
+            assert slot.path is not None  # 256 kB fit: shared
+            big = torch.randn(300_000)  # 1.2 MB do not
+            slot.add(["param/b"], [big], [300_000])
+            assert slot.path is None and pool.warned_full
+            assert torch.equal(slot.buf[:1000], small) and torch.equal(slot.buf[1000:301_000], big)
+            print("ok")
+        """)
+        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr)
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
