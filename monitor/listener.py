@@ -122,10 +122,11 @@ class StatsListener:
     bins: histogram bins.
     sample_limit: tensors with more elements are summarized from an even strided sample of
         about this many (the same positions every report, a stride coprime with the last
-        dimension so that every column is visited; counts scaled to the full size; NaN and
-        Inf counted over every element on CPU): copying and reducing every element of every
-        large tensor would cost the training loop far more than the numbers are worth.
-        ``None``: every element, always.
+        dimension so that every column is visited; activations: the batch's first whole
+        examples; counts scaled to the full size; NaN and Inf of parameters, gradients and
+        activations counted over every element on CPU, an update's from its sample): copying
+        and reducing every element of every large tensor would cost the training loop far
+        more than the numbers are worth. ``None``: every element, always.
     histogram_sample: on an accelerator, tensors with more elements (after sampling) get
         their histogram from a strided sample of this many (on CPU every element counts).
     max_pending: reports that may wait for the store before the oldest are dropped.
