@@ -584,3 +584,44 @@ def test_a_full_shared_memory_folder_does_not_crash_training(tmp_path):
         assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr)
     finally:
         subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_killed_worker_process_leaves_training_running_and_reports_flowing(digits, tmp_path):
+    """The worker process dies (killed) mid-training: the listener logs it once, summarizes on
+    its thread from then on, and closing still returns promptly."""
+    import os
+    import signal
+
+    db = tmp_path / "workerdied.db"
+    listener = StatsListener(embedviz.open_store(db), 1, session="d", max_pending=10_000)
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = digits
+
+    def one_step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+
+    handle = listener.attach(model, opt)
+    deadline = time.monotonic() + 120
+    while listener._writer._worker is None:
+        assert time.monotonic() < deadline, "the worker process did not start"
+        one_step()
+        time.sleep(0.02)
+    for _ in range(5):
+        one_step()
+    os.kill(listener._writer._worker.proc.pid, signal.SIGKILL)
+    killed_at = listener.iteration
+    for _ in range(30):
+        one_step()
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    handle.remove()
+    assert time.perf_counter() - t0 < 5
+    written = embedviz.open_store(db).read_series("d", "score").iterations.tolist()
+    after = [it for it in written if it >= killed_at]
+    assert len(after) >= 25  # at most what the dying worker held is lost
+    assert written == sorted(set(written))
