@@ -226,6 +226,33 @@ def _one_batch_loop(listener, digits, steps, each=None):
     return handle
 
 
+def _stepper(listener, digits):
+    """Attach ``listener`` to a fresh MLP; returns (handle, step): step() trains one batch and
+    returns the seconds it took, listener.step included."""
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = digits
+
+    def step() -> float:
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+        return time.perf_counter() - t0
+
+    return listener.attach(model, opt), step
+
+
+def _until_the_worker_is_up(listener, step, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while listener._writer._worker is None:
+        assert time.monotonic() < deadline, "the worker process did not start"
+        step()
+        time.sleep(0.02)
+
+
 def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
     store = StalledStore()
     listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
@@ -464,25 +491,8 @@ def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
     db = tmp_path / "locked.db"
     listener = StatsListener(embedviz.open_store(db), 1, session="L", max_pending=4,
                              close_timeout=30)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    X, y = digits
-
-    def one_step() -> float:
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        listener.step(loss)
-        return time.perf_counter() - t0
-
-    handle = listener.attach(model, opt)
-    deadline = time.monotonic() + 120
-    while listener._writer._worker is None:
-        assert time.monotonic() < deadline, "the worker process did not start"
-        one_step()
-        time.sleep(0.02)
+    handle, one_step = _stepper(listener, digits)
+    _until_the_worker_is_up(listener, one_step)
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by another connection
     locked_from, worst = listener.iteration, 0.0
@@ -594,23 +604,8 @@ def test_a_killed_worker_process_leaves_training_running_and_reports_flowing(dig
 
     db = tmp_path / "workerdied.db"
     listener = StatsListener(embedviz.open_store(db), 1, session="d", max_pending=10_000)
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    X, y = digits
-
-    def one_step() -> None:
-        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        listener.step(loss)
-
-    handle = listener.attach(model, opt)
-    deadline = time.monotonic() + 120
-    while listener._writer._worker is None:
-        assert time.monotonic() < deadline, "the worker process did not start"
-        one_step()
-        time.sleep(0.02)
+    handle, one_step = _stepper(listener, digits)
+    _until_the_worker_is_up(listener, one_step)
     for _ in range(5):
         one_step()
     os.kill(listener._writer._worker.proc.pid, signal.SIGKILL)
