@@ -20,8 +20,9 @@ the reporting cycle (0 = the reported one). Against the arm's own quiet iteratio
 5-8) this attributes the overhead: the copies on the reported iteration, and the slowdown of
 the iterations after it while the worker process summarizes and writes on the other core (on
 this 2-vCPU VM the two vCPUs share a physical core's resources: background work slows the
-training thread too). It leaves out costs spread evenly over every iteration (the listener's
-unreported step() is two counter increments) and is steadier than the chunk figure.
+training thread too). It is steadier than the chunk figure but leaves out costs spread over
+every iteration, and background work that outlasts the quiet positions: the chunk figure is
+the complete one.
 
     python benchmarks/bench_listener.py [--chunk 100] [--chunks 30] [--sample-limit 8192]
 """
