@@ -182,6 +182,7 @@ class StatsListener:
         self._grads_captured = self._params_captured = False
         self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
         self._seen: set[str] = set()  # modules whose output was captured
+        self._found: dict[str, tuple[int, int]] = {}  # exact (NaN, Inf) counts found so far
         self._lrs: dict[str, float] = {}
         self._grads_after_step = False
         self._model: torch.nn.Module | None = None
@@ -303,7 +304,8 @@ class StatsListener:
             # is sampled evenly like a parameter
             per_row = n // max(t.shape[0], 1) if t.dim() > 1 else n
             view = t[:limit // per_row].reshape(-1) if t.dim() > 1 and per_row <= limit else self._view(t)
-            self._checks.append((f"activation/{name}", t))  # NaN and Inf counted over every element
+            if t.device.type == "cpu":  # NaN and Inf counted over every element, now: the
+                self._check_now(f"activation/{name}", t)  # tensor is in cache, and not kept
         else:
             view = t.reshape(-1)
         slot.add([f"activation/{name}"], [view], [n])  # later in-place ops can't change it
@@ -430,19 +432,24 @@ class StatsListener:
         stride = self._stride(t)
         return self._sample(t, stride, -(-t.numel() // stride))
 
+    def _check_now(self, key: str, t: torch.Tensor) -> None:
+        """Exact (NaN, Inf) counts of a sampled CPU tensor, if it holds any (a sum finds out)."""
+        if not math.isfinite(float(t.sum())):  # (or finite values so large the sum overflows)
+            self._found[key] = (int(torch.isnan(t).sum()), int(torch.isinf(t).sum()))
+
     def _nonfinite(self) -> dict[str, tuple[int, int]]:
         """Exact (NaN, Inf) counts of the sampled tensors that hold any: a sum over every
-        element finds those (CPU only: on a device, reading it back would synchronise)."""
+        element finds those (CPU only: on a device, reading it back would synchronise).
+        Parameters and gradients are checked here, at the report; activations in their hook."""
         checks, self._checks = self._checks, []
+        found, self._found = self._found, {}
         checks = [(k, t) for k, t in checks if t.device.type == "cpu"]
         if not checks:
-            return {}
+            return found
         sums = torch.stack([t.sum() for _, t in checks]).tolist()
-        found = {}
         for (key, t), total in zip(checks, sums):
             if not math.isfinite(total):  # (or finite values so large that the sum overflows)
-                nan_count = int(torch.isnan(t).sum())
-                found[key] = (nan_count, int(torch.isinf(t).sum()))
+                found[key] = (int(torch.isnan(t).sum()), int(torch.isinf(t).sum()))
         return found
 
     # ------------------------------------------------------------------ the loop's calls
@@ -511,6 +518,7 @@ class StatsListener:
         self._before = None
         self._grads_captured = self._params_captured = False
         self._checks = []
+        self._found = {}
         self._seen = set()
         self._lrs = {}
         self._grads_after_step = False

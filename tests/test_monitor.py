@@ -620,3 +620,23 @@ def test_a_killed_worker_process_leaves_training_running_and_reports_flowing(dig
     after = [it for it in written if it >= killed_at]
     assert len(after) >= 25  # at most what the dying worker held is lost
     assert written == sorted(set(written))
+
+
+def test_a_nan_in_an_unsampled_example_is_counted_exactly(digits):
+    class Poison(torch.nn.Module):
+        def forward(self, x):
+            x = x.clone()
+            x[63, 5] = math.nan  # the last example: not among the first, sampled ones
+            return x
+
+    store = MemoryStore()
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 512), Poison(), torch.nn.Linear(512, 10))
+    listener = StatsListener(store, 1, session="p", sample_limit=4096)
+    X, _ = digits
+    with listener.attach(model):
+        out = model(X[:64])
+        listener.step(out.sum())
+    assert store.read_series("p", "activation/1/nan_count").values.tolist() == [1]
+    assert store.read_series("p", "activation/2/nan_count").values.tolist() == [10]  # its row
+    assert store.read_series("p", "activation/0/nan_count").values.tolist() == [0]
