@@ -51,6 +51,7 @@ def main(address: str, url: str) -> None:
     if isinstance(store, SQLiteStore):
         store.yield_gil = False
     parent = os.getppid()
+    orphaned = False
     # everything imported so far (torch, numpy: hundreds of thousands of objects) lives as
     # long as this process: keep it out of the cyclic collector's full passes, which would
     # otherwise walk all of it every few hundred reports
@@ -83,7 +84,8 @@ def main(address: str, url: str) -> None:
             continue
         try:
             msg = conn.recv()
-        except (EOFError, OSError):  # the training process closed, or died
+        except (EOFError, OSError):  # the training process died (it says "close" otherwise)
+            orphaned = True
             break
         if msg[0] == "close":
             break
@@ -111,7 +113,8 @@ def main(address: str, url: str) -> None:
         _reply(conn, ("done", failed, time.perf_counter() - t0))
     flush()
     store.close()
-    if os.getppid() != parent:  # the training process died: nobody else removes its buffers
+    if orphaned:  # nobody else will remove the capture buffers (a parent that lives on
+        # without this worker falls back to ordinary memory when the folder is gone)
         shutil.rmtree(os.path.dirname(address), ignore_errors=True)
 
 
