@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import os
 import secrets
 import threading
@@ -37,33 +38,64 @@ class Slot:
         self.path: str | None = None
         self.entries: list[tuple[str, int, int]] = []
         self.used = 0
-        self._splits: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = {}
+        #: views of the buffer, kept: what goes where repeats from report to report
+        self._views: dict[tuple, Any] = {}
 
     def reset(self) -> None:
         self.entries = []
         self.used = 0
 
     def add(self, keys: list[str], views: list[torch.Tensor], totals: list[int]) -> tuple[int, int]:
-        """Copy ``views`` (1-D) one after the other into the buffer, in one fused operation;
-        returns the block's (start, end)."""
-        sizes = [v.numel() for v in views]
-        start, end = self.used, self.used + sum(sizes)
+        """Copy ``views`` (any shapes) one after the other into the buffer, in one fused
+        operation; returns the block's (start, end)."""
+        shapes = tuple(v.shape for v in views)
+        dst = self._views.get((self.used, shapes))  # where each block goes repeats
+        if dst is None:
+            sizes = [v.numel() for v in views]
+            end = self.used + sum(sizes)
+            self._reserve(end)
+            dst = self._cache((self.used, shapes), [
+                d.view(shape) for d, shape in zip(self.buf[self.used:end].split(sizes), shapes)])
+        if views:
+            torch._foreach_copy_(dst, views)
+        start = self.used
+        for key, d, total in zip(keys, dst, totals):
+            n = d.numel()
+            self.entries.append((key, n, total))
+            self.used += n
+        return start, self.used
+
+    def dst(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The buffer's next elements, in ``shape``, to copy one tensor into (then
+        :meth:`commit` it)."""
+        dst = self._views.get((self.used, shape))
+        if dst is None:
+            end = self.used + math.prod(shape)
+            self._reserve(end)
+            dst = self._cache((self.used, shape), self.buf[self.used:end].view(shape))
+        return dst
+
+    def commit(self, key: str, n: int, total: int) -> None:
+        self.entries.append((key, n, total))
+        self.used += n
+
+    def view(self, start: int, end: int) -> torch.Tensor:
+        """``buf[start:end]``, kept."""
+        v = self._views.get((start, end))
+        if v is None:
+            v = self._cache((start, end), self.buf[start:end])
+        return v
+
+    def _reserve(self, end: int) -> None:
         if end > self.buf.numel():
             self.pool.grow(self, end)
-            self._splits = {}
-        if len(views) == 1:
-            self.buf[start:end].copy_(views[0])
-        elif views:  # where each block goes repeats from report to report
-            key = (start, tuple(sizes))
-            dst = self._splits.get(key)
-            if dst is None:
-                if len(self._splits) > 64:
-                    self._splits.clear()
-                dst = self._splits[key] = list(self.buf[start:end].split(sizes))
-            torch._foreach_copy_(dst, views)
-        self.entries.extend(zip(keys, sizes, totals))
-        self.used = end
-        return start, end
+            self._views = {}
+
+    def _cache(self, key: tuple, value: Any) -> Any:
+        if len(self._views) > 256:
+            self._views.clear()
+        self._views[key] = value
+        return value
 
 
 class SlotPool:

@@ -181,6 +181,8 @@ class StatsListener:
         self._before: tuple[int, int] | None = None  # where the parameters before the step lie
         self._grads_captured = self._params_captured = False
         self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
+        self._grad_checks: dict[str, tuple[str, torch.Tensor]] = {}  # param key -> its gradient's
+        self._stepped = False  # the optimizer's step hooks ran
         self._seen: set[str] = set()  # modules whose output was captured
         self._found: dict[str, tuple[int, int]] = {}  # exact (NaN, Inf) counts found so far
         self._lrs: dict[str, float] = {}
@@ -194,7 +196,9 @@ class StatsListener:
         self._hooks: list = []
         self._param_views: dict[str, tuple[int, torch.Tensor]] = {}
         self._plans: dict[tuple, list[tuple[str, int, int, int]]] = {}
-        self._leaves: dict[int, Callable] = {}  # id(leaf module) -> its forward hook
+        self._leaves: dict[int, str] = {}  # id(leaf module) -> its name
+        self._watched_outputs: set[str] = set()  # leaves whose outputs are recorded
+        self._act_plans: dict[tuple, tuple[int, int, int, bool]] = {}
         self._pool: SlotPool | None = None
         self._window = self._new_window()
 
@@ -217,9 +221,11 @@ class StatsListener:
                         self.watch, self.ignore)
         self._disarm()  # attached again: the hooks of the earlier attach go
         self._param_views, self._plans = {}, {}
-        self._leaves = {id(module): self._make_forward_hook(name or "output")
-                        for name, module in model.named_modules()
+        self._leaves = {id(module): name or "output" for name, module in model.named_modules()
                         if not any(True for _ in module.children())}  # (the model, if alone)
+        self._watched_outputs = {name for name in self._leaves.values()
+                                 if self.activations and _matches(name, self.watch, self.ignore)}
+        self._act_plans = {}
         if self._writer is None:
             self._writer = BackgroundWriter(self.store, max_pending=self.max_pending,
                                             flush_seconds=self.flush_seconds)
@@ -267,20 +273,14 @@ class StatsListener:
         return self.iteration % self.frequency == 0
 
     def _on_forward(self, module: torch.nn.Module, inputs: Any, output: Any) -> None:
-        hook = self._leaves.get(id(module))  # (other modules, other models: not ours)
-        if hook is not None:
-            hook(module, inputs, output)
-
-    def _make_forward_hook(self, name: str) -> Callable:
-        watched = self.activations and _matches(name, self.watch, self.ignore)
-
-        def hook(module: torch.nn.Module, inputs: Any, output: Any) -> None:
-            if name not in self._shapes:
-                self._record_shapes(name, module, inputs, output)
-            if watched:  # (hooked only while an iteration is reported)
-                self._capture_activation(name, output)
-
-        return hook
+        name = self._leaves.get(id(module))  # (other modules, other models: not ours)
+        if name is None:
+            return
+        if name not in self._shapes:
+            self._record_shapes(name, module, inputs, output)
+        if name in self._watched_outputs and name not in self._seen:
+            # (several forward passes before one step: the first batch's outputs)
+            self._capture_activation(name, output)
 
     @_guarded
     def _record_shapes(self, name: str, module: torch.nn.Module, inputs: Any, output: Any) -> None:
@@ -289,26 +289,50 @@ class StatsListener:
 
     @_guarded
     def _capture_activation(self, name: str, output: Any) -> None:
-        t = _first_tensor(output)
-        if t is None or not t.is_floating_point() or name in self._seen:
-            return  # (several forward passes before one step: the first batch's outputs)
+        """Copy (a sample of) a leaf module's output into the slot now: a later in-place
+        operation (ReLU(inplace=True)) may change it, and it is not kept alive."""
+        t = output if type(output) is torch.Tensor else _first_tensor(output)
+        if t is None or not t.is_floating_point():
+            return
         self._seen.add(name)
-        slot = self._slot_for(t.device)
+        slot = self._slot or self._slot_for(t.device)
         if slot is None:
             return
-        t = t.detach()
+        shape = t.shape
+        plan = self._act_plans.get((name, shape))
+        if plan is None:
+            plan = self._act_plans[(name, shape)] = self._activation_plan(t)
+        rows, stride, count, check = plan
+        key = "activation/" + name
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # (no detach, no graph: three operations in all)
+        try:
+            if rows:  # the batch's first whole examples: a batch is a random sample already,
+                # and a unit's zero fraction stays what it is
+                torch.narrow_copy(t, 0, 0, rows, out=slot.dst((rows, *shape[1:])))
+            elif stride == 1:
+                slot.dst(tuple(shape)).copy_(t)
+            else:  # one example too large: an even sample, like a parameter
+                slot.dst((count,)).copy_(self._sample(t.reshape(-1), stride, count))
+            slot.commit(key, count, t.numel())
+            if check and not math.isfinite(t.sum().item()):  # NaN and Inf over every
+                # element: the tensor is in cache now, and not kept (or finite values so
+                # large that the sum overflows: counted exactly, they come out 0)
+                self._found[key] = self._count_nonfinite(t)
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
+
+    def _activation_plan(self, t: torch.Tensor) -> tuple[int, int, int, bool]:
+        """(whole examples kept or 0, stride, elements kept, sampled) for an output like ``t``."""
         n, limit = t.numel(), self.sample_limit
-        if limit is not None and n > limit:
-            # whole examples, the first of the batch: a batch is a random sample of examples
-            # already, and a unit's zero fraction stays what it is; one example too large
-            # is sampled evenly like a parameter
-            per_row = n // max(t.shape[0], 1) if t.dim() > 1 else n
-            view = t[:limit // per_row].reshape(-1) if t.dim() > 1 and per_row <= limit else self._view(t)
-            if t.device.type == "cpu":  # NaN and Inf counted over every element, now: the
-                self._check_now(f"activation/{name}", t)  # tensor is in cache, and not kept
-        else:
-            view = t.reshape(-1)
-        slot.add([f"activation/{name}"], [view], [n])  # later in-place ops can't change it
+        if limit is None or n <= limit:
+            return 0, 1, n, False
+        per_row = n // max(t.shape[0], 1) if t.dim() > 1 else n
+        if t.dim() > 1 and per_row <= limit:
+            rows = limit // per_row
+            return rows, 1, rows * per_row, t.device.type == "cpu"
+        stride = self._stride(t)
+        return 0, stride, -(-n // stride), t.device.type == "cpu"
 
     def _slot_for(self, device: torch.device) -> Slot | None:
         """This iteration's capture buffer (taken from the pool at the first capture)."""
@@ -329,24 +353,33 @@ class StatsListener:
         totals: list[int] = []
         blocks = {}
         start = slot.used
-        for kind, tensors in groups:
-            plan = self._plan(kind, tensors)
-            if kind in ("param", "update"):
-                views += [self._param_view(n, t) for n, t in tensors.items()]
-                if kind == "param":  # (after the step: what the parameters are now)
-                    self._checks += [(key, t) for t, (key, count, _, total) in
-                                     zip(tensors.values(), plan) if count < total]
-            else:
-                views += [self._sample(t, stride, count) for t, (_, count, stride, _) in
-                          zip(tensors.values(), plan)]
-                self._checks += [(key, t) for t, (key, count, _, total) in
-                                 zip(tensors.values(), plan) if count < total]
-            keys += [key for key, _, _, _ in plan]
-            totals += [total for _, _, _, total in plan]
-            size = sum(count for _, count, _, _ in plan)
-            blocks[kind] = (start, start + size)
-            start += size
-        slot.add(keys, views, totals)
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)  # (views without detach, copies without a graph)
+        try:
+            for kind, tensors in groups:
+                plan = self._plan(kind, tensors)
+                if kind in ("param", "update"):
+                    views += [self._param_view(n, t) for n, t in tensors.items()]
+                    if kind == "param":  # (after the step: what the parameters are now)
+                        self._checks += [(key, t) for t, (key, count, _, total) in
+                                         zip(tensors.values(), plan) if count < total]
+                else:  # gradients: new tensors every iteration (a whole one is copied as is)
+                    views += [t if stride == 1 else self._sample(t, stride, count)
+                              for t, (_, count, stride, _) in zip(tensors.values(), plan)]
+                    # (checked over every element only if its parameter turns out non-finite,
+                    # or if no optimizer step ran: a NaN or Inf in a gradient lands in the
+                    # parameter it updates)
+                    self._grad_checks.update(
+                        ("param" + key[len(kind):], (key, t)) for t, (key, count, _, total)
+                        in zip(tensors.values(), plan) if count < total)
+                keys += [key for key, _, _, _ in plan]
+                totals += [total for _, _, _, total in plan]
+                size = sum(count for _, count, _, _ in plan)
+                blocks[kind] = (start, start + size)
+                start += size
+            slot.add(keys, views, totals)
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
         return blocks
 
     def _plan(self, kind: str, tensors: Mapping[str, torch.Tensor]) -> list[tuple[str, int, int, int]]:
@@ -377,10 +410,10 @@ class StatsListener:
 
     @staticmethod
     def _sample(t: torch.Tensor, stride: int, count: int) -> torch.Tensor:
-        x = t.detach()
-        if x.is_contiguous():
-            return x.as_strided((count,), (stride,))
-        return x.reshape(-1)[::stride]
+        """Every ``stride``-th element of ``t`` (``count`` of them), as a view if it can be."""
+        if t.is_contiguous():
+            return t.as_strided((count,), (stride,))
+        return t.reshape(-1)[::stride]
 
     def _param_view(self, name: str, p: torch.Tensor) -> torch.Tensor:
         """The sample of a parameter, kept between reports (the optimizer changes it in
@@ -389,7 +422,7 @@ class StatsListener:
             return self._view(p)
         cached = self._param_views.get(name)
         if cached is None or cached[0] != p.data_ptr():
-            cached = self._param_views[name] = (p.data_ptr(), self._view(p))
+            cached = self._param_views[name] = (p.data_ptr(), self._view(p.detach()))
         return cached[1]
 
     @_guarded
@@ -397,7 +430,7 @@ class StatsListener:
         if not self._reporting() or self._before is not None:
             return
         # with a closure, backward runs inside step(): gradients are read after it
-        self._grads_after_step = bool(args) or "closure" in kwargs
+        self._grads_after_step = len(args) > 1 or "closure" in kwargs  # (args[0]: the optimizer)
         # the parameters before the step, where their updates will be, and the gradients
         blocks = self._capture(("update", self._params), *(
             () if self._grads_after_step else (("gradient", self._grads()),)))
@@ -411,11 +444,10 @@ class StatsListener:
         if self._grads_after_step:
             self._capture_grads()
         after = self._capture(("param", self._params)).get("param")
-        self._params_captured = True
+        self._params_captured = self._stepped = True
         if after is not None and self._slot is not None:
-            buf = self._slot.buf
-            (b0, b1), (a0, a1) = self._before, after
-            torch.sub(buf[a0:a1], buf[b0:b1], out=buf[b0:b1])  # before becomes the update
+            before = self._slot.view(*self._before)
+            torch.sub(self._slot.view(*after), before, out=before)  # before becomes the update
         self._lrs = {str(i): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)
                      if isinstance(g.get("lr"), (int, float))}
 
@@ -432,25 +464,32 @@ class StatsListener:
         stride = self._stride(t)
         return self._sample(t, stride, -(-t.numel() // stride))
 
-    def _check_now(self, key: str, t: torch.Tensor) -> None:
-        """Exact (NaN, Inf) counts of a sampled CPU tensor, if it holds any (a sum finds out)."""
-        if not math.isfinite(float(t.sum())):  # (or finite values so large the sum overflows)
-            self._found[key] = (int(torch.isnan(t).sum()), int(torch.isinf(t).sum()))
-
     def _nonfinite(self) -> dict[str, tuple[int, int]]:
         """Exact (NaN, Inf) counts of the sampled tensors that hold any: a sum over every
         element finds those (CPU only: on a device, reading it back would synchronise).
-        Parameters and gradients are checked here, at the report; activations in their hook."""
+        Parameters are checked here, at the report, activations in their hook; a gradient
+        when its parameter turned non-finite (where a NaN or Inf gradient lands), or when
+        no optimizer step ran (e.g. skipped by a GradScaler because of it)."""
         checks, self._checks = self._checks, []
+        grads, self._grad_checks = self._grad_checks, {}
         found, self._found = self._found, {}
+        if not self._stepped:
+            checks += grads.values()
         checks = [(k, t) for k, t in checks if t.device.type == "cpu"]
         if not checks:
             return found
         sums = torch.stack([t.sum() for _, t in checks]).tolist()
         for (key, t), total in zip(checks, sums):
             if not math.isfinite(total):  # (or finite values so large that the sum overflows)
-                found[key] = (int(torch.isnan(t).sum()), int(torch.isinf(t).sum()))
+                found[key] = self._count_nonfinite(t)
+                grad = grads.get(key) if self._stepped else None
+                if grad is not None and grad[1].device.type == "cpu":
+                    found[grad[0]] = self._count_nonfinite(grad[1])
         return found
+
+    @staticmethod
+    def _count_nonfinite(t: torch.Tensor) -> tuple[int, int]:
+        return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
 
     # ------------------------------------------------------------------ the loop's calls
     def step(self, loss: Any = None, batch_size: int | None = None, epoch: int | None = None) -> None:
@@ -518,6 +557,8 @@ class StatsListener:
         self._before = None
         self._grads_captured = self._params_captured = False
         self._checks = []
+        self._grad_checks = {}
+        self._stepped = False
         self._found = {}
         self._seen = set()
         self._lrs = {}

@@ -416,6 +416,59 @@ def test_a_nan_outside_the_sample_is_counted_exactly():
     assert h.counts.sum() + h.underflow + h.overflow == 160_000 - 2
 
 
+def test_a_nan_gradient_outside_the_sample_is_counted_where_it_lands():
+    """With an optimizer, gradients are checked over every element when their parameter
+    turned non-finite: a NaN gradient at an unsampled position is counted exactly in both."""
+    store = MemoryStore()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(400, 400)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    listener = StatsListener(store, 1, session="g", sample_limit=4096)
+
+    def poison(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[3, 1] = math.nan  # position 1201: not sampled
+        return grad
+
+    model.weight.register_hook(poison)
+    with listener.attach(model, opt):
+        loss = model(torch.rand(8, 400)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        listener.step(loss)
+    assert int(torch.isnan(model.weight).sum()) == 1
+    assert store.read_series("g", "gradient/weight/nan_count").values.tolist() == [1]
+    assert store.read_series("g", "param/weight/nan_count").values.tolist() == [1]
+    assert store.read_series("g", "update/weight/nan_count").values.tolist() == [0]  # sampled
+
+
+class ConsumingSGD(torch.optim.SGD):
+    """An optimizer that clears the gradients it used, in place (as some fused ones do)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        out = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.zero_()
+        return out
+
+
+def test_gradients_are_recorded_as_the_optimizer_saw_them(digits):
+    """The gradient is read before the step (a closure-less step() gets the optimizer as its
+    only argument): an optimizer that clears gradients in place does not hide them."""
+    store = MemoryStore()
+    model = mlp()
+    listener = StatsListener(store, 1, session="c")
+    opt = ConsumingSGD(model.parameters(), lr=0.1)
+    seen = train(model, listener, digits, 3, optimizer=opt)
+    got = store.read_series("c", "gradient/0.weight/mean_magnitude").values
+    want = [s["grads"]["0.weight"].abs().mean().item() for s in seen]
+    assert want[0] > 0 and got.tolist() == pytest.approx(want, rel=1e-5)
+
+
 def test_large_activations_are_sampled_by_whole_examples(digits):
     store = MemoryStore()
     torch.manual_seed(0)
