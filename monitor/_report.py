@@ -32,9 +32,13 @@ class Slot:
     """One report's capture buffer and what lies where in it: ``entries`` are
     (key, elements in the buffer, elements of the tensor they stand for)."""
 
-    def __init__(self, pool: SlotPool, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, pool: SlotPool, device: torch.device, dtype: torch.dtype,
+                 index: int = 0) -> None:
         self.pool, self.device, self.dtype = pool, device, dtype
+        #: its place in the worker's done marks (see SlotPool.state)
+        self.index = index
         self.buf = torch.empty(0, dtype=dtype, device=device)
+        self.np_dtype = "float64" if dtype == torch.float64 else "float32"
         self.path: str | None = None
         self.entries: list[tuple[str, int, int]] = []
         self.used = 0
@@ -98,21 +102,42 @@ class Slot:
         return value
 
 
+#: the worker's counters at the head of the shared state array (see SlotPool.state)
+BUSY_NS, FAILED, DROPPED = 0, 1, 2
+#: where the slots' done marks begin in it
+DONE = 8
+
+
+def state_array(path: str, size: int, create: bool = False) -> np.ndarray:
+    """The small shared array between a listener and its worker process: the worker's
+    counters (busy nanoseconds, failed and dropped reports) and, per slot, the number of the
+    last report it is done with (the slot may be written again)."""
+    n = DONE + size
+    if create:
+        with open(path, "wb") as f:
+            f.write(bytes(8 * n))
+    return np.memmap(path, dtype=np.int64, mode="r+", shape=(n,))
+
+
 class SlotPool:
     """The slots of one listener: ``size`` of them (the reports that may wait, the one being
     summarized, the one being captured), allocated once and reused, since fresh multi-megabyte
     allocations cost page faults on every report. In ``folder`` (shared memory) for CPU
-    tensors when a worker process may read them."""
+    tensors when a worker process may read them; ``state`` (see :func:`state_array`) then
+    says which slots handed to it the worker is done with."""
 
-    def __init__(self, size: int, folder: str | None = None) -> None:
-        self.size, self.folder = size, folder
+    def __init__(self, size: int, folder: str | None = None, state: Any = None) -> None:
+        self.size, self.folder, self.state = size, folder, state
         self._free: collections.deque[Slot] = collections.deque()
+        self._inflight: list[tuple[Slot, int]] = []  # handed to the worker: (slot, report number)
         self._made = 0
         self._lock = threading.Lock()
         self.warned_full = False
 
     def acquire(self, device: torch.device, dtype: torch.dtype) -> Slot | None:
         with self._lock:
+            if self._inflight:
+                self._reap()
             # the most recently released first: its pages are the likeliest to be in cache
             for i in range(len(self._free) - 1, -1, -1):
                 slot = self._free[i]
@@ -122,15 +147,39 @@ class SlotPool:
                     return slot
             if self._made < self.size:
                 self._made += 1
-                return Slot(self, device, dtype)
+                return Slot(self, device, dtype, self._made - 1)
             if self._free:  # every slot made, none of this kind free: remake one
-                self._free.popleft().pool = None  # type: ignore[assignment]
-                return Slot(self, device, dtype)
+                old = self._free.popleft()
+                old.pool = None  # type: ignore[assignment]
+                return Slot(self, device, dtype, old.index)
             return None
 
     def release(self, slot: Slot) -> None:
         if slot.pool is self:
-            self._free.append(slot)
+            with self._lock:
+                self._free.append(slot)
+
+    def sent(self, slot: Slot, number: int) -> None:
+        """``slot`` was handed to the worker process as report ``number``: it is free again
+        once the worker marks that number done."""
+        with self._lock:
+            self._inflight.append((slot, number))
+
+    def _reap(self) -> None:
+        assert self.state is not None
+        done, waiting = self.state, []
+        for slot, number in self._inflight:
+            if done[DONE + slot.index] >= number:
+                self._free.append(slot)
+            else:
+                waiting.append((slot, number))
+        self._inflight = waiting
+
+    def reclaim(self) -> None:
+        """The worker process is gone: what it held is free."""
+        with self._lock:
+            self._free.extend(slot for slot, _ in self._inflight)
+            self._inflight = []
 
     def _shared(self, cap: int, dtype: torch.dtype) -> tuple[str | None, torch.Tensor | None]:
         """A buffer of ``cap`` elements in a file of the shared folder, its space reserved up
@@ -202,11 +251,19 @@ class Report:
         if slot is not None and slot.pool is not None:
             slot.pool.release(slot)
 
-    def shippable(self) -> Report:
-        """This report without its slot, for the worker process (it maps the slot's file)."""
-        return Report(self.session, self.worker, self.iteration, self.epoch, self.score(),
-                      self.scalars, None, self.bins, self.nonfinite, self.static, self.extra,
-                      self.entries, self.sample)
+    def shippable(self) -> tuple:  # (entries come second to last: see _writer.send_report)
+        """This report without its slot, for the worker process (it maps the slot's file):
+        a plain tuple, cheap to pickle; :meth:`shipped` makes it a report again."""
+        return (self.session, self.worker, self.iteration, self.epoch, self.score(),
+                self.scalars, self.bins, self.nonfinite, self.static, self.extra,
+                self.entries, self.sample)
+
+    @classmethod
+    def shipped(cls, t: tuple) -> Report:
+        (session, worker, iteration, epoch, score, scalars, bins, nonfinite, static, extra,
+         entries, sample) = t
+        return cls(session, worker, iteration, epoch, score, scalars, None, bins, nonfinite,
+                   static, extra, entries, sample)
 
     def score(self) -> float | None:
         return None if self.loss is None else float(self.loss)

@@ -2,23 +2,42 @@
 
 Why a process: summarizing and writing a report is a few milliseconds of Python and numpy
 (building the records, SQLite's bindings) that, on a thread beside the training loop, would
-hold the GIL while the training thread waits for it.
+hold the GIL while the training thread wants it.
 
-Started by embedviz.monitor._writer as ``python -m embedviz.monitor._worker ADDRESS URL``:
-a fresh interpreter, so nothing of the training script is imported again.
+Started by embedviz.monitor._writer as
+``python -m embedviz.monitor._worker ADDRESS URL STATE MAX_PENDING``: a fresh interpreter, so
+nothing of the training script is imported again. Two ways in:
+
+- reports, straight from the training thread, as datagrams on the socket whose descriptor is
+  in ``EMBEDVIZ_WORKER_FD``. This process polls it every ``POLL_SECONDS`` rather than
+  sleeping on it, so that sending one wakes nobody (a wakeup costs the training loop more
+  than the send);
+- everything else (records, reports that came before the worker was up, "close") on the
+  connection at ADDRESS, each answered once taken.
+
+Reports wait in a queue of at most MAX_PENDING (the oldest dropped and counted) for a thread
+that summarizes and writes them, so that a store that blocks does not stop the queue from
+being drained. The shared STATE array (embedviz.monitor._report.state_array) carries back
+which capture buffers this process is done with, and its counters.
 """
 
 from __future__ import annotations
 
+import collections
 import gc
 import logging
 import os
+import pickle
 import shutil
+import socket
 import sys
+import threading
 import time
+from typing import Any
 
 import numpy as np
 import torch
+from embedviz.monitor._report import BUSY_NS, DONE, DROPPED, FAILED, Report
 from embedviz.monitor._writer import _rss_bytes
 
 from embedviz.store import SQLiteStore, open_store
@@ -29,6 +48,8 @@ log = logging.getLogger("embedviz.monitor.worker")
 FLUSH_SECONDS = 1.0
 #: ... or until this many records are waiting
 FLUSH_RECORDS = 50
+#: how often the report socket is looked at
+POLL_SECONDS = 0.005
 
 
 def _reply(conn: object, msg: tuple) -> None:
@@ -38,81 +59,158 @@ def _reply(conn: object, msg: tuple) -> None:
         pass
 
 
-def main(address: str, url: str) -> None:
+class _Writer:
+    """The queue of taken items and the thread that summarizes and writes them."""
+
+    def __init__(self, url: str, state: np.ndarray, max_pending: int, parent: int) -> None:
+        self.store = open_store(url)
+        if isinstance(self.store, SQLiteStore):
+            self.store.yield_gil = False
+        self.state, self.max_pending, self.parent = state, max_pending, parent
+        self.queue: collections.deque[tuple] = collections.deque()
+        self.cv = threading.Condition()
+        self.closing = False
+        self.warned: set[str] = set()
+        self.maps: dict[str, np.memmap] = {}
+        self.pending: list = []
+        self.last_flush = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="embedviz-worker-writer",
+                                       daemon=True)
+        self.thread.start()
+
+    def take(self, item: tuple) -> None:
+        """Queue ("report", slot index, number, path, dtype, used, report) or ("records",
+        records); beyond max_pending reports the oldest is dropped (its slot marked done)."""
+        with self.cv:
+            if item[0] == "report":
+                waiting = [i for i, x in enumerate(self.queue) if x[0] == "report"]
+                if len(waiting) >= self.max_pending:
+                    old = self.queue[waiting[0]]
+                    del self.queue[waiting[0]]
+                    self.state[DROPPED] += 1
+                    self.state[DONE + old[1]] = old[2]
+                    self._warn("dropped", "the store is not keeping up: dropping the oldest "
+                               "pending report")
+            self.queue.append(item)
+            self.cv.notify()
+
+    def finish(self) -> None:
+        with self.cv:
+            self.closing = True
+            self.cv.notify()
+        self.thread.join()
+        self.store.close()
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue and not self.closing:
+                    due = FLUSH_SECONDS - (time.monotonic() - self.last_flush)
+                    if self.pending and due <= 0:
+                        break
+                    self.cv.wait(due if self.pending else None)
+                item = self.queue.popleft() if self.queue else None
+                last = self.closing and item is None
+            t0 = time.perf_counter()
+            if item is not None:
+                self._handle(item)
+            if self.pending and (last or len(self.pending) >= FLUSH_RECORDS
+                                 or time.monotonic() - self.last_flush >= FLUSH_SECONDS):
+                self._flush()
+            self.state[BUSY_NS] += int(1e9 * (time.perf_counter() - t0))
+            if last:
+                return
+
+    def _handle(self, item: tuple) -> None:
+        try:
+            if item[0] == "records":
+                self.pending.extend(item[1])
+                return
+            _, index, number, path, dtype, used, shipped = item
+            try:
+                if path not in self.maps:
+                    if len(self.maps) >= 64:  # slots that grew leave old files behind
+                        self.maps.clear()
+                    self.maps[path] = np.memmap(path, dtype=dtype, mode="r")
+                report = Report.shipped(shipped)
+                report.scalars["memory/rss_bytes"] = _rss_bytes(self.parent)  # (off training)
+                self.pending.extend(report.to_records(self.maps[path][:used]))
+            finally:
+                self.state[DONE + index] = number  # the slot may be written again
+        except Exception as exc:
+            self.state[FAILED] += 1
+            self._warn(type(exc).__name__, "could not summarize a report", exc)
+
+    def _flush(self) -> None:
+        """Write what is buffered in one transaction."""
+        batch, self.pending, self.last_flush = self.pending, [], time.monotonic()
+        try:
+            self.store.write(batch)
+        except Exception as exc:
+            self.state[FAILED] += 1
+            self._warn("write:" + type(exc).__name__, "could not write reports", exc)
+
+    def _warn(self, kind: str, message: str, exc: BaseException | None = None) -> None:
+        if kind not in self.warned:
+            self.warned.add(kind)
+            log.warning("embedviz monitor worker: %s", message, exc_info=exc)
+
+
+def _drain(sock: socket.socket, buf: bytearray, writer: _Writer, layout: list) -> bool:
+    """Take every report waiting on the socket; False once the training process closed it.
+    A report whose layout (entries) is the previous one's comes without it: ``layout`` holds
+    the last one seen."""
+    view = memoryview(buf)
+    while True:
+        try:
+            n = sock.recv_into(buf)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if n == 0:
+            return False
+        index, number, path, dtype, used, shipped = pickle.loads(view[:n])
+        if shipped[-2] is None:
+            shipped = (*shipped[:-2], layout[0], shipped[-1])
+        layout[0] = shipped[-2]
+        writer.take(("report", index, number, path, dtype, used, shipped))
+
+
+def main(address: str, url: str, state_path: str, max_pending: int) -> None:
     from multiprocessing.connection import Client
 
     torch.set_num_threads(1)
+    reports = socket.socket(fileno=int(os.environ["EMBEDVIZ_WORKER_FD"]))
+    reports.setblocking(False)
     try:
         conn = Client(address, family="AF_UNIX",
                       authkey=bytes.fromhex(os.environ["EMBEDVIZ_WORKER_KEY"]))
     except OSError:  # the listener closed before we were up: nothing to do
         return
-    store = open_store(url)
-    if isinstance(store, SQLiteStore):
-        store.yield_gil = False
-    parent = os.getppid()
-    orphaned = False
+    state = np.memmap(state_path, dtype=np.int64, mode="r+")
+    writer = _Writer(url, state, max_pending, os.getppid())
     # everything imported so far (torch, numpy: hundreds of thousands of objects) lives as
     # long as this process: keep it out of the cyclic collector's full passes, which would
     # otherwise walk all of it every few hundred reports
     gc.freeze()
-    maps: dict[str, np.memmap] = {}
-    warned: set[str] = set()
-    pending: list = []
-    last_flush = time.monotonic()
-
-    def flush() -> int:
-        """Write what is buffered in one transaction; returns the failures (0 or 1)."""
-        nonlocal pending, last_flush
-        batch, pending, last_flush = pending, [], time.monotonic()
-        if not batch:
-            return 0
-        try:
-            store.write(batch)
-            return 0
-        except Exception as exc:
-            if type(exc).__name__ not in warned:
-                warned.add(type(exc).__name__)
-                log.warning("embedviz monitor worker: could not write reports", exc_info=exc)
-            return 1
-
+    buf = bytearray(1 << 22)  # (a datagram is at most the socket's buffer, ~200 kB)
+    layout: list = [None]
+    orphaned = False
     while True:
-        if not conn.poll(max(0.0, FLUSH_SECONDS - (time.monotonic() - last_flush))):
-            failed = flush()
-            if failed:
-                _reply(conn, ("failed", failed))
-            continue
+        msg: Any = None
         try:
-            msg = conn.recv()
+            if conn.poll(POLL_SECONDS):
+                msg = conn.recv()
         except (EOFError, OSError):  # the training process died (it says "close" otherwise)
             orphaned = True
+        _drain(reports, buf, writer, layout)  # (before the message: sent before it)
+        if orphaned or (msg is not None and msg[0] == "close"):
             break
-        if msg[0] == "close":
-            break
-        t0 = time.perf_counter()
-        failed = 0
-        try:
-            if msg[0] == "report":
-                _, path, dtype, used, report = msg
-                if path not in maps:
-                    if len(maps) >= 64:  # slots that grew leave old files behind
-                        maps.clear()
-                    maps[path] = np.memmap(path, dtype=dtype, mode="r")
-                report.scalars["memory/rss_bytes"] = _rss_bytes(parent)  # off the training process
-                records = report.to_records(maps[path][:used])
-            else:
-                records = msg[1]
-            pending.extend(records)
-            if len(pending) >= FLUSH_RECORDS or time.monotonic() - last_flush >= FLUSH_SECONDS:
-                failed = flush()
-        except Exception as exc:
-            failed = 1
-            if type(exc).__name__ not in warned:
-                warned.add(type(exc).__name__)
-                log.warning("embedviz monitor worker: could not summarize a report", exc_info=exc)
-        _reply(conn, ("done", failed, time.perf_counter() - t0))
-    flush()
-    store.close()
+        if msg is not None:
+            writer.take(msg)
+            _reply(conn, ("taken",))
+    writer.finish()
     if orphaned:  # nobody else will remove the capture buffers (a parent that lives on
         # without this worker falls back to ordinary memory when the folder is gone)
         shutil.rmtree(os.path.dirname(address), ignore_errors=True)
@@ -120,4 +218,4 @@ def main(address: str, url: str) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))

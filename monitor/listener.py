@@ -9,7 +9,7 @@ output, the score, learning rates, timing and memory.
 What it costs the training thread: on iterations that are not reported, a counter and a
 clock read (no device synchronisation, the loss is not touched). On reported iterations, a
 few fused copies of the watched tensors (of an even sample of those above ``sample_limit``)
-into one flat buffer, and one norm per sampled CPU tensor so that a NaN or Inf anywhere in it
+into one flat buffer, and one sum per sampled CPU tensor so that a NaN or Inf anywhere in it
 is counted exactly. Summaries are computed off the training thread: for CPU tensors into an
 SQLite store by a worker process reading the buffer from shared memory, otherwise by a
 background thread, on the tensors' device (only small results leave it). ``max_pending``
@@ -42,6 +42,9 @@ from embedviz.records import Metric, Session
 from embedviz.store import Store, open_store
 
 log = logging.getLogger("embedviz.monitor")
+
+#: samples of large tensors are taken in blocks of this many neighbours (64 bytes of float32)
+BLOCK = 16
 
 
 def _guarded(method: Callable) -> Callable:
@@ -120,11 +123,12 @@ class StatsListener:
     watch, ignore: shell-style patterns on parameter and module names (``"fc*"``).
     histograms, activations: record histograms / leaf-module outputs.
     bins: histogram bins.
-    sample_limit: tensors with more elements are summarized from an even strided sample of
-        about this many (the same positions every report, a stride coprime with the last
-        dimension so that every column is visited; activations: the batch's first whole
-        examples; counts scaled to the full size; NaN and Inf of parameters, gradients and
-        activations counted over every element on CPU, an update's from its sample): copying
+    sample_limit: tensors with more elements are summarized from an even sample of about
+        this many (the same positions every report, in blocks of 16 neighbours spread so that
+        every column is visited; activations: the batch's first whole examples; counts
+        scaled to the full size; NaN and Inf of parameters and activations counted over every
+        element on CPU, a gradient's too where its parameter turned non-finite, an update's
+        from its sample): copying
         and reducing every element of every large tensor would cost the training loop far
         more than the numbers are worth. ``None``: every element, always.
     histogram_sample: on an accelerator, tensors with more elements (after sampling) get
@@ -231,7 +235,8 @@ class StatsListener:
                                             flush_seconds=self.flush_seconds)
             self._writer.submit([self._session_record])
             # every report that may wait, the one being summarized, the one being captured
-            self._pool = SlotPool(self.max_pending + 2, self._writer.shared_folder)
+            self._pool = SlotPool(self._writer.slots, self._writer.shared_folder,
+                                  self._writer.state)
         dtypes = {p.dtype for p in self._params.values()}
         self._dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         self._device = next(iter(self._params.values())).device if self._params else None
@@ -313,7 +318,7 @@ class StatsListener:
             elif stride == 1:
                 slot.dst(tuple(shape)).copy_(t)
             else:  # one example too large: an even sample, like a parameter
-                slot.dst((count,)).copy_(self._sample(t.reshape(-1), stride, count))
+                slot.dst((count // BLOCK, BLOCK)).copy_(self._sample(t, stride, count))
             slot.commit(key, count, t.numel())
             if check and not math.isfinite(t.sum().item()):  # NaN and Inf over every
                 # element: the tensor is in cache now, and not kept (or finite values so
@@ -332,7 +337,7 @@ class StatsListener:
             rows = limit // per_row
             return rows, 1, rows * per_row, t.device.type == "cpu"
         stride = self._stride(t)
-        return 0, stride, -(-n // stride), t.device.type == "cpu"
+        return 0, stride, self._count(t, stride), t.device.type == "cpu"
 
     def _slot_for(self, device: torch.device) -> Slot | None:
         """This iteration's capture buffer (taken from the pool at the first capture)."""
@@ -391,29 +396,37 @@ class StatsListener:
             plan = []
             for n, t in tensors.items():
                 stride = self._stride(t)
-                plan.append((f"{kind}/{n}", -(-t.numel() // stride), stride, t.numel()))
+                plan.append((f"{kind}/{n}", self._count(t, stride), stride, t.numel()))
             self._plans[key] = plan
         return plan
 
     def _stride(self, t: torch.Tensor) -> int:
-        """Every how many elements of ``t`` are kept (1: all of it). Tensors above
-        sample_limit are sampled evenly; the stride shares no factor with the last dimension,
-        so that a matrix's sample visits every column."""
+        """1 if all of ``t`` is kept; else how many elements apart the blocks of its sample
+        begin. Tensors above sample_limit are sampled evenly, in blocks of BLOCK neighbours
+        (a cache line: a sample of single elements cost a cache line per element, and most
+        of a report's copying time); block starts share at most BLOCK with the last
+        dimension, so that a matrix's sample visits every column."""
         n, limit = t.numel(), self.sample_limit
         if limit is None or n <= limit:
             return 1
-        stride = -(-n // limit)
+        stride = (n - BLOCK) // (limit // BLOCK - 1)  # (>= BLOCK: n > limit)
+        step = BLOCK if stride >= 8 * BLOCK else 1  # blocks on cache lines, if spread allows
+        stride -= stride % step
         cols = t.shape[-1] if t.dim() else 1
-        while math.gcd(stride, cols) != 1:
-            stride += 1
+        while stride > BLOCK and math.gcd(stride, cols) > BLOCK:
+            stride -= step
         return stride
+
+    def _count(self, t: torch.Tensor, stride: int) -> int:
+        """Elements of ``t`` kept (see :meth:`_stride`)."""
+        return t.numel() if stride == 1 else self.sample_limit // BLOCK * BLOCK  # type: ignore[operator]
 
     @staticmethod
     def _sample(t: torch.Tensor, stride: int, count: int) -> torch.Tensor:
-        """Every ``stride``-th element of ``t`` (``count`` of them), as a view if it can be."""
-        if t.is_contiguous():
-            return t.as_strided((count,), (stride,))
-        return t.reshape(-1)[::stride]
+        """``count // BLOCK`` blocks of BLOCK neighbours of ``t``, ``stride`` elements
+        apart, as a view if it can be."""
+        return (t if t.is_contiguous() else t.reshape(-1)).as_strided((count // BLOCK, BLOCK),
+                                                                      (stride, 1))
 
     def _param_view(self, name: str, p: torch.Tensor) -> torch.Tensor:
         """The sample of a parameter, kept between reports (the optimizer changes it in
@@ -459,10 +472,12 @@ class StatsListener:
         self._grads_captured = True
 
     def _view(self, t: torch.Tensor) -> torch.Tensor:
-        """``t`` flattened, or an even strided sample of it when it is above sample_limit
-        (the same positions every time for a given shape; see :meth:`_stride`)."""
+        """``t`` flattened, or an even sample of it when it is above sample_limit (the same
+        positions every time for a given shape; see :meth:`_stride`)."""
         stride = self._stride(t)
-        return self._sample(t, stride, -(-t.numel() // stride))
+        if stride == 1:
+            return t.reshape(-1)
+        return self._sample(t, stride, self._count(t, stride))
 
     def _nonfinite(self) -> dict[str, tuple[int, int]]:
         """Exact (NaN, Inf) counts of the sampled tensors that hold any: a sum over every
@@ -630,8 +645,8 @@ class StatsListener:
             "hyperparameters": self.hyperparameters,
             "listener": {"frequency": self.frequency, "bins": self.bins,
                          "sample_limit": self.sample_limit,
-                         "sampled": {n: [len(self._view(p)), p.numel()] for n, p in self._params.items()
-                                     if len(self._view(p)) < p.numel()},
+                         "sampled": {n: [self._count(p, self._stride(p)), p.numel()]
+                                     for n, p in self._params.items() if self._stride(p) > 1},
                          "histograms": self.histograms, "activations": self.activations,
                          "watch": list(self.watch), "ignore": list(self.ignore)},
             "software": {"python": sys.version.split()[0], "torch": torch.__version__,

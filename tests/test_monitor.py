@@ -332,6 +332,18 @@ def test_large_tensors_are_summarized_from_an_even_sample():
     assert store.static("big")["listener"]["sampled"]["weight"][1] == w.numel()
 
 
+def test_the_sample_of_a_matrix_is_spread_over_every_column_and_row():
+    """Samples are blocks of 16 neighbours (a cache line); their starts are spread so that
+    every column of a matrix is visited, and they reach its last rows."""
+    listener = StatsListener(MemoryStore(), 1)
+    for shape in [(256, 512), (512, 784), (1000, 10), (4096, 3), (300, 1000)]:
+        t = torch.arange(math.prod(shape)).reshape(shape)
+        kept = listener._view(t).reshape(-1)
+        assert kept.numel() == 8192 and len(set(kept.tolist())) == 8192
+        assert set((kept % shape[1]).tolist()) == set(range(shape[1])), shape
+        assert int(kept.max()) // shape[1] >= shape[0] * 0.9, shape
+
+
 def test_metrics_are_never_dropped_to_make_room_for_reports(digits):
     store = StalledStore()
     listener = StatsListener(store, 1, session="keep", max_pending=2, close_timeout=10.0)
@@ -394,7 +406,7 @@ def test_the_worker_process_records_exactly_what_happened(digits, tmp_path):
 def test_a_nan_outside_the_sample_is_counted_exactly():
     store = MemoryStore()
     torch.manual_seed(0)
-    model = torch.nn.Linear(400, 400)  # 160,000 weights, sampled every 41st
+    model = torch.nn.Linear(400, 400)  # 160,000 weights, sampled in 256 blocks of 16, 624 apart
     listener = StatsListener(store, 1, session="s", sample_limit=4096)
     with torch.no_grad():
         model.weight[3, 1] = math.nan  # position 1201: not one of the sampled positions
@@ -403,7 +415,7 @@ def test_a_nan_outside_the_sample_is_counted_exactly():
         loss = model(torch.rand(8, 400) + 0.1).pow(2).mean()
         loss.backward()
         listener.step(loss)
-    assert store.static("s")["listener"]["sampled"]["weight"] == [3903, 160_000]
+    assert store.static("s")["listener"]["sampled"]["weight"] == [4096, 160_000]
     assert store.read_series("s", "param/weight/nan_count").values.tolist() == [1]
     assert store.read_series("s", "param/weight/inf_count").values.tolist() == [1]
     # output units 3 and 7 are NaN / Inf for every example: their gradient rows are not finite
