@@ -9,8 +9,8 @@ output, the score, learning rates, timing and memory.
 What it costs the training thread: on iterations that are not reported, a counter and a
 clock read (no device synchronisation, the loss is not touched). On reported iterations, a
 few fused copies of the watched tensors (of an even sample of those above ``sample_limit``)
-into one flat buffer, and one sum per sampled CPU tensor so that a NaN or Inf anywhere in it
-is counted exactly. Summaries are computed off the training thread: for CPU tensors into an
+into one flat buffer, one sum per sampled CPU activation, and, when the loss or a sampled
+value is not finite, one per sampled parameter, so that a NaN or Inf is counted exactly. Summaries are computed off the training thread: for CPU tensors into an
 SQLite store by a worker process reading the buffer from shared memory, otherwise by a
 background thread, on the tensors' device (only small results leave it). ``max_pending``
 bounds how many reports' buffers may wait.
@@ -126,9 +126,10 @@ class StatsListener:
     sample_limit: tensors with more elements are summarized from an even sample of about
         this many (the same positions every report, in blocks of 16 neighbours spread so that
         every column is visited; activations: the batch's first whole examples; counts
-        scaled to the full size; NaN and Inf of parameters and activations counted over every
-        element on CPU, a gradient's too where its parameter turned non-finite, an update's
-        from its sample): copying
+        scaled to the full size; NaN and Inf of activations counted over every element on
+        CPU, and of parameters and gradients whenever the loss or a sampled value is not
+        finite, which a bad value makes it (see _nonfinite); an update's from its sample):
+        copying
         and reducing every element of every large tensor would cost the training loop far
         more than the numbers are worth. ``None``: every element, always.
     histogram_sample: on an accelerator, tensors with more elements (after sampling) get
@@ -479,15 +480,19 @@ class StatsListener:
             return t.reshape(-1)
         return self._sample(t, stride, self._count(t, stride))
 
-    def _nonfinite(self) -> dict[str, tuple[int, int]]:
+    def _nonfinite(self, full: bool = True) -> dict[str, tuple[int, int]]:
         """Exact (NaN, Inf) counts of the sampled tensors that hold any: a sum over every
         element finds those (CPU only: on a device, reading it back would synchronise).
-        Parameters are checked here, at the report, activations in their hook; a gradient
-        when its parameter turned non-finite (where a NaN or Inf gradient lands), or when
-        no optimizer step ran (e.g. skipped by a GradScaler because of it)."""
+        Activations are checked in their hook, always. Parameters here, if ``full``: when
+        the loss is not finite or a sampled value is not (a NaN or Inf parameter reaches the
+        loss: NaN x 0 is NaN; a bad gradient comes in whole rows or columns, which the sample
+        visits); a gradient when its parameter turned non-finite (where a bad gradient
+        lands), or when no optimizer step ran (e.g. skipped by a GradScaler because of it)."""
         checks, self._checks = self._checks, []
         grads, self._grad_checks = self._grad_checks, {}
         found, self._found = self._found, {}
+        if not full:
+            return found
         if not self._stepped:
             checks += grads.values()
         checks = [(k, t) for k, t in checks if t.device.type == "cpu"]
@@ -588,7 +593,15 @@ class StatsListener:
             self._capture_grads()
         if not self._params_captured:
             self._capture(("param", self._params))
-        nonfinite = self._nonfinite()
+        slot = self._slot
+        if isinstance(loss, torch.Tensor) and loss.device.type == "cpu":
+            loss = loss.item()  # (no synchronisation on CPU)
+        # every element of the parameters is checked for NaN and Inf only when something is
+        # off: a loss that is not finite (or not given) or a sampled value that is not
+        nonfinite = self._nonfinite(full=not (
+            isinstance(loss, (int, float)) and math.isfinite(loss)
+            and (slot is None or slot.device.type != "cpu"
+                 or math.isfinite(slot.view(0, slot.used).sum().item()))))
         scalars = {f"lr/{k}": v for k, v in self._lrs.items()}
         if w["steps"] and self.iteration > 0:
             scalars["timing/iteration_ms"] = 1000.0 * elapsed / w["steps"]
@@ -606,7 +619,7 @@ class StatsListener:
         loss = loss.detach() if isinstance(loss, torch.Tensor) else loss
         static = None if self._static_sent else self._static_info()
         self._static_sent = True
-        slot, self._slot = self._slot, None
+        self._slot = None
         if slot is None:  # nothing captured (no buffer free): the numbers without summaries
             slot = Slot(SlotPool(0), torch.device("cpu"), torch.float32)
         writer.submit(Report(self.session, self.worker, self.iteration, self.epoch, loss, scalars,
