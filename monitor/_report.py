@@ -69,6 +69,22 @@ class Slot:
             self.used += n
         return start, self.used
 
+    def planned(self, plan: Any, which: str) -> list[torch.Tensor]:
+        """Where a step plan's "pre" block (parameters before the step, then gradients) or
+        "post" block (parameters after it) goes, from the buffer's current end (kept)."""
+        key = (self.used, which, id(plan))
+        dst = self._views.get(key)
+        if dst is None or dst[0] is not plan:  # (the plan itself: an id may be reused)
+            shapes = [v.shape for v in plan.views]
+            if which == "pre":
+                shapes += plan.grad_shapes
+            sizes = [math.prod(s) for s in shapes]
+            end = self.used + sum(sizes)
+            self._reserve(end)
+            dst = self._cache(key, (plan, [d.view(s) for d, s in zip(
+                self.buf[self.used:end].split(sizes), shapes)]))
+        return dst[1]
+
     def dst(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The buffer's next elements, in ``shape``, to copy one tensor into (then
         :meth:`commit` it)."""

@@ -92,6 +92,42 @@ def _matches(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
             and not any(fnmatch.fnmatchcase(name, p) for p in exclude))
 
 
+class _StepPlan:
+    """What a reported optimizer step copies, worked out once per attach: the parameters'
+    sample views and every block's place and keys, so that a step with a gradient for every
+    watched parameter costs two fused copies and little Python (see _pre_step)."""
+
+    def __init__(self, listener: StatsListener) -> None:
+        names, params = list(listener._params), list(listener._params.values())
+        self.params = params
+        self.ptrs = [p.data_ptr() for p in params]
+        strides = [listener._stride(p) for p in params]
+        counts = [listener._count(p, s) for p, s in zip(params, strides)]
+        totals = [p.numel() for p in params]
+        self.views = [listener._param_view(n, p) for n, p in zip(names, params)]
+        #: gradients copied from a sample view: (position, stride, elements kept)
+        self.sampled = [(i, s, c) for i, (s, c) in enumerate(zip(strides, counts)) if s > 1]
+        self.size = sum(counts)
+        self.pre = ([(f"update/{n}", c, t) for n, c, t in zip(names, counts, totals)]
+                    + [(f"gradient/{n}", c, t) for n, c, t in zip(names, counts, totals)])
+        self.post = [(f"param/{n}", c, t) for n, c, t in zip(names, counts, totals)]
+        self.checks = [(f"param/{names[i]}", params[i]) for i, _, _ in self.sampled]
+        self.grad_keys = [(f"param/{names[i]}", f"gradient/{names[i]}", i) for i, _, _ in self.sampled]
+        #: the gradient blocks' shapes (a whole gradient is copied as it is)
+        self.grad_shapes = [p.shape if s == 1 else torch.Size((c // BLOCK, BLOCK))
+                            for p, s, c in zip(params, strides, counts)]
+
+    @staticmethod
+    def make(listener: StatsListener) -> _StepPlan | None:
+        params = listener._params.values()
+        if not params or not all(p.is_contiguous() for p in params):
+            return None  # (a channels_last weight's sample is a copy: the general way)
+        return _StepPlan(listener)
+
+    def valid(self) -> bool:
+        return [p.data_ptr() for p in self.params] == self.ptrs
+
+
 class ListenerHandle:
     """What :meth:`StatsListener.attach` returns: ``remove()`` takes every hook away and
     writes what is pending; also a context manager."""
@@ -198,8 +234,10 @@ class StatsListener:
         self._shapes: dict[str, dict] = {}
         self._order: list[str] = []
         self._static_sent = False
-        self._hooks: list = []
+        self._hooks: list = []  # (handle, hook) of each hook registered
+        self._armed = False
         self._param_views: dict[str, tuple[int, torch.Tensor]] = {}
+        self._step_plan: _StepPlan | None = None
         self._plans: dict[tuple, list[tuple[str, int, int, int]]] = {}
         self._leaves: dict[int, str] = {}  # id(leaf module) -> its name
         self._watched_outputs: set[str] = set()  # leaves whose outputs are recorded
@@ -224,8 +262,9 @@ class StatsListener:
             log.warning("embedviz monitor: no parameter of the model matches watch=%s "
                         "ignore=%s; only score, timing and memory are recorded",
                         self.watch, self.ignore)
-        self._disarm()  # attached again: the hooks of the earlier attach go
+        self._disarm(forget=True)  # attached again: the hooks of the earlier attach go
         self._param_views, self._plans = {}, {}
+        self._step_plan = _StepPlan.make(self)
         self._leaves = {id(module): name or "output" for name, module in model.named_modules()
                         if not any(True for _ in module.children())}  # (the model, if alone)
         self._watched_outputs = {name for name in self._leaves.values()
@@ -251,20 +290,35 @@ class StatsListener:
         while an iteration is reported (a forward hook costs every module call Python work).
         One global module forward hook, not one per leaf: arming and disarming every report
         then costs two registrations, whatever the size of the model."""
-        if self._hooks or self._model is None:
+        if self._armed or self._model is None:
             return
-        self._hooks = [torch.nn.modules.module.register_module_forward_hook(self._on_forward)]
+        self._armed = True
+        if self._hooks:  # registered before: back in place under the same keys (cheaper
+            for handle, hook in self._hooks:  # than a registration, every report)
+                hooks = handle.hooks_dict_ref()
+                if hooks is not None:
+                    hooks[handle.id] = hook
+            return
+        self._hooks = [(torch.nn.modules.module.register_module_forward_hook(self._on_forward),
+                        self._on_forward)]
         if self._optimizer is not None:
-            self._hooks.append(self._optimizer.register_step_pre_hook(self._pre_step))
-            self._hooks.append(self._optimizer.register_step_post_hook(self._post_step))
+            self._hooks.append((self._optimizer.register_step_pre_hook(self._pre_step),
+                                self._pre_step))
+            self._hooks.append((self._optimizer.register_step_post_hook(self._post_step),
+                                self._post_step))
 
-    def _disarm(self) -> None:
-        hooks, self._hooks = self._hooks, []
-        for h in hooks:
-            h.remove()
+    def _disarm(self, forget: bool = False) -> None:
+        """Take the hooks away (``forget``: for good, as for another model or optimizer)."""
+        self._armed = False
+        for handle, _ in self._hooks:
+            hooks = handle.hooks_dict_ref()
+            if hooks is not None:
+                hooks.pop(handle.id, None)
+        if forget:
+            self._hooks = []
 
     def _detach(self) -> None:
-        self._disarm()
+        self._disarm(forget=True)
         self.close()
 
     def close(self) -> None:
@@ -445,11 +499,46 @@ class StatsListener:
             return
         # with a closure, backward runs inside step(): gradients are read after it
         self._grads_after_step = len(args) > 1 or "closure" in kwargs  # (args[0]: the optimizer)
+        if not self._grads_after_step and self._pre_step_planned():
+            return
         # the parameters before the step, where their updates will be, and the gradients
         blocks = self._capture(("update", self._params), *(
             () if self._grads_after_step else (("gradient", self._grads()),)))
         self._before = blocks.get("update")
         self._grads_captured = not self._grads_after_step
+
+    def _pre_step_planned(self) -> bool:
+        """The parameters before the step and the gradients, by the step plan, in one fused
+        copy; False if the plan does not fit this step (the general way then)."""
+        plan = self._step_plan
+        if plan is None:
+            return False
+        grads = [p.grad for p in plan.params]
+        if not plan.valid():
+            self._step_plan = _StepPlan.make(self)
+            return False
+        if any(g is None for g in grads):  # (not "None in grads": that compares tensors)
+            return False
+        slot = self._slot or self._slot_for(self._device or torch.device("cpu"))
+        if slot is None:
+            return True
+        grad_mode = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
+            for i, stride, count in plan.sampled:
+                grads[i] = self._sample(grads[i], stride, count)
+            start = slot.used
+            torch._foreach_copy_(slot.planned(plan, "pre"), plan.views + grads)
+        finally:
+            torch._C._set_grad_enabled(grad_mode)
+        slot.entries += plan.pre
+        slot.used = start + 2 * plan.size
+        self._before = (start, start + plan.size)
+        self._grads_captured = True
+        # (checked over every element only if its parameter turns out non-finite, or if no
+        # optimizer step ran: a NaN or Inf in a gradient lands in the parameter it updates)
+        self._grad_checks = {pk: (gk, plan.params[i].grad) for pk, gk, i in plan.grad_keys}
+        return True
 
     @_guarded
     def _post_step(self, optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
@@ -457,7 +546,22 @@ class StatsListener:
             return
         if self._grads_after_step:
             self._capture_grads()
-        after = self._capture(("param", self._params)).get("param")
+        plan, slot = self._step_plan, self._slot
+        if plan is not None and slot is not None and self._before[0] + 2 * plan.size == slot.used:
+            # planned: the parameters right after what pre_step copied
+            start = slot.used
+            grad_mode = torch.is_grad_enabled()
+            torch._C._set_grad_enabled(False)
+            try:
+                torch._foreach_copy_(slot.planned(plan, "post"), plan.views)
+            finally:
+                torch._C._set_grad_enabled(grad_mode)
+            slot.entries += plan.post
+            slot.used = start + plan.size
+            self._checks += plan.checks
+            after: tuple[int, int] | None = (start, slot.used)
+        else:
+            after = self._capture(("param", self._params)).get("param")
         self._params_captured = self._stepped = True
         if after is not None and self._slot is not None:
             before = self._slot.view(*self._before)
@@ -547,7 +651,7 @@ class StatsListener:
         if self._writer is not None:
             if self._reporting():
                 self._arm()
-            elif self._hooks:
+            elif self._armed:
                 self._disarm()
 
     def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
