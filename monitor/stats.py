@@ -254,14 +254,16 @@ class _Scratch:
             a = self._arrays[(name, dtype)] = np.empty(max(n, 1 << 16), dtype=dtype)
         return a[:n]
 
-    def segments(self, lens: np.ndarray) -> np.ndarray:
-        """Each element's segment number (cached: a listener's layout repeats)."""
-        key = tuple(lens.tolist())
+    def segments(self, lens: np.ndarray, scale: int = 1, dtype: Any = np.int64) -> np.ndarray:
+        """Each element's segment number times ``scale``, as ``dtype`` (cached: a listener's
+        layout repeats)."""
+        key = (tuple(lens.tolist()), scale, np.dtype(dtype).str)
         seg = self._segments.get(key)
         if seg is None:
             if len(self._segments) >= 8:
                 self._segments.clear()
-            seg = self._segments[key] = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+            seg = self._segments[key] = np.repeat(
+                np.arange(0, len(lens) * scale, scale, dtype=np.int64), lens).astype(dtype)
         return seg
 
 
@@ -283,7 +285,6 @@ def _flat_finite(x: np.ndarray, lens: np.ndarray, bins: int) -> tuple[np.ndarray
     """
     n, dt = x.size, x.dtype
     sc = _scratch_np()
-    seg = sc.segments(lens)
     work, per = sc.get("work", n, dt), sc.get("per", n, dt)
     flags = sc.get("flags", n, np.bool_)
     starts = np.concatenate(([0], np.cumsum(lens)[:-1]))
@@ -291,7 +292,7 @@ def _flat_finite(x: np.ndarray, lens: np.ndarray, bins: int) -> tuple[np.ndarray
     total = _reduce(np.add, x, starts, np.float64)
     mean = total / m
     lo_all, hi_all = _reduce(np.minimum, x, starts), _reduce(np.maximum, x, starts)
-    nonzero = _reduce(np.add, np.not_equal(x, 0, out=flags), starts, np.int64)
+    nonzero = lens - _count(np.equal(x, 0, out=flags), starts)  # (zeros: often none)
     abs_sum = _reduce(np.add, np.abs(x, out=work), starts, np.float64)
     # centred on the mean rounded to x's precision, then corrected: no cancellation
     c = mean.astype(dt)
@@ -312,19 +313,31 @@ def _flat_finite(x: np.ndarray, lens: np.ndarray, bins: int) -> tuple[np.ndarray
         lo = lo32.astype(np.float64)
     lo_x, hi_x = lo.astype(dt), hi.astype(dt)
     per = np.repeat(lo_x, lens)
-    under = _reduce(np.add, np.less(x, per, out=flags), starts, np.int64)
+    under = _count(np.less(x, per, out=flags), starts)
     np.subtract(x, per, out=work)
     work *= np.repeat((bins / (hi - lo)).astype(dt), lens)
     np.floor(work, out=work)
     np.clip(work, 0, bins - 1, out=work)  # under- and overflow land in the end bins, taken out below
-    idx = sc.get("idx", n, np.int64)
-    np.multiply(seg, bins, out=idx)
-    idx += _to_int(work, sc)
+    if len(lens) * bins < 1 << 24 and dt == np.float32:  # (segment offsets exact as float32)
+        work += sc.segments(lens, bins, np.float32)  # each segment's bins after the one before
+        idx = _to_int(work, sc)
+    else:
+        idx = sc.get("idx", n, np.int64)
+        np.copyto(idx, sc.segments(lens, bins))
+        idx += _to_int(work, sc)
     counts = np.bincount(idx, minlength=len(lens) * bins).reshape(len(lens), bins)
-    over = _reduce(np.add, np.greater(x, np.repeat(hi_x, lens), out=flags), starts, np.int64)
+    over = _count(np.greater(x, np.repeat(hi_x, lens), out=flags), starts)
     counts[:, 0] -= under
     counts[:, -1] -= over
     return stats, np.concatenate([counts, under[:, None], over[:, None]], axis=1), np.stack([lo, hi], 1)
+
+
+def _count(flags: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """True flags in each segment beginning at ``starts`` (most often none: then no pass
+    that casts every flag to an integer)."""
+    if not flags.any():
+        return np.zeros(len(starts), dtype=np.int64)
+    return _reduce(np.add, flags, starts, np.int64)
 
 
 def _to_int(a: np.ndarray, sc: _Scratch) -> np.ndarray:
