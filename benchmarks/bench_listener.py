@@ -27,7 +27,7 @@ training thread too). It is steadier than the chunk figure but leaves out costs 
 every iteration, and background work that outlasts the quiet positions: the chunk figure is
 the complete one.
 
-    python benchmarks/bench_listener.py [--chunk 100] [--chunks 60] [--sample-limit 8192]
+    python benchmarks/bench_listener.py [--chunk 100] [--chunks 60] [--sample-limit 4096]
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunk", type=int, default=100, help="steps per chunk (a multiple of 10)")
     parser.add_argument("--chunks", type=int, default=60, help="chunks per arm")
-    parser.add_argument("--sample-limit", type=int, default=8192,
+    parser.add_argument("--sample-limit", type=int, default=4096,
                         help="StatsListener's sample_limit (0: every element)")
     args = parser.parse_args()
     torch.set_num_threads(1)

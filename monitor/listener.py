@@ -181,7 +181,7 @@ class StatsListener:
                  tags: dict | None = None, hyperparameters: dict | None = None,
                  worker: str = "0", watch: Sequence[str] = ("*",), ignore: Sequence[str] = (),
                  histograms: bool = True, activations: bool = True, bins: int = 20,
-                 histogram_sample: int = HISTOGRAM_SAMPLE, sample_limit: int | None = 8192,
+                 histogram_sample: int = HISTOGRAM_SAMPLE, sample_limit: int | None = 4096,
                  max_pending: int = 4,
                  close_timeout: float = 5.0, flush_seconds: float = 1.0) -> None:
         if isinstance(frequency, bool) or not isinstance(frequency, int) or frequency < 1:
@@ -361,20 +361,19 @@ class StatsListener:
         shape = t.shape
         plan = self._act_plans.get((name, shape))
         if plan is None:
-            plan = self._act_plans[(name, shape)] = self._activation_plan(t)
-        rows, stride, count, check = plan
-        key = "activation/" + name
+            plan = self._act_plans[(name, shape)] = self._activation_plan(name, t)
+        key, rows, stride, count, total, check, dst_shape = plan
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)  # (no detach, no graph: three operations in all)
         try:
             if rows:  # the batch's first whole examples: a batch is a random sample already,
                 # and a unit's zero fraction stays what it is
-                torch.narrow_copy(t, 0, 0, rows, out=slot.dst((rows, *shape[1:])))
+                torch.narrow_copy(t, 0, 0, rows, out=slot.dst(dst_shape))
             elif stride == 1:
-                slot.dst(tuple(shape)).copy_(t)
+                slot.dst(dst_shape).copy_(t)
             else:  # one example too large: an even sample, like a parameter
-                slot.dst((count // BLOCK, BLOCK)).copy_(self._sample(t, stride, count))
-            slot.commit(key, count, t.numel())
+                slot.dst(dst_shape).copy_(self._sample(t, stride, count))
+            slot.commit(key, count, total)
             if check and not math.isfinite(t.sum().item()):  # NaN and Inf over every
                 # element: the tensor is in cache now, and not kept (or finite values so
                 # large that the sum overflows: counted exactly, they come out 0)
@@ -382,17 +381,20 @@ class StatsListener:
         finally:
             torch._C._set_grad_enabled(grad_mode)
 
-    def _activation_plan(self, t: torch.Tensor) -> tuple[int, int, int, bool]:
-        """(whole examples kept or 0, stride, elements kept, sampled) for an output like ``t``."""
-        n, limit = t.numel(), self.sample_limit
+    def _activation_plan(self, name: str, t: torch.Tensor) -> tuple:
+        """(key, whole examples kept or 0, stride, elements kept, elements, sampled, shape in
+        the slot) for an output like ``t``."""
+        n, limit, key = t.numel(), self.sample_limit, "activation/" + name
         if limit is None or n <= limit:
-            return 0, 1, n, False
+            return key, 0, 1, n, n, False, tuple(t.shape)
         per_row = n // max(t.shape[0], 1) if t.dim() > 1 else n
         if t.dim() > 1 and per_row <= limit:
             rows = limit // per_row
-            return rows, 1, rows * per_row, t.device.type == "cpu"
+            return (key, rows, 1, rows * per_row, n, t.device.type == "cpu",
+                    (rows, *t.shape[1:]))
         stride = self._stride(t)
-        return 0, stride, self._count(t, stride), t.device.type == "cpu"
+        count = self._count(t, stride)
+        return key, 0, stride, count, n, t.device.type == "cpu", (count // BLOCK, BLOCK)
 
     def _slot_for(self, device: torch.device) -> Slot | None:
         """This iteration's capture buffer (taken from the pool at the first capture)."""

@@ -339,7 +339,7 @@ def test_the_sample_of_a_matrix_is_spread_over_every_column_and_row():
     for shape in [(256, 512), (512, 784), (1000, 10), (4096, 3), (300, 1000)]:
         t = torch.arange(math.prod(shape)).reshape(shape)
         kept = listener._view(t).reshape(-1)
-        assert kept.numel() == 8192 and len(set(kept.tolist())) == 8192
+        assert kept.numel() == 4096 and len(set(kept.tolist())) == 4096
         assert set((kept % shape[1]).tolist()) == set(range(shape[1])), shape
         assert int(kept.max()) // shape[1] >= shape[0] * 0.9, shape
 
