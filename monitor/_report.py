@@ -191,11 +191,13 @@ class SlotPool:
                 waiting.append((slot, number))
         self._inflight = waiting
 
-    def reclaim(self) -> None:
-        """The worker process is gone: what it held is free."""
+    def reclaim(self) -> int:
+        """The worker process is gone: what it held is free; returns how many it held."""
         with self._lock:
+            held = len(self._inflight)
             self._free.extend(slot for slot, _ in self._inflight)
             self._inflight = []
+            return held
 
     def _shared(self, cap: int, dtype: torch.dtype) -> tuple[str | None, torch.Tensor | None]:
         """A buffer of ``cap`` elements in a file of the shared folder, its space reserved up

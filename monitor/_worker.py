@@ -91,7 +91,8 @@ class _Writer:
                     old = self.queue[waiting[0]]
                     del self.queue[waiting[0]]
                     self.state[DROPPED] += 1
-                    self.state[DONE + old[1]] = old[2]
+                    if old[1] >= 0:
+                        self.state[DONE + old[1]] = old[2]
                     self._warn("dropped", "the store is not keeping up: dropping the oldest "
                                "pending report")
             self.queue.append(item)
@@ -131,15 +132,20 @@ class _Writer:
                 return
             _, index, number, path, dtype, used, shipped = item
             try:
-                if path not in self.maps:
-                    if len(self.maps) >= 64:  # slots that grew leave old files behind
-                        self.maps.clear()
-                    self.maps[path] = np.memmap(path, dtype=dtype, mode="r")
+                if path is None:  # nothing captured (no buffer was free): scores and timings
+                    flat = np.zeros(0, dtype=dtype)
+                else:
+                    if path not in self.maps:
+                        if len(self.maps) >= 64:  # slots that grew leave old files behind
+                            self.maps.clear()
+                        self.maps[path] = np.memmap(path, dtype=dtype, mode="r")
+                    flat = self.maps[path][:used]
                 report = Report.shipped(shipped)
                 report.scalars["memory/rss_bytes"] = _rss_bytes(self.parent)  # (off training)
-                self.pending.extend(report.to_records(self.maps[path][:used]))
+                self.pending.extend(report.to_records(flat))
             finally:
-                self.state[DONE + index] = number  # the slot may be written again
+                if index >= 0:
+                    self.state[DONE + index] = number  # the slot may be written again
         except Exception as exc:
             self.state[FAILED] += 1
             self._warn(type(exc).__name__, "could not summarize a report", exc)

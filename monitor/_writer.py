@@ -63,6 +63,13 @@ def _rss_bytes(pid: int | str = "self") -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
 
 
+def _shareable(item: Report) -> bool:
+    """Whether the worker process can summarize the report: its buffer is in shared memory,
+    or it captured nothing (no buffer was free: its scores and timings still go, in order)."""
+    slot = item.slot
+    return slot is not None and (slot.path is not None or not slot.entries)
+
+
 class _WorkerProcess:
     """The parent's side of the worker process."""
 
@@ -102,14 +109,15 @@ class _WorkerProcess:
         assert conn is not None
         if isinstance(item, Report):
             slot = item.slot
-            assert slot is not None and slot.path is not None
+            assert slot is not None and _shareable(item)
             try:
-                conn.send(("report", slot.index, number, slot.path, slot.np_dtype, slot.used,
-                           item.shippable()))
+                conn.send(("report", -1 if slot.path is None else slot.index, number, slot.path,
+                           slot.np_dtype, slot.used, item.shippable()))
             except BaseException:
                 item.release()
                 raise
-            slot.pool.sent(slot, number)
+            if slot.path is not None:
+                slot.pool.sent(slot, number)
             item.slot = None
         else:
             conn.send(("records", item))
@@ -120,19 +128,20 @@ class _WorkerProcess:
         the worker does not keep up (its socket is full: the report is dropped). Raises
         OSError if the worker is gone."""
         slot = item.slot
-        assert slot is not None and slot.path is not None
+        assert slot is not None and _shareable(item)
         shipped = item.shippable()
         same = item.entries == self._entries  # the layout repeats: sent when it changes
         if same:
             shipped = (*shipped[:-2], None, shipped[-1])
-        msg = pickle.dumps((slot.index, number, slot.path, slot.np_dtype, slot.used, shipped),
-                           protocol=pickle.HIGHEST_PROTOCOL)
+        msg = pickle.dumps((-1 if slot.path is None else slot.index, number, slot.path,
+                            slot.np_dtype, slot.used, shipped), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self.reports.send(msg)
         except BlockingIOError:
             return False
         self._entries = item.entries
-        slot.pool.sent(slot, number)
+        if slot.path is not None:
+            slot.pool.sent(slot, number)
         item.slot = None
         return True
 
@@ -275,7 +284,7 @@ class BackgroundWriter:
         """Hand a report to the worker from this (the training) thread; False if it must
         take the thread's way."""
         worker, slot = self._worker, item.slot
-        if worker is None or slot is None or slot.path is None or item.static is not None:
+        if worker is None or slot is None or not _shareable(item) or item.static is not None:
             return False
         try:
             if not worker.send_report(item, next(self._numbers)):
@@ -338,7 +347,7 @@ class BackgroundWriter:
         if worker is None:
             return False
         if isinstance(item, Report):
-            if item.slot is None or item.slot.path is None:  # on a device, or not shared
+            if item.slot is None or not _shareable(item):  # on a device, or not shared
                 return False  # (the worker reads the training process's memory itself)
         if self._batch:  # keep the order: what this thread holds goes first
             self._flush()
@@ -355,8 +364,8 @@ class BackgroundWriter:
                 self._worker = None
                 self._direct = False
             worker.close(timeout=1.0)
-            for pool in self._pools:  # what it held is lost; its slots are free
-                pool.reclaim()
+            for pool in self._pools:  # what it held is lost (counted); its slots are free
+                self._failed += pool.reclaim()
             if isinstance(item, Report):  # its buffer went back to the pool: lost
                 self._failed += 1
                 return True

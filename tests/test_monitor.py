@@ -692,6 +692,45 @@ def test_a_killed_worker_process_leaves_training_running_and_reports_flowing(dig
     assert written == sorted(set(written))
 
 
+def test_a_stopped_worker_process_neither_blocks_training_nor_loses_the_count(digits, tmp_path):
+    """Reports go to the worker straight from the training thread, on a socket it polls. A
+    worker that stops (SIGSTOP) holds every capture buffer and lets that socket fill: no
+    training step waits, what cannot be handed over is dropped and counted, and once it
+    runs again the reports flow."""
+    import os
+    import signal
+
+    db = tmp_path / "stopped.db"
+    listener = StatsListener(embedviz.open_store(db), 1, session="s", max_pending=4)
+    handle, one_step = _stepper(listener, digits)
+    _until_the_worker_is_up(listener, one_step)
+    for _ in range(10):
+        one_step()
+        time.sleep(0.01)
+    writer = listener._writer
+    assert writer._direct  # (the way reports take once the worker is up)
+    pid = writer._worker.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped_at, worst = listener.iteration, 0.0
+        for _ in range(400):
+            worst = max(worst, one_step())
+        dropped = listener.dropped_reports
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed_at = listener.iteration
+    for _ in range(40):
+        one_step()
+        time.sleep(0.01)
+    handle.remove()
+    assert worst < 0.5, f"a training step waited {worst:.2f} s for the stopped worker"
+    assert dropped > 0
+    written = embedviz.open_store(db).read_series("s", "score").iterations.tolist()
+    assert written == sorted(set(written))
+    assert len([it for it in written if it >= resumed_at]) >= 30  # flowing again
+    assert len([it for it in written if stopped_at <= it < resumed_at]) < 400
+
+
 def test_a_nan_in_an_unsampled_example_is_counted_exactly(digits):
     class Poison(torch.nn.Module):
         def forward(self, x):
