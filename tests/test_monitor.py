@@ -245,6 +245,15 @@ def _stepper(listener, digits):
     return listener.attach(model, opt), step
 
 
+def _with_a_worker(digits, db, session, max_pending):
+    """A listener into the SQLite file ``db`` on a fresh MLP, its worker process up;
+    returns (listener, handle, step) (see _stepper)."""
+    listener = StatsListener(embedviz.open_store(db), 1, session=session, max_pending=max_pending)
+    handle, one_step = _stepper(listener, digits)
+    _until_the_worker_is_up(listener, one_step)
+    return listener, handle, one_step
+
+
 def _until_the_worker_is_up(listener, step, timeout=120.0):
     deadline = time.monotonic() + timeout
     while listener._writer._worker is None:
@@ -673,9 +682,7 @@ def test_a_killed_worker_process_leaves_training_running_and_reports_flowing(dig
     import signal
 
     db = tmp_path / "workerdied.db"
-    listener = StatsListener(embedviz.open_store(db), 1, session="d", max_pending=10_000)
-    handle, one_step = _stepper(listener, digits)
-    _until_the_worker_is_up(listener, one_step)
+    listener, handle, one_step = _with_a_worker(digits, db, "d", 10_000)
     for _ in range(5):
         one_step()
     os.kill(listener._writer._worker.proc.pid, signal.SIGKILL)
@@ -701,9 +708,7 @@ def test_a_stopped_worker_process_neither_blocks_training_nor_loses_the_count(di
     import signal
 
     db = tmp_path / "stopped.db"
-    listener = StatsListener(embedviz.open_store(db), 1, session="s", max_pending=4)
-    handle, one_step = _stepper(listener, digits)
-    _until_the_worker_is_up(listener, one_step)
+    listener, handle, one_step = _with_a_worker(digits, db, "s", 4)
     for _ in range(10):
         one_step()
         time.sleep(0.01)
