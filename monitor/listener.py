@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -196,8 +196,8 @@ class StatsListener:
             raise InvalidRecordError(f"max_pending must be an integer >= 1 (got {max_pending!r})")
         self.store = open_store(store)
         self.frequency = frequency
-        session_record = Session(name=session_name, tags=tags or {},
-                                 **({"id": session} if session is not None else {}))
+        session_record = (Session(name=session_name, tags=tags or {}) if session is None
+                          else Session(id=session, name=session_name, tags=tags or {}))
         self.session = session_record.id
         self._session_record = session_record
         self.worker = str(worker)
@@ -241,7 +241,7 @@ class StatsListener:
         self._plans: dict[tuple, list[tuple[str, int, int, int]]] = {}
         self._leaves: dict[int, str] = {}  # id(leaf module) -> its name
         self._watched_outputs: set[str] = set()  # leaves whose outputs are recorded
-        self._act_plans: dict[tuple, tuple[int, int, int, bool]] = {}
+        self._act_plans: dict[tuple, tuple] = {}
         self._pool: SlotPool | None = None
         self._window = self._new_window()
 
@@ -515,18 +515,20 @@ class StatsListener:
         plan = self._step_plan
         if plan is None:
             return False
-        grads = [p.grad for p in plan.params]
+        maybe = [p.grad for p in plan.params]
         if not plan.valid():
             self._step_plan = _StepPlan.make(self)
             return False
-        if any(g is None for g in grads):  # (not "None in grads": that compares tensors)
+        if any(g is None for g in maybe):  # (not "None in grads": that compares tensors)
             return False
+        grads = cast("list[torch.Tensor]", maybe)
         slot = self._slot or self._slot_for(self._device or torch.device("cpu"))
         if slot is None:
             return True
         grad_mode = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
+            grads_seen = list(grads)  # (the whole gradients, for the NaN checks)
             for i, stride, count in plan.sampled:
                 grads[i] = self._sample(grads[i], stride, count)
             start = slot.used
@@ -539,7 +541,7 @@ class StatsListener:
         self._grads_captured = True
         # (checked over every element only if its parameter turns out non-finite, or if no
         # optimizer step ran: a NaN or Inf in a gradient lands in the parameter it updates)
-        self._grad_checks = {pk: (gk, plan.params[i].grad) for pk, gk, i in plan.grad_keys}
+        self._grad_checks = {pk: (gk, grads_seen[i]) for pk, gk, i in plan.grad_keys}
         return True
 
     @_guarded

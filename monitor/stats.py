@@ -246,7 +246,7 @@ class _Scratch:
 
     def __init__(self) -> None:
         self._arrays: dict[tuple[str, object], np.ndarray] = {}
-        self._segments: dict[tuple[int, ...], np.ndarray] = {}
+        self._segments: dict[tuple, np.ndarray] = {}
 
     def get(self, name: str, n: int, dtype: Any) -> np.ndarray:
         a = self._arrays.get((name, dtype))

@@ -42,8 +42,8 @@ class Word2VecListener(_Base):  # type: ignore[misc]
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidRecordError(f"{name} must be an integer >= {low} (got {value!r})")
         self.store = open_store(store)
-        record = Session(name=session_name, tags=tags or {},
-                         **({"id": session} if session is not None else {}))
+        record = (Session(name=session_name, tags=tags or {}) if session is None
+                  else Session(id=session, name=session_name, tags=tags or {}))
         self.session, self._session_record = record.id, record
         self.worker = str(worker)
         self.snapshot_every, self.top_n, self.close_timeout = snapshot_every, top_n, close_timeout
