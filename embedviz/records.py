@@ -287,6 +287,19 @@ class Update:
                             "build it with embedviz.records.Summary(...)")
         self.summaries = summaries
 
+    @classmethod
+    def trusted(cls, session: str, worker: str, iteration: int, score: float | None,
+                epoch: int | None, scalars: dict[str, float], summaries: dict[str, Summary]
+                ) -> Update:
+        """An update from values already of the right types and names (as the monitor makes
+        them: Python floats, "kind/name" keys, :meth:`Summary.trusted` summaries), without
+        checking them again."""
+        u = cls.__new__(cls)
+        u.__dict__.update(session=session, worker=worker, iteration=iteration, score=score,
+                          epoch=epoch, wall_time=time.time(), scalars=scalars,
+                          summaries=summaries)
+        return u
+
     def to_dict(self) -> dict:
         return {"type": "update", "session": self.session, "worker": self.worker,
                 "iteration": self.iteration, "epoch": self.epoch, "wall_time": self.wall_time,

@@ -754,3 +754,18 @@ def test_a_nan_in_an_unsampled_example_is_counted_exactly(digits):
     assert store.read_series("p", "activation/1/nan_count").values.tolist() == [1]
     assert store.read_series("p", "activation/2/nan_count").values.tolist() == [10]  # its row
     assert store.read_series("p", "activation/0/nan_count").values.tolist() == [0]
+
+
+def test_a_trusted_update_is_the_update_a_checked_one_would_be():
+    """The monitor builds its updates without checking them again (Update.trusted): the same
+    fields make the same update."""
+    from embedviz.records import Summary, Update
+
+    summary = Summary(count=3, mean=1.0, stdev=0.5, mean_magnitude=1.0, min=0.5, max=1.5,
+                      nan_count=0, inf_count=0, zero_fraction=0.0)
+    fields = ("s", "0", 10, 0.25, 1, {"lr/0": 0.1, "timing/iteration_ms": 3.0},
+              {"param/fc.weight": summary})
+    checked, trusted = Update(*fields[:3], score=fields[3], epoch=fields[4],
+                              scalars=fields[5], summaries=fields[6]), Update.trusted(*fields)
+    a, b = checked.to_dict(), trusted.to_dict()
+    assert abs(a.pop("wall_time") - b.pop("wall_time")) < 5 and a == b
