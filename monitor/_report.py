@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,11 +56,7 @@ class Slot:
         shapes = tuple(v.shape for v in views)
         dst = self._views.get((self.used, shapes))  # where each block goes repeats
         if dst is None:
-            sizes = [v.numel() for v in views]
-            end = self.used + sum(sizes)
-            self._reserve(end)
-            dst = self._cache((self.used, shapes), [
-                d.view(shape) for d, shape in zip(self.buf[self.used:end].split(sizes), shapes)])
+            dst = self._cache((self.used, shapes), self._blocks(shapes))
         if views:
             torch._foreach_copy_(dst, views)
         start = self.used
@@ -78,12 +75,15 @@ class Slot:
             shapes = [v.shape for v in plan.views]
             if which == "pre":
                 shapes += plan.grad_shapes
-            sizes = [math.prod(s) for s in shapes]
-            end = self.used + sum(sizes)
-            self._reserve(end)
-            dst = self._cache(key, (plan, [d.view(s) for d, s in zip(
-                self.buf[self.used:end].split(sizes), shapes)]))
+            dst = self._cache(key, (plan, self._blocks(shapes)))
         return dst[1]
+
+    def _blocks(self, shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Views of the buffer's next elements, one after the other, in ``shapes``."""
+        sizes = [math.prod(s) for s in shapes]
+        end = self.used + sum(sizes)
+        self._reserve(end)
+        return [d.view(s) for d, s in zip(self.buf[self.used:end].split(sizes), shapes)]
 
     def dst(self, shape: tuple[int, ...]) -> torch.Tensor:
         """The buffer's next elements, in ``shape``, to copy one tensor into (then

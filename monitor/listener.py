@@ -718,7 +718,7 @@ class StatsListener:
                 scalars["timing/examples_per_s"] = w["examples"] / elapsed
             scalars["timing/listener_ms"] = 1000.0 * (self._own_seconds - w["own"]) / w["steps"]
             scalars["timing/listener_background_ms"] = 1000.0 * (writer.busy_seconds - w["busy"]) / w["steps"]
-        device = next(iter(self._params.values())).device if self._params else None
+        device = self._device  # (of the watched parameters, found at attach)
         if device is not None and device.type == "cuda":
             scalars["memory/device_allocated_bytes"] = float(torch.cuda.memory_allocated(device))
             scalars["memory/device_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(device))

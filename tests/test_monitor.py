@@ -254,6 +254,17 @@ def _with_a_worker(digits, db, session, max_pending):
     return listener, handle, one_step
 
 
+def _flowing_then_closed(listener, handle, one_step, db, session, steps):
+    """``steps`` more steps at a gentle pace, then close; returns (the iteration they began
+    at, the iterations whose score is in the store)."""
+    began = listener.iteration
+    for _ in range(steps):
+        one_step()
+        time.sleep(0.01)
+    handle.remove()
+    return began, embedviz.open_store(db).read_series(session, "score").iterations.tolist()
+
+
 def _until_the_worker_is_up(listener, step, timeout=120.0):
     deadline = time.monotonic() + timeout
     while listener._writer._worker is None:
@@ -580,14 +591,9 @@ def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
         worst = max(worst, one_step())
     blocker.execute("COMMIT")
     blocker.close()
-    released_at = listener.iteration
-    for _ in range(20):
-        one_step()
-        time.sleep(0.01)
-    handle.remove()
+    released_at, written = _flowing_then_closed(listener, handle, one_step, db, "L", 20)
     assert worst < 0.5, f"a training step waited {worst:.2f} s for the locked store"
     assert listener.dropped_reports > 0  # more reports than max_pending waited
-    written = embedviz.open_store(db).read_series("L", "score").iterations.tolist()
     assert written == sorted(set(written))  # each at most once, in order
     assert any(it >= released_at for it in written)  # flowing again
     assert len([it for it in written if it >= locked_from]) < released_at - locked_from + 20
@@ -723,14 +729,9 @@ def test_a_stopped_worker_process_neither_blocks_training_nor_loses_the_count(di
         dropped = listener.dropped_reports
     finally:
         os.kill(pid, signal.SIGCONT)
-    resumed_at = listener.iteration
-    for _ in range(40):
-        one_step()
-        time.sleep(0.01)
-    handle.remove()
+    resumed_at, written = _flowing_then_closed(listener, handle, one_step, db, "s", 40)
     assert worst < 0.5, f"a training step waited {worst:.2f} s for the stopped worker"
     assert dropped > 0
-    written = embedviz.open_store(db).read_series("s", "score").iterations.tolist()
     assert written == sorted(set(written))
     assert len([it for it in written if it >= resumed_at]) >= 30  # flowing again
     assert len([it for it in written if stopped_at <= it < resumed_at]) < 400
