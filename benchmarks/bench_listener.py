@@ -30,12 +30,12 @@ seconds on the second core, at attach time).
 
 A second, finer view of the same run: every embedviz iteration is timed, by its position in
 the reporting cycle (0 = the reported one). Against the arm's own quiet iterations (positions
-6-8; 5 is the first after the pause, cold in every arm, and is left out) this attributes the overhead: the copies on the reported iteration, and the slowdown of
-the iterations after it while the worker process summarizes and writes on the other core (on
-this 2-vCPU VM the two vCPUs share a physical core's resources: background work slows the
-training thread too). It is steadier than the chunk figure but leaves out costs spread over
-every iteration, and background work that outlasts the quiet positions: the chunk figure is
-the complete one.
+6-8; 5, the first after the pause, is cold in every arm and is left out) this attributes the
+overhead: the copies on the reported iteration, and the slowdown of the iterations after it
+while the worker process summarizes and writes on the other vCPU (background work there slows
+the training thread too: the two share caches and memory bandwidth). It is steadier than the
+chunk figure but leaves out costs spread over every iteration: the chunk figure is the
+complete one.
 
     python benchmarks/bench_listener.py [--chunk 50] [--rounds 100] [--sample-limit 4096]
 """
