@@ -111,14 +111,11 @@ class _WorkerProcess:
             slot = item.slot
             assert slot is not None and _shareable(item)
             try:
-                conn.send(("report", -1 if slot.path is None else slot.index, number, slot.path,
-                           slot.np_dtype, slot.used, item.shippable()))
+                conn.send(("report", *self._message(item, number, item.shippable())))
             except BaseException:
                 item.release()
                 raise
-            if slot.path is not None:
-                slot.pool.sent(slot, number)
-            item.slot = None
+            self._handed_over(item, number)
         else:
             conn.send(("records", item))
         conn.recv()  # ("taken",)
@@ -133,17 +130,32 @@ class _WorkerProcess:
         same = item.entries == self._entries  # the layout repeats: sent when it changes
         if same:
             shipped = (*shipped[:-2], None, shipped[-1])
-        msg = pickle.dumps((-1 if slot.path is None else slot.index, number, slot.path,
-                            slot.np_dtype, slot.used, shipped), protocol=pickle.HIGHEST_PROTOCOL)
+        msg = pickle.dumps(self._message(item, number, shipped), protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self.reports.send(msg)
         except BlockingIOError:
             return False
         self._entries = item.entries
+        self._handed_over(item, number)
+        return True
+
+    @staticmethod
+    def _message(item: Report, number: int, shipped: tuple) -> tuple:
+        """What the worker is told of a report: (slot index or -1, number, the slot's file,
+        dtype, elements used, the report without its slot)."""
+        slot = item.slot
+        assert slot is not None
+        return (-1 if slot.path is None else slot.index, number, slot.path, slot.np_dtype,
+                slot.used, shipped)
+
+    @staticmethod
+    def _handed_over(item: Report, number: int) -> None:
+        """The report's slot is the worker's until it marks ``number`` done."""
+        slot = item.slot
+        assert slot is not None
         if slot.path is not None:
             slot.pool.sent(slot, number)
         item.slot = None
-        return True
 
     def close(self, timeout: float) -> None:
         try:
