@@ -9,8 +9,8 @@ output, the score, learning rates, timing and memory.
 What it costs the training thread: on iterations that are not reported, a counter and a
 clock read (no device synchronisation, the loss is not touched). On reported iterations, a
 few fused copies of the watched tensors (of an even sample of those above ``sample_limit``)
-into one flat buffer, one sum per sampled CPU activation, and, when the loss or a sampled
-value is not finite, one per sampled parameter, so that a NaN or Inf is counted exactly. Summaries are computed off the training thread: for CPU tensors into an
+into one flat buffer and, when the loss or a sampled value is not finite, one sum per sampled
+parameter and activation, so that a NaN or Inf is counted exactly. Summaries are computed off the training thread: for CPU tensors into an
 SQLite store by a worker process reading the buffer from shared memory, otherwise by a
 background thread, on the tensors' device (only small results leave it). ``max_pending``
 bounds how many reports' buffers may wait.
@@ -162,8 +162,8 @@ class StatsListener:
     sample_limit: tensors with more elements are summarized from an even sample of about
         this many (the same positions every report, in blocks of 16 neighbours spread so that
         every column is visited; activations: the batch's first whole examples; counts
-        scaled to the full size; NaN and Inf of activations counted over every element on
-        CPU, and of parameters and gradients whenever the loss or a sampled value is not
+        scaled to the full size; NaN and Inf of parameters, gradients and activations
+        counted over every element on CPU whenever the loss or a sampled value is not
         finite, which a bad value makes it (see _nonfinite); an update's from its sample):
         copying
         and reducing every element of every large tensor would cost the training loop far
@@ -226,6 +226,7 @@ class StatsListener:
         self._stepped = False  # the optimizer's step hooks ran
         self._seen: set[str] = set()  # modules whose output was captured
         self._found: dict[str, tuple[int, int]] = {}  # exact (NaN, Inf) counts found so far
+        self._act_checks: list[tuple[str, torch.Tensor]] = []  # sampled outputs (CPU)
         self._lrs: dict[str, float] = {}
         self._grads_after_step = False
         self._model: torch.nn.Module | None = None
@@ -338,9 +339,12 @@ class StatsListener:
             return
         if name not in self._shapes:
             self._record_shapes(name, module, inputs, output)
-        if name in self._watched_outputs and name not in self._seen:
-            # (several forward passes before one step: the first batch's outputs)
-            self._capture_activation(name, output)
+        if name in self._watched_outputs:
+            if name not in self._seen:
+                # (several forward passes before one step: the first batch's outputs)
+                self._capture_activation(name, output)
+            elif self._act_checks:  # another pass: keep no outputs of the first any longer
+                self._check_activations()
 
     @_guarded
     def _record_shapes(self, name: str, module: torch.nn.Module, inputs: Any, output: Any) -> None:
@@ -374,12 +378,20 @@ class StatsListener:
             else:  # one example too large: an even sample, like a parameter
                 slot.dst(dst_shape).copy_(self._sample(t, stride, count))
             slot.commit(key, count, total)
-            if check and not math.isfinite(t.sum().item()):  # NaN and Inf over every
-                # element: the tensor is in cache now, and not kept (or finite values so
-                # large that the sum overflows: counted exactly, they come out 0)
-                self._found[key] = self._count_nonfinite(t)
+            if check:  # NaN and Inf over every element, at the report, if the loss or a
+                # sampled value is not finite (see _nonfinite); kept until then
+                self._act_checks.append((key, t.detach()))
         finally:
             torch._C._set_grad_enabled(grad_mode)
+
+    @_guarded
+    def _check_activations(self) -> None:
+        """Count NaN and Inf in the kept outputs now, over every element, and let them go."""
+        acts, self._act_checks = self._act_checks, []
+        with torch.no_grad():
+            for key, t in acts:
+                if not math.isfinite(t.sum().item()):
+                    self._found[key] = self._count_nonfinite(t)
 
     def _activation_plan(self, name: str, t: torch.Tensor) -> tuple:
         """(key, whole examples kept or 0, stride, elements kept, elements, sampled, shape in
@@ -591,16 +603,21 @@ class StatsListener:
     def _nonfinite(self, full: bool = True) -> dict[str, tuple[int, int]]:
         """Exact (NaN, Inf) counts of the sampled tensors that hold any: a sum over every
         element finds those (CPU only: on a device, reading it back would synchronise).
-        Activations are checked in their hook, always. Parameters here, if ``full``: when
-        the loss is not finite or a sampled value is not (a NaN or Inf parameter reaches the
-        loss: NaN x 0 is NaN; a bad gradient comes in whole rows or columns, which the sample
-        visits); a gradient when its parameter turned non-finite (where a bad gradient
-        lands), or when no optimizer step ran (e.g. skipped by a GradScaler because of it)."""
+        Parameters and activations, if ``full``: when the loss is not finite or a sampled
+        value is not (a NaN or Inf parameter or activation reaches the loss: NaN x 0 is NaN;
+        a bad gradient comes in whole rows or columns, which the sample visits); a gradient
+        when its parameter turned non-finite (where a bad gradient lands), or when no
+        optimizer step ran (e.g. skipped by a GradScaler because of it). The activations are
+        the outputs as they are at the report (kept from the forward pass, on reported
+        iterations only: a later in-place operation such as ReLU(inplace=True) may have
+        turned a -Inf into 0), or were counted when a second forward pass began."""
         checks, self._checks = self._checks, []
         grads, self._grad_checks = self._grad_checks, {}
         found, self._found = self._found, {}
+        acts, self._act_checks = self._act_checks, []
         if not full:
             return found
+        checks += acts
         if not self._stepped:
             checks += grads.values()
         checks = [(k, t) for k, t in checks if t.device.type == "cpu"]
@@ -688,6 +705,7 @@ class StatsListener:
         self._grad_checks = {}
         self._stepped = False
         self._found = {}
+        self._act_checks = []
         self._seen = set()
         self._lrs = {}
         self._grads_after_step = False

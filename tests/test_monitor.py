@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -643,6 +644,38 @@ def test_gradient_accumulation_records_each_activation_once(digits):
     assert store.read_series("acc", "activation/1/count").values.tolist() == [first["relu"].numel()]
     zf = store.read_series("acc", "activation/1/zero_fraction").values[0]
     assert zf == pytest.approx(float((first["relu"] == 0).float().mean()))
+
+
+def test_accumulation_counts_the_first_passs_nan_and_lets_its_outputs_go(digits):
+    """NaN/Inf in the outputs kept from a reported iteration's first forward pass are counted
+    when the next pass begins, and the first pass's outputs are not held beyond it."""
+    class Poison(torch.nn.Module):
+        def forward(self, x):
+            if getattr(self, "armed", False):
+                x = x.clone()
+                x[40, 7] = math.nan  # not among the sampled first examples
+            return x
+
+    store = MemoryStore()
+    torch.manual_seed(0)
+    poison = Poison()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 512), poison, torch.nn.Linear(512, 10))
+    kept = []
+    model[0].register_forward_hook(lambda m, i, o: kept.append(weakref.ref(o.untyped_storage())))
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    X, y = digits
+    with StatsListener(store, 1, session="acc", sample_limit=4096).attach(model, opt) as handle:
+        opt.zero_grad()
+        for k in range(2):
+            poison.armed = k == 0
+            xb, yb = X[64 * k:64 * (k + 1)], y[64 * k:64 * (k + 1)]
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            if k == 1:
+                assert kept[0]() is None, "the first pass's output is still held"
+        opt.step()
+        handle.listener.step(batch_size=128)
+    assert store.read_series("acc", "activation/1/nan_count").values.tolist() == [1]
+    assert store.read_series("acc", "activation/0/nan_count").values.tolist() == [0]
 
 
 def test_a_full_shared_memory_folder_does_not_crash_training(tmp_path):
