@@ -368,7 +368,7 @@ class StatsListener:
             plan = self._act_plans[(name, shape)] = self._activation_plan(name, t)
         key, rows, stride, count, total, check, dst_shape = plan
         grad_mode = torch.is_grad_enabled()
-        torch._C._set_grad_enabled(False)  # (no detach, no graph: three operations in all)
+        torch._C._set_grad_enabled(False)  # (no graph for the copy)
         try:
             if rows:  # the batch's first whole examples: a batch is a random sample already,
                 # and a unit's zero fraction stays what it is
