@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+from bench_listener import Loop  # the reference loop (this folder is on the path)
 
 NEIGHBOURS = {
     "alu": "x = 0\nwhile True:\n    x = (x * 3 + 1) & 0xFFFF",
@@ -41,19 +42,15 @@ def main() -> None:
     cpus = sorted(os.sched_getaffinity(0))[:2]
     os.sched_setaffinity(0, {cpus[0]})
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    data = [(torch.randn(64, 784), torch.randint(0, 10, (64,))) for _ in range(32)]
+    loop = Loop()
 
     def run(n: int) -> float:
         t0 = time.perf_counter()
         for i in range(n):
-            x, y = data[i % 32]
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
+            x, y = loop.data[i % len(loop.data)]
+            loop.opt.zero_grad()
+            torch.nn.functional.cross_entropy(loop.model(x), y).backward()
+            loop.opt.step()
         return (time.perf_counter() - t0) / n
 
     run(200)

@@ -388,10 +388,8 @@ class StatsListener:
     def _check_activations(self) -> None:
         """Count NaN and Inf in the kept outputs now, over every element, and let them go."""
         acts, self._act_checks = self._act_checks, []
-        with torch.no_grad():
-            for key, t in acts:
-                if not math.isfinite(t.sum().item()):
-                    self._found[key] = self._count_nonfinite(t)
+        for key, t in self._not_finite(acts):
+            self._found[key] = self._count_nonfinite(t)
 
     def _activation_plan(self, name: str, t: torch.Tensor) -> tuple:
         """(key, whole examples kept or 0, stride, elements kept, elements, sampled, shape in
@@ -620,17 +618,23 @@ class StatsListener:
         checks += acts
         if not self._stepped:
             checks += grads.values()
-        checks = [(k, t) for k, t in checks if t.device.type == "cpu"]
-        if not checks:
-            return found
-        sums = torch.stack([t.sum() for _, t in checks]).tolist()
-        for (key, t), total in zip(checks, sums):
-            if not math.isfinite(total):  # (or finite values so large that the sum overflows)
-                found[key] = self._count_nonfinite(t)
-                grad = grads.get(key) if self._stepped else None
-                if grad is not None and grad[1].device.type == "cpu":
-                    found[grad[0]] = self._count_nonfinite(grad[1])
+        for key, t in self._not_finite([(k, t) for k, t in checks if t.device.type == "cpu"]):
+            found[key] = self._count_nonfinite(t)
+            grad = grads.get(key) if self._stepped else None
+            if grad is not None and grad[1].device.type == "cpu":
+                found[grad[0]] = self._count_nonfinite(grad[1])
         return found
+
+    @staticmethod
+    def _not_finite(checks: list[tuple[str, torch.Tensor]]) -> list[tuple[str, torch.Tensor]]:
+        """Those of the (key, CPU tensor) ``checks`` whose sum over every element is not
+        finite: they hold a NaN or Inf (or finite values so large that the sum overflows;
+        counted exactly, those come out 0). One read-back for all of them."""
+        if not checks:
+            return []
+        with torch.no_grad():
+            sums = torch.stack([t.sum() for _, t in checks]).tolist()
+        return [(k, t) for (k, t), total in zip(checks, sums) if not math.isfinite(total)]
 
     @staticmethod
     def _count_nonfinite(t: torch.Tensor) -> tuple[int, int]:
