@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 
 from embedviz.errors import EmbedvizError
-from embedviz.store import open_store
+from embedviz.store import WorkerInfo, open_store
 
 
 def _when(t: float | None) -> str:
@@ -23,7 +23,7 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             return 0
         print(f"{'session':<28} {'name':<16} {'worker':<10} {'iterations':>17} {'updates':>8}  last update")
         for s in sessions:
-            rows = s.workers or [None]
+            rows: list[WorkerInfo | None] = list(s.workers) or [None]
             for i, w in enumerate(rows):
                 head = f"{s.id:<28} {(s.name or '-')[:16]:<16}" if i == 0 else " " * 45
                 if w is None:

@@ -29,7 +29,7 @@ def place_labels(coords: np.ndarray, words: list[str], order: np.ndarray, *, max
     span = np.where(hi - lo > 0, hi - lo, 1.0)
     px = (coords - lo) / span * np.array([width_px, height_px])
     boxes: list[tuple[float, float, float, float]] = []
-    chosen = []
+    chosen: list[int] = []
     for i in order:
         if len(chosen) >= max_labels:
             break
@@ -44,7 +44,7 @@ def place_labels(coords: np.ndarray, words: list[str], order: np.ndarray, *, max
 def _colors(values: list, name: str) -> tuple[Any, Any]:
     """(color spec for the glyph, colour bar) for a numeric column, (spec, None) for a
     categorical one (a legend explains it)."""
-    from bokeh.models import ColorBar
+    from bokeh.models.annotations import ColorBar
     from bokeh.palettes import Category10_10, Category20_20, Viridis256
     from bokeh.transform import factor_cmap, linear_cmap, log_cmap
 
@@ -57,11 +57,12 @@ def _colors(values: list, name: str) -> tuple[Any, Any]:
             mapper = log_cmap(name, Viridis256, lo, hi)
         else:
             mapper = linear_cmap(name, Viridis256, lo, hi if hi > lo else lo + 1)
-        bar = ColorBar(color_mapper=mapper.transform, title=name, width=10)
+        bar = ColorBar(color_mapper=mapper.transform,  # type: ignore[arg-type]  # (a mapper)
+                       title=name, width=10)
         return mapper, bar
     factors = sorted({str(v) for v in values})
-    palette = Category10_10 if len(factors) <= 10 else Category20_20
-    palette = [palette[i % len(palette)] for i in range(len(factors))]
+    base = Category10_10 if len(factors) <= 10 else Category20_20
+    palette = [base[i % len(base)] for i in range(len(factors))]
     return factor_cmap(name, palette, factors), None
 
 
@@ -70,7 +71,9 @@ def vocab_figure(result: ProjectionResult, *, color_by: str | None = None, n_lab
                  n_clusters: int = 8) -> tuple[Any, Any]:
     """(figure, layout with the search box) for a projection result."""
     from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, CustomJS, Div, HoverTool, LabelSet, TextInput
+    from bokeh.models import ColumnDataSource, CustomJS, HoverTool
+    from bokeh.models.annotations import LabelSet
+    from bokeh.models.widgets import Div, TextInput
     from bokeh.plotting import figure
 
     vocab, coords = result.vocab, np.asarray(result.coords)
@@ -104,9 +107,9 @@ def vocab_figure(result: ProjectionResult, *, color_by: str | None = None, n_lab
         if bar is not None:
             fig.add_layout(bar, "right")
         legend = bar is None
+    extra: dict[str, Any] = {"legend_field": color_by} if legend else {}
     renderer = fig.scatter("x", "y", source=source, size=6, alpha=0.75, color=color,
-                           nonselection_alpha=0.15, selection_color="#d62728",
-                           **({"legend_field": color_by} if legend else {}))
+                           nonselection_alpha=0.15, selection_color="#d62728", **extra)
     if legend:
         fig.legend.location = "top_left"
         fig.legend.click_policy = "hide"

@@ -228,7 +228,8 @@ class BarnesHutTsne:
             from tqdm import tqdm
 
             bar = tqdm(total=self.max_iter, desc=f"t-SNE ({n} points)", unit="it", leave=False)
-        state = {"offset": 0, "last": 0, "done": 0, "kl": float("nan"), "stopped": False}
+        state: dict[str, Any] = {"offset": 0, "last": 0, "done": 0, "kl": float("nan"),
+                                 "stopped": False}
         ee = self.stop_lying_iteration
 
         def on_progress(iteration: int, error: float, embedding: np.ndarray) -> bool:

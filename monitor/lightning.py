@@ -19,7 +19,7 @@ try:
     from lightning.pytorch import Callback
 except ImportError:  # pragma: no cover - the older package name
     try:
-        from pytorch_lightning import Callback
+        from pytorch_lightning import Callback  # type: ignore[assignment]
     except ImportError as exc:
         raise ImportError("embedviz.monitor.lightning needs Lightning: pip install lightning") from exc
 

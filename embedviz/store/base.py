@@ -12,7 +12,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -142,8 +142,8 @@ class Store(ABC):
         """Create (or, if it exists, return unchanged) a session; returns it."""
         if session_id is not None and self._session_ids({session_id}):
             return self._session(session_id)
-        session = Session(name=name, tags=tags or {}, info=info or {},
-                          **({"id": session_id} if session_id is not None else {}))
+        session = (Session(name=name, tags=tags or {}, info=info or {}) if session_id is None
+                   else Session(id=session_id, name=name, tags=tags or {}, info=info or {}))
         self.write([session])
         return session
 
@@ -264,7 +264,8 @@ class Store(ABC):
     def export_jsonl(self, target: str | os.PathLike | IO[str], session: str | None = None) -> int:
         """Write every record as one JSON object a line; returns the number of records."""
         own = not isinstance(target, io.TextIOBase) and not hasattr(target, "write")
-        out = open(target, "w", encoding="utf-8") if own else target  # type: ignore[arg-type]
+        out = cast("IO[str]", open(target, "w", encoding="utf-8")  # type: ignore[arg-type]
+                   if own else target)
         n = 0
         try:
             for record in self.records(session):

@@ -192,7 +192,7 @@ class MemoryStore(Store):
 
     def _iteration_index(self, session: str, worker: str) -> set[tuple]:
         k = (session, worker)
-        index = {("update", u.iteration) for u in self._updates.get(k, [])}
+        index: set[tuple] = {("update", u.iteration) for u in self._updates.get(k, [])}
         index |= {("metric", m.iteration, m.name) for m in self._metrics.get(k, [])}
         index |= {("finding", f.iteration, f.check, f.layer) for _, f in self._finding_list
                   if (f.session, f.worker) == k}
@@ -205,8 +205,9 @@ class MemoryStore(Store):
             yield self._session(info.id)
             for w in info.workers:
                 k = (info.id, w.worker)
-                if self._workers.get(k) is not None:
-                    yield copy.deepcopy(self._workers[k])
+                static = self._workers.get(k)
+                if static is not None:
+                    yield copy.deepcopy(static)
                 yield from copy.deepcopy(self._updates.get(k, []))
                 yield from copy.deepcopy(self._metrics.get(k, []))
                 yield from (copy.deepcopy(f) for _, f in self._finding_list

@@ -220,7 +220,7 @@ class SQLiteStore(Store):
             sel = "SELECT id FROM series WHERE wid = ? AND key = ?"
             ins = "INSERT INTO series (wid, key) VALUES (?, ?)"
         row = conn.execute(sel, key).fetchone()
-        found = row[0] if row else conn.execute(ins, key).lastrowid
+        found = int(row[0]) if row else int(conn.execute(ins, key).lastrowid or 0)
         pending[cache_key] = found
         return found
 
@@ -299,10 +299,10 @@ class SQLiteStore(Store):
         return self._conn().execute(sql, params).fetchall()
 
     def _session_ids(self, ids: set[str]) -> set[str]:
-        ids = list(ids)
+        wanted = list(ids)
         found: set[str] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i:i + 500]
             found.update(r[0] for r in self._q(
                 f"SELECT id FROM sessions WHERE id IN ({','.join('?' * len(chunk))})", tuple(chunk)))
         return found
@@ -456,7 +456,8 @@ class SQLiteStore(Store):
 
     def _iteration_index(self, session: str, worker: str) -> set[tuple]:
         wid = self._wid(session, worker)
-        index = {("update", r[0]) for r in self._q("SELECT iteration FROM updates WHERE wid = ?", (wid,))}
+        index: set[tuple] = {("update", r[0]) for r in self._q(
+            "SELECT iteration FROM updates WHERE wid = ?", (wid,))}
         index |= {("metric", r[0], r[1][len("metric/"):]) for r in self._q(
             "SELECT p.iteration, s.key FROM points p JOIN series s ON s.id = p.sid "
             "WHERE s.wid = ? AND s.key LIKE 'metric/%'", (wid,))}
