@@ -220,7 +220,8 @@ class SQLiteStore(Store):
             sel = "SELECT id FROM series WHERE wid = ? AND key = ?"
             ins = "INSERT INTO series (wid, key) VALUES (?, ?)"
         row = conn.execute(sel, key).fetchone()
-        found = int(row[0]) if row else int(conn.execute(ins, key).lastrowid or 0)
+        # (an INSERT always sets lastrowid: int() of a None would fail loudly, not store id 0)
+        found = int(row[0] if row else conn.execute(ins, key).lastrowid)  # type: ignore[arg-type]
         pending[cache_key] = found
         return found
 
