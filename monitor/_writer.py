@@ -20,11 +20,14 @@ daemon thread here takes the items and does the work itself.
 Records are written in batches, one transaction at most every ``flush_seconds`` (or
 ``flush_records`` records), because a transaction's bookkeeping costs more than its rows: a
 report is in the store about ``flush_seconds`` after it was taken, and if the process is
-killed at most that much is lost.
+killed at most that much is lost. A writer still open when the interpreter exits (a script
+that ends, or fails, without ``remove()`` or ``close()``) is closed then, so that what is
+pending is written and the shared folder removed.
 """
 
 from __future__ import annotations
 
+import atexit
 import collections
 import itertools
 import logging
@@ -38,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from multiprocessing.connection import Connection, Listener
 from typing import Any
 
@@ -50,6 +54,21 @@ log = logging.getLogger("embedviz.monitor")
 
 #: plain records (metrics, static info) that may wait before the oldest are dropped
 MAX_RECORDS = 10_000
+
+#: writers of this process not closed yet: closed at exit (see _close_at_exit)
+_OPEN: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """Close the writers left open, each waiting at most its ``close_timeout``: without
+    this, a script that ends or fails without ``remove()`` loses what is pending (its daemon
+    thread stops mid-way; a short run: all of it, session included) and, if the worker process
+    was not up yet, leaves its shared folder behind. Runs while daemon threads still do. Not
+    in a forked child (that one's writers are its parent's)."""
+    for writer in list(_OPEN):
+        if writer.pid == os.getpid():
+            writer.close(writer.close_timeout)
 
 
 def _rss_bytes(pid: int | str = "self") -> float:
@@ -184,8 +203,10 @@ class BackgroundWriter:
 
     def __init__(self, store: Store, *, max_pending: int = 4, flush_seconds: float = 1.0,
                  flush_records: int = 50, use_process: bool = True,
-                 name: str = "embedviz-writer") -> None:
+                 name: str = "embedviz-writer", close_timeout: float = 5.0) -> None:
         self.store = store
+        self.close_timeout = close_timeout  # (the wait at interpreter exit)
+        self.pid = os.getpid()
         self.max_pending = max_pending
         self.flush_seconds = flush_seconds
         self.flush_records = flush_records
@@ -221,6 +242,7 @@ class BackgroundWriter:
             self._start_worker(store.url, state_path)
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
+        _OPEN.add(self)
 
     @property
     def dropped(self) -> int:
@@ -414,6 +436,7 @@ class BackgroundWriter:
     def close(self, timeout: float = 5.0) -> bool:
         """Summarize and write what is pending, for up to ``timeout`` seconds; True if
         everything was written. Returns in about ``timeout`` even when the store hangs."""
+        _OPEN.discard(self)
         with self._cv:
             self._closing = True
             self._cv.notify_all()

@@ -273,7 +273,8 @@ class StatsListener:
         self._act_plans = {}
         if self._writer is None:
             self._writer = BackgroundWriter(self.store, max_pending=self.max_pending,
-                                            flush_seconds=self.flush_seconds)
+                                            flush_seconds=self.flush_seconds,
+                                            close_timeout=self.close_timeout)
             self._writer.submit([self._session_record])
             # every report that may wait, the one being summarized, the one being captured
             self._pool = SlotPool(self._writer.slots, self._writer.shared_folder,

@@ -55,7 +55,8 @@ class Word2VecListener(_Base):  # type: ignore[misc]
 
     def on_train_begin(self, model: Any) -> None:
         try:
-            self._writer = BackgroundWriter(self.store, max_pending=8, name="embedviz-w2v")
+            self._writer = BackgroundWriter(self.store, max_pending=8, name="embedviz-w2v",
+                                            close_timeout=self.close_timeout)
             self._previous_loss = 0.0
             if not getattr(model, "compute_loss", False):
                 log.warning("embedviz monitor: this Word2Vec model does not compute its loss; "

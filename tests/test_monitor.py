@@ -573,6 +573,56 @@ def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memo
     assert written == list(range(int(steps))), (sorted(set(range(int(steps))) - set(written)), proc.stderr)
 
 
+@pytest.mark.parametrize("ending", ["falls off the end", "raises", "worker up"])
+def test_a_script_that_never_removes_the_listener_loses_nothing(tmp_path, ending):
+    """A script that ends, or fails, without ``remove()``: everything it recorded is in the
+    store (the session, every report, the last metric) and its shared folder is gone. A short
+    one ends while its worker process is still importing torch; "worker up" runs until the
+    worker takes the reports, then ends."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    db = tmp_path / "unclosed.db"
+    script = textwrap.dedent(f"""
+        import time, torch
+        from embedviz.monitor import StatsListener
+        torch.manual_seed(0)
+        listener = StatsListener({str(db)!r}, 5, session="u", max_pending=10_000)
+        model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        listener.attach(model, opt)
+        i, deadline = 0, time.monotonic() + 120
+        while i < 50 or ({ending == "worker up"} and listener._writer._worker is None):
+            loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 20)), torch.randint(0, 2, (8,)))
+            opt.zero_grad(); loss.backward(); opt.step()
+            listener.step(loss, batch_size=8)
+            i += 1
+            time.sleep(0.001 * (i > 50))
+            assert time.monotonic() < deadline
+        while i % 5 or i < 70:  # (a few reports more, then a whole cycle)
+            loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 20)), torch.randint(0, 2, (8,)))
+            opt.zero_grad(); loss.backward(); opt.step()
+            listener.step(loss, batch_size=8)
+            i += 1
+        listener.log_metric("val_loss", 0.25)
+        print(listener._writer.shared_folder, listener._writer._worker is None, i, flush=True)
+        if {ending == "raises"}:
+            raise RuntimeError("the training script fails here")
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == (1 if ending == "raises" else 0), proc.stderr
+    folder, worker_not_up, steps = proc.stdout.split()
+    assert worker_not_up == str(ending != "worker up")  # (which of the two ways did the work)
+    assert not os.path.exists(folder)
+    store = embedviz.open_store(db)
+    assert store.read_series("u", "score").iterations.tolist() == list(range(0, int(steps), 5))
+    assert store.read_series("u", "metric/val_loss").values.tolist() == [0.25]
+    assert store.static("u")  # (layer table etc.)
+    store.close()
+
+
 def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
     """Another process holds SQLite's write lock for seconds (a long transaction): the
     worker waits for it, reports beyond max_pending are dropped and counted, no training
