@@ -157,7 +157,8 @@ class StatsListener:
         stored with the static info.
     worker: this process's worker id within the session (e.g. the rank).
     watch, ignore: shell-style patterns on parameter and module names (``"fc*"``).
-    histograms, activations: record histograms / leaf-module outputs.
+    histograms, activations: record histograms / leaf-module outputs (of training passes:
+        grad enabled and the module in training mode; a validation pass is not taken).
     bins: histogram bins.
     sample_limit: tensors with more elements are summarized from an even sample of about
         this many (the same positions every report, in blocks of 16 neighbours spread so that
@@ -340,7 +341,9 @@ class StatsListener:
             return
         if name not in self._shapes:
             self._record_shapes(name, module, inputs, output)
-        if name in self._watched_outputs:
+        # a training pass's outputs only: not those of a validation pass (no_grad or eval())
+        # run between two steps, which would pass for the reported iteration's activations
+        if name in self._watched_outputs and module.training and torch.is_grad_enabled():
             if name not in self._seen:
                 # (several forward passes before one step: the first batch's outputs)
                 self._capture_activation(name, output)

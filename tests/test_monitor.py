@@ -696,6 +696,42 @@ def test_gradient_accumulation_records_each_activation_once(digits):
     assert zf == pytest.approx(float((first["relu"] == 0).float().mean()))
 
 
+@pytest.mark.parametrize("validation", ["no_grad", "eval", "inference_mode"])
+def test_a_validation_pass_between_steps_is_not_taken_for_the_activations(digits, validation):
+    """A validation pass right before a reported iteration (under no_grad, in eval() mode, or
+    under inference_mode), on inputs unlike the training batches: the recorded activations
+    are those of the training passes, the same as without it."""
+    X, y = digits
+
+    def run(with_validation: bool) -> dict:
+        model = mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        store = MemoryStore()
+        listener = StatsListener(store, FREQ, session="v")
+        with listener.attach(model, opt):
+            for i in range(4 * FREQ):
+                xb, yb = X[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32]
+                loss = torch.nn.functional.cross_entropy(model(xb), yb)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                listener.step(loss, batch_size=len(xb))
+                if with_validation and (i + 1) % FREQ == 0:  # the next iteration is reported
+                    if validation == "eval":
+                        model.eval()
+                        model(X[:16] * 1000.0)
+                        model.train()
+                    else:
+                        with torch.no_grad() if validation == "no_grad" else torch.inference_mode():
+                            model(X[:16] * 1000.0)
+        return {key: store.read_series("v", key).values.tolist()
+                for key in ("activation/0/mean_magnitude", "activation/2/max", "update/0.weight/mean")}
+
+    plain, validated = run(False), run(True)
+    assert len(plain["activation/0/mean_magnitude"]) == 4
+    assert validated == plain
+
+
 def test_accumulation_counts_the_first_passs_nan_and_lets_its_outputs_go(digits):
     """NaN/Inf in the outputs kept from a reported iteration's first forward pass are counted
     when the next pass begins, and the first pass's outputs are not held beyond it."""
