@@ -234,6 +234,7 @@ class StatsListener:
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: dict[str, torch.nn.Parameter] = {}
         self._shapes: dict[str, dict] = {}
+        self._trained_shapes: set[str] = set()  # (recorded from a training pass)
         self._order: list[str] = []
         self._static_sent = False
         self._hooks: list = []  # (handle, hook) of each hook registered
@@ -339,11 +340,12 @@ class StatsListener:
         name = self._leaves.get(id(module))  # (other modules, other models: not ours)
         if name is None:
             return
-        if name not in self._shapes:
-            self._record_shapes(name, module, inputs, output)
         # a training pass's outputs only: not those of a validation pass (no_grad or eval())
         # run between two steps, which would pass for the reported iteration's activations
-        if name in self._watched_outputs and module.training and torch.is_grad_enabled():
+        training = module.training and torch.is_grad_enabled()
+        if name not in self._shapes or (training and name not in self._trained_shapes):
+            self._record_shapes(name, module, inputs, output, training)
+        if name in self._watched_outputs and training:
             if name not in self._seen:
                 # (several forward passes before one step: the first batch's outputs)
                 self._capture_activation(name, output)
@@ -351,9 +353,15 @@ class StatsListener:
                 self._check_activations()
 
     @_guarded
-    def _record_shapes(self, name: str, module: torch.nn.Module, inputs: Any, output: Any) -> None:
+    def _record_shapes(self, name: str, module: torch.nn.Module, inputs: Any, output: Any,
+                       training: bool) -> None:
+        """The shapes of the first training pass (of the first pass until one comes: a
+        sanity-check validation pass before training, a module kept in eval() mode)."""
+        if name not in self._shapes:
+            self._order.append(name)
         self._shapes[name] = {"input": _shapes(inputs), "output": _shapes(output)}
-        self._order.append(name)
+        if training:
+            self._trained_shapes.add(name)
 
     @_guarded
     def _capture_activation(self, name: str, output: Any) -> None:

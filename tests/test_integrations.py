@@ -92,5 +92,12 @@ def test_lightning_callback_in_one_line(tmp_path):
     lo = store.read_series("pl", "update/net.0.weight/min").values[0]
     assert max(hi, -lo) == pytest.approx(1e-2, rel=1e-3)
     assert len(store.read_series("pl", "metric/val_loss")) == 2
+    # Lightning's sanity check runs validation batches of 256 before training's first batch of
+    # 64, while iteration 0's hooks are in place: the layer table and iteration 0's activations
+    # are the training batch's
+    layers = {layer["name"]: layer for layer in store.static("pl")["model"]["layers"]}
+    assert layers["net.0"]["input_shapes"] == [[64, 64]]
+    assert layers["net.2"]["output_shapes"] == [[64, 10]]
+    assert store.read_series("pl", "activation/net.0/count").values[0] == 64 * 16
     assert store.read_series("pl", "timing/examples_per_s").values[-1] > 0
     assert os.path.exists(tmp_path / "pl.db")
