@@ -593,18 +593,20 @@ def test_a_script_that_never_removes_the_listener_loses_nothing(tmp_path, ending
         model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         listener.attach(model, opt)
-        i, deadline = 0, time.monotonic() + 120
-        while i < 50 or ({ending == "worker up"} and listener._writer._worker is None):
+
+        def step():
             loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 20)), torch.randint(0, 2, (8,)))
             opt.zero_grad(); loss.backward(); opt.step()
             listener.step(loss, batch_size=8)
+
+        i, deadline = 0, time.monotonic() + 120
+        while i < 50 or ({ending == "worker up"} and listener._writer._worker is None):
+            step()
             i += 1
             time.sleep(0.001 * (i > 50))
             assert time.monotonic() < deadline
         while i % 5 or i < 70:  # (a few reports more, then a whole cycle)
-            loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 20)), torch.randint(0, 2, (8,)))
-            opt.zero_grad(); loss.backward(); opt.step()
-            listener.step(loss, batch_size=8)
+            step()
             i += 1
         listener.log_metric("val_loss", 0.25)
         print(listener._writer.shared_folder, listener._writer._worker is None, i, flush=True)
