@@ -858,6 +858,33 @@ def test_a_stopped_worker_process_neither_blocks_training_nor_loses_the_count(di
     assert len([it for it in written if stopped_at <= it < resumed_at]) < 400
 
 
+def test_reports_that_wait_for_the_workers_look_are_all_kept(digits, tmp_path):
+    """The worker process looks at its socket every few report intervals and takes what
+    waits together. A look that comes late (here: the worker stopped for five reports, more
+    than max_pending) loses nothing while the store keeps up: max_pending bounds the reports
+    left waiting from an earlier look, not those taken in one."""
+    import os
+    import signal
+
+    db = tmp_path / "late.db"
+    listener, handle, one_step = _with_a_worker(digits, db, "late", 4)
+    for _ in range(10):
+        one_step()
+        time.sleep(0.01)
+    time.sleep(0.5)  # (the worker has caught up: every capture buffer is free)
+    pid = listener._writer._worker.proc.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped_at = listener.iteration
+        for _ in range(5):
+            one_step()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _, written = _flowing_then_closed(listener, handle, one_step, db, "late", 10)
+    assert listener.dropped_reports == 0
+    assert [it for it in written if it >= stopped_at] == list(range(stopped_at, stopped_at + 15))
+
+
 def test_a_nan_in_an_unsampled_example_is_counted_exactly(digits):
     class Poison(torch.nn.Module):
         def forward(self, x):
