@@ -4,13 +4,16 @@ Reference loop: MLP 784-512-256-10, batch 64, SGD with momentum, CPU, one torch 
 Three arms train one and the same model (so that no arm runs on luckier memory: with a model
 each, arms differed by +-5% with nothing attached) in short interleaved chunks, so that machine
 noise hits them alike, with a short untimed pause after each chunk so that what one arm left
-running in the background (TensorBoard's event writer is flushed inside its chunk; the
-listener's worker finishes its last report) does not land in the next arm's chunk.
+running in the background does not land in the next arm's chunk: TensorBoard's event writer
+is flushed inside its chunk; the listener's chunk runs on with bare steps, timed (its drain
+tail), until its worker process has summarized every report of the chunk (it takes them a
+few at a time: ~25 steps).
 
 This VM's speed drifts by +-15% within seconds, so each round sandwiches the listener's chunk
 between two chunks of the bare loop (bare, embedviz, bare, tensorboard; the next round the
-other way round): its overhead is its time against the mean of the two around it, which
-cancels drift that is linear over the round. TensorBoard's chunk is compared with the bare
+other way round): its overhead is its time beyond theirs (their mean, and for its drain tail
+as many of their steps once warm) against the time of its own steps, which cancels drift
+that is linear over the round. TensorBoard's chunk is compared with the bare
 chunk next to it. The overhead is the median over rounds, with a 90% bootstrap interval of
 that median:
   none         the bare loop
@@ -23,7 +26,7 @@ that median:
 Every chunk holds whole cycles of the listener and starts mid-cycle, five iterations before a
 report: the first iteration after the pause runs with cold caches in every arm, and it is a
 quiet one in each (a report there would bear a cold start that training without pauses never
-sees), and the background work after the chunk's last report runs inside the chunk.
+sees).
 
 The listener's worker process is started before timing (it imports torch once, a few
 seconds on the second core, at attach time).
@@ -32,10 +35,12 @@ A second, finer view of the same run: every iteration of every arm is timed, by 
 in the chunk. The mean time of the listener's k-th iteration against the bare loop's k-th,
 summed by place in the reporting cycle (0 = the reported iteration), splits the listener's
 whole overhead (in means: it adds up to the mean chunk time's) into the reported iteration
-(the copies on the training thread), the four after it (the worker process summarizes and
-writes on the other vCPU meanwhile, and on this VM the vCPUs share the L3 cache and memory
+(the copies on the training thread), the four after it (the worker process summarizes on
+the other vCPU meanwhile, a few reports at a time, and on this VM the vCPUs share the L3 cache and memory
 bandwidth: a process streaming memory on the other vCPU slowed the bare loop by 27%, one
-working in 1.6 MB by 8%, a pure ALU loop by 2%) and the five before it.
+working in 1.6 MB by 8%, a pure ALU loop by 2%), the five before it and the drain tail. The
+SQLite write, about once a second for every report since the last (0.3-0.5 ms of CPU per
+report in the worker), falls in whichever chunk runs then.
 
     python benchmarks/bench_listener.py [--chunk 50] [--rounds 100] [--sample-limit 4096]
 """
@@ -52,6 +57,7 @@ import time
 
 import torch
 from embedviz.monitor import StatsListener
+from embedviz.monitor._report import DONE
 from tqdm import tqdm
 
 import embedviz
@@ -59,6 +65,10 @@ import embedviz
 #: seconds between chunks (not timed): what one arm left running in the background must not
 #: land in another arm's chunk
 SETTLE = 0.05
+#: at most this many steps in the listener's drain tail (see Arm.steps)
+MAX_TAIL = 400
+#: the steps of a chunk from this one on run warm
+WARM = 5
 
 
 def _ci(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -88,7 +98,9 @@ class Arm:
         self.loop = loop
         self.model, self.opt, self.data = loop.model, loop.opt, loop.data
         self.i = 0
-        self.rates: list[float] = []
+        self.rates: list[float] = []  # steps/s of each chunk (its drain tail included)
+        self.tail_seconds: list[float] = []
+        self.tail_steps: list[int] = []
         self.by_place: list[list[float]] = []  # seconds of each chunk's k-th iteration
         self.writer = self.listener = self.handle = None
         if name == "tensorboard":
@@ -101,18 +113,14 @@ class Arm:
             self.listener._disarm()  # hooked only during this arm's own chunks
 
     def steps(self, n: int) -> float:
+        """Train ``n`` steps (and, for the listener, its drain tail); returns the seconds."""
         if self.listener is not None and self.listener._reporting():
             self.listener._arm()
         while len(self.by_place) < n:
             self.by_place.append([])
         t0 = t_prev = time.perf_counter()
         for k in range(n):
-            x, y = self.data[self.loop.batches % len(self.data)]
-            self.loop.batches += 1
-            self.opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(self.model(x), y)
-            loss.backward()
-            self.opt.step()
+            loss = self._train_one()
             if self.writer is not None:
                 self.writer.add_scalar("loss", loss.item(), self.i)
                 if self.i % 10 == 0:
@@ -120,18 +128,43 @@ class Arm:
                         self.writer.add_histogram(name, p, self.i)
                         self.writer.add_histogram(name + "/grad", p.grad, self.i)
             if self.listener is not None:
-                self.listener.step(loss, batch_size=len(x))
+                self.listener.step(loss, batch_size=len(self.data[0][0]))
             now = time.perf_counter()
             self.by_place[k].append(now - t_prev)
             t_prev = now
             self.i += 1
         if self.writer is not None:
             self.writer.flush()  # (TensorBoard's own background writing counts to its chunk)
-        rate = n / (time.perf_counter() - t0)
+        tail = 0
         if self.listener is not None:
             self.listener._disarm()
+            # the drain tail: bare steps, timed, until the worker process has summarized every
+            # report of this chunk (it takes them a few at a time, up to ~0.15 s late), so that
+            # what that costs the training thread counts here, not in the next arm's chunk
+            while tail < MAX_TAIL and _with_the_worker(self.listener):
+                self._train_one()
+                tail += 1
+            self.tail_seconds.append(time.perf_counter() - t_prev)
+            self.tail_steps.append(tail)
+        seconds = time.perf_counter() - t0
+        self.rates.append((n + tail) / seconds)
         time.sleep(SETTLE)  # background work of this chunk ends before the next arm's begins
-        return rate
+        return seconds
+
+    def _train_one(self) -> torch.Tensor:
+        x, y = self.data[self.loop.batches % len(self.data)]
+        self.loop.batches += 1
+        self.opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def _with_the_worker(listener: StatsListener) -> int:
+    """Reports the listener handed to its worker process that it has not summarized yet."""
+    done = listener._writer.state
+    return sum(1 for slot, number in listener._pool._inflight if done[DONE + slot.index] < number)
 
 
 def _cpu_seconds(pid: int | str, tid: int | None = None) -> float:
@@ -162,23 +195,29 @@ def main() -> None:
             ev.steps(10)
         ev.steps(100 - ev.i % 100 + 5)  # chunks start mid-cycle (see above)
         for arm in arms:
-            arm.by_place = []
+            arm.by_place, arm.rates, arm.tail_seconds, arm.tail_steps = [], [], [], []
         writer = ev.listener._writer
         worker_pid = writer._worker.proc.pid if writer._worker else None
         before = (writer.dropped, ev.i, ev.listener._own_seconds,
                   _cpu_seconds(worker_pid) if worker_pid else 0.0,
                   _cpu_seconds("self", writer._thread.native_id))
         none, tb = arms[0], arms[1]
-        around: list[float] = []  # the bare loop's rate around each embedviz chunk (mean)
+        around: list[float] = []  # the bare loop's step time around each embedviz chunk (mean)
         beside: list[float] = []  # ... and next to each tensorboard chunk
+        ev_excess: list[float] = []  # each embedviz chunk's time beyond the bare loop's
         for c in tqdm(range(args.rounds), desc="rounds", file=sys.stderr):
             order = [none, ev, none, tb] if c % 2 == 0 else [tb, none, ev, none]
-            rates = [arm.steps(args.chunk) for arm in order]
-            for arm, rate in zip(order, rates):
-                arm.rates.append(rate)
-            a, b = (0, 2) if c % 2 == 0 else (1, 3)  # the bare chunks' places
-            around.append(2 / (1 / rates[a] + 1 / rates[b]))  # (the rate of their mean time)
-            beside.append(rates[b] if c % 2 == 0 else rates[a])
+            seconds = {id(arm): [] for arm in arms}
+            for arm in order:
+                seconds[id(arm)].append(arm.steps(args.chunk))
+            bare = seconds[id(none)]
+            around.append(sum(bare) / (2 * args.chunk))  # (the two bare chunks' mean, per step)
+            beside.append(bare[1 if c % 2 == 0 else 0] / args.chunk)
+            # the bare loop's time for the listener's chunk and drain tail: its chunk, then as
+            # many steps as the tail at its pace once warm (the first steps after the pause run
+            # with cold caches: +50%, +17%, +7%, +2%)
+            warm = statistics.fmean(t for b in none.by_place[WARM:] for t in b[-2:])
+            ev_excess.append(seconds[id(ev)][0] - sum(bare) / 2 - ev.tail_steps[-1] * warm)
         reports = max(1, (ev.i - before[1]) // 10)
         dropped = writer.dropped - before[0]
         own_ms = 1000 * (ev.listener._own_seconds - before[2]) / reports
@@ -192,9 +231,11 @@ def main() -> None:
     step_ms = {k: 1000.0 / v for k, v in med.items()}
     # overhead per round (against the bare chunks around or beside it), then its median and
     # quartiles: robust to drift
+    # the listener's chunk: its time beyond the bare loop's for as many steps (drain tail
+    # included), against the time of its reported steps (a share of the step)
     paired = {"none": [0.0] * len(around),
-              "tensorboard": sorted(100 * (n / r - 1) for n, r in zip(beside, tb.rates)),
-              "embedviz": sorted(100 * (n / r - 1) for n, r in zip(around, ev.rates))}
+              "tensorboard": sorted(100 * (1 / (t * r) - 1) for t, r in zip(beside, tb.rates)),
+              "embedviz": sorted(100 * x / (args.chunk * t) for x, t in zip(ev_excess, around))}
     print(f"\nMLP 784-512-256-10, batch 64, CPU, 1 torch thread; {args.rounds} rounds of chunks of "
           f"{args.chunk} steps (bare, embedviz, bare, tensorboard); embedviz "
           f"sample_limit={args.sample_limit or None}:")
@@ -213,10 +254,14 @@ def main() -> None:
         diff[(5 + k) % 10] += statistics.fmean(e) - statistics.fmean(b)
     bare_chunk = sum(statistics.fmean(b) for b in none.by_place)
     share = [100 * d / bare_chunk for d in diff]
+    warm = statistics.fmean(sum(none.by_place[WARM:], []))  # (a bare step, once warm)
+    tail = 100 * statistics.fmean(t - k * warm for t, k in
+                                  zip(ev.tail_seconds, ev.tail_steps)) / bare_chunk
     per_report = 1000 * diff[0] / (args.chunk // 10)
-    print(f"  embedviz against the bare loop, iteration by iteration (means): {sum(share):+.2f}% in "
-          f"all: the reported iteration {share[0]:+.2f}% (+{per_report:.3f} ms each), the four "
-          f"after it {sum(share[1:5]):+.2f}%, the five before it {sum(share[5:]):+.2f}%")
+    print(f"  embedviz against the bare loop, iteration by iteration (means): {sum(share) + tail:+.2f}%"
+          f" in all: the reported iteration {share[0]:+.2f}% (+{per_report:.3f} ms each), the four "
+          f"after it {sum(share[1:5]):+.2f}%, the five before it {sum(share[5:]):+.2f}%, the drain "
+          f"tail {tail:+.2f}% ({statistics.fmean(ev.tail_steps):.1f} steps after each chunk)")
     print("    by place in the cycle (% of the step): "
           + "  ".join(f"{i}:{x:+.2f}" for i, x in enumerate(share)))
     ours, tb = statistics.median(paired["embedviz"]), statistics.median(paired["tensorboard"])
