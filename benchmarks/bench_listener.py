@@ -11,10 +11,10 @@ few at a time: ~25 steps).
 
 This VM's speed drifts by +-15% within seconds, so each round sandwiches the listener's chunk
 between two chunks of the bare loop (bare, embedviz, bare, tensorboard; the next round the
-other way round): its overhead is its time beyond theirs (their mean, and for its drain tail
-as many of their steps once warm) against the time of its own steps, which cancels drift
-that is linear over the round. TensorBoard's chunk is compared with the bare
-chunk next to it. The overhead is the median over rounds, with a 90% bootstrap interval of
+other way round): its overhead is its time beyond theirs (their mean, step by step, for as
+many steps: the bare chunks run 60 steps longer, which the drain tail is compared with)
+against the time of their first 50, which cancels drift that is linear over the round.
+TensorBoard's chunk is compared with the first 50 steps of the bare chunk next to it. The overhead is the median over rounds, with a 90% bootstrap interval of
 that median:
   none         the bare loop
   tensorboard  add_scalar(loss) every step; add_histogram of every parameter and gradient
@@ -67,8 +67,10 @@ import embedviz
 SETTLE = 0.05
 #: at most this many steps in the listener's drain tail (see Arm.steps)
 MAX_TAIL = 400
-#: the steps of a chunk from this one on run warm
-WARM = 5
+#: the bare loop's chunks run this many steps more than the others: what the listener's drain
+#: tail is compared with (the same places after the pause: a chunk's steps run faster the
+#: longer it goes, by ~1% from its 5th to its 50th step)
+BARE_TAIL = 60
 
 
 def _ci(values: list[float], reps: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -202,22 +204,23 @@ def main() -> None:
                   _cpu_seconds(worker_pid) if worker_pid else 0.0,
                   _cpu_seconds("self", writer._thread.native_id))
         none, tb = arms[0], arms[1]
-        around: list[float] = []  # the bare loop's step time around each embedviz chunk (mean)
-        beside: list[float] = []  # ... and next to each tensorboard chunk
-        ev_excess: list[float] = []  # each embedviz chunk's time beyond the bare loop's
+        paired: dict[str, list[float]] = {"none": [], "tensorboard": [], "embedviz": []}
+        tails: list[float] = []  # each drain tail's time beyond the bare loop's
         for c in tqdm(range(args.rounds), desc="rounds", file=sys.stderr):
             order = [none, ev, none, tb] if c % 2 == 0 else [tb, none, ev, none]
-            seconds = {id(arm): [] for arm in arms}
+            seconds = {}
             for arm in order:
-                seconds[id(arm)].append(arm.steps(args.chunk))
-            bare = seconds[id(none)]
-            around.append(sum(bare) / (2 * args.chunk))  # (the two bare chunks' mean, per step)
-            beside.append(bare[1 if c % 2 == 0 else 0] / args.chunk)
-            # the bare loop's time for the listener's chunk and drain tail: its chunk, then as
-            # many steps as the tail at its pace once warm (the first steps after the pause run
-            # with cold caches: +50%, +17%, +7%, +2%)
-            warm = statistics.fmean(t for b in none.by_place[WARM:] for t in b[-2:])
-            ev_excess.append(seconds[id(ev)][0] - sum(bare) / 2 - ev.tail_steps[-1] * warm)
+                seconds[arm.name] = arm.steps(args.chunk + (BARE_TAIL if arm is none else 0))
+            # the bare loop's k-th step in this round: the mean of its two chunks', and in the
+            # one beside TensorBoard's chunk
+            bare = [statistics.fmean(b[-2:]) for b in none.by_place]
+            beside = [b[-1 if c % 2 == 0 else -2] for b in none.by_place]
+            n, tail = args.chunk, ev.tail_steps[-1]
+            ref = sum(bare[:n + tail]) + max(n + tail - len(bare), 0) * statistics.fmean(bare[-10:])
+            paired["none"].append(0.0)
+            paired["tensorboard"].append(100 * (seconds["tensorboard"] / sum(beside[:n]) - 1))
+            paired["embedviz"].append(100 * (seconds["embedviz"] - ref) / sum(bare[:n]))
+            tails.append(ev.tail_seconds[-1] - (ref - sum(bare[:n])))
         reports = max(1, (ev.i - before[1]) // 10)
         dropped = writer.dropped - before[0]
         own_ms = 1000 * (ev.listener._own_seconds - before[2]) / reports
@@ -231,11 +234,7 @@ def main() -> None:
     step_ms = {k: 1000.0 / v for k, v in med.items()}
     # overhead per round (against the bare chunks around or beside it), then its median and
     # quartiles: robust to drift
-    # the listener's chunk: its time beyond the bare loop's for as many steps (drain tail
-    # included), against the time of its reported steps (a share of the step)
-    paired = {"none": [0.0] * len(around),
-              "tensorboard": sorted(100 * (1 / (t * r) - 1) for t, r in zip(beside, tb.rates)),
-              "embedviz": sorted(100 * x / (args.chunk * t) for x, t in zip(ev_excess, around))}
+    paired = {k: sorted(v) for k, v in paired.items()}
     print(f"\nMLP 784-512-256-10, batch 64, CPU, 1 torch thread; {args.rounds} rounds of chunks of "
           f"{args.chunk} steps (bare, embedviz, bare, tensorboard); embedviz "
           f"sample_limit={args.sample_limit or None}:")
@@ -252,11 +251,9 @@ def main() -> None:
     diff = [0.0] * 10
     for k, (e, b) in enumerate(zip(ev.by_place, none.by_place)):
         diff[(5 + k) % 10] += statistics.fmean(e) - statistics.fmean(b)
-    bare_chunk = sum(statistics.fmean(b) for b in none.by_place)
+    bare_chunk = sum(statistics.fmean(b) for b in none.by_place[:args.chunk])
     share = [100 * d / bare_chunk for d in diff]
-    warm = statistics.fmean(sum(none.by_place[WARM:], []))  # (a bare step, once warm)
-    tail = 100 * statistics.fmean(t - k * warm for t, k in
-                                  zip(ev.tail_seconds, ev.tail_steps)) / bare_chunk
+    tail = 100 * statistics.fmean(tails) / bare_chunk
     per_report = 1000 * diff[0] / (args.chunk // 10)
     print(f"  embedviz against the bare loop, iteration by iteration (means): {sum(share) + tail:+.2f}%"
           f" in all: the reported iteration {share[0]:+.2f}% (+{per_report:.3f} ms each), the four "
