@@ -204,7 +204,10 @@ def main(address: str, url: str, state_path: str, max_pending: int) -> None:
     try:
         conn = Client(address, family="AF_UNIX",
                       authkey=bytes.fromhex(os.environ["EMBEDVIZ_WORKER_KEY"]))
-    except OSError:  # the listener closed before we were up: nothing to do
+    except OSError:  # the listener closed before we were up: nothing to do, unless its
+        # process died (killed while this one started): nobody else removes its folder then
+        if os.getppid() != int(os.environ.get("EMBEDVIZ_PARENT", os.getppid())):
+            shutil.rmtree(os.path.dirname(address), ignore_errors=True)
         return
     state = np.memmap(state_path, dtype=np.int64, mode="r+")
     writer = _Writer(url, state, max_pending, os.getppid())

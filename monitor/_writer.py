@@ -71,6 +71,41 @@ def _close_at_exit() -> None:
             writer.close(writer.close_timeout)
 
 
+def _folder_prefix() -> str:
+    """How this process's shared folders begin: "embedviz-", then its PID namespace (the PID
+    that follows means something only there; "embedviz-0-" when it cannot be told)."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid").partition("[")[2].rstrip("]")
+    except OSError:
+        ns = ""
+    return f"embedviz-{ns if ns.isdigit() else 0}-"
+
+
+def _sweep(folder: str) -> None:
+    """Remove the shared folders in ``folder`` of processes that are gone: a training process
+    killed (SIGKILL, or SIGTERM without a handler) together with its worker, or before its
+    worker was up, leaves its own behind. Only those of this PID namespace and user, and only
+    when the process that made one no longer exists (a PID in use again keeps it)."""
+    prefix = _folder_prefix()
+    if prefix == "embedviz-0-":
+        return
+    try:
+        names = [n for n in os.listdir(folder) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].partition("-")[0]
+        path = os.path.join(folder, name)
+        try:
+            if not pid.isdigit() or os.stat(path).st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:  # (alive under another user, or the folder just went)
+            continue
+
+
 def _rss_bytes(pid: int | str = "self") -> float:
     """A process's resident memory (this one's by default), bytes."""
     try:
@@ -102,7 +137,7 @@ class _WorkerProcess:
         self.reports, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.reports.setblocking(False)
         env = dict(os.environ, EMBEDVIZ_WORKER_KEY=authkey.hex(),
-                   EMBEDVIZ_WORKER_FD=str(theirs.fileno()))
+                   EMBEDVIZ_WORKER_FD=str(theirs.fileno()), EMBEDVIZ_PARENT=str(os.getpid()))
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "embedviz.monitor._worker",
                                           self._listener.address, store_url, state_path,
@@ -234,8 +269,10 @@ class BackgroundWriter:
         #: where capture buffers go so that the worker process can map them (None: no worker)
         self.shared_folder: str | None = None
         if use_process and isinstance(store, SQLiteStore) and not store.readonly:
-            shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            self.shared_folder = tempfile.mkdtemp(prefix="embedviz-", dir=shm)
+            shm = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+            _sweep(shm)
+            self.shared_folder = tempfile.mkdtemp(prefix=f"{_folder_prefix()}{os.getpid()}-",
+                                                  dir=shm)
             state_path = os.path.join(self.shared_folder, "state")
             # (a memoryview: its items are read as Python ints, cheaply, on every report)
             self.state = memoryview(state_array(state_path, self.slots, create=True))

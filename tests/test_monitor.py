@@ -573,6 +573,59 @@ def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memo
     assert written == list(range(int(steps))), (sorted(set(range(int(steps))) - set(written)), proc.stderr)
 
 
+def _killed_before_its_worker_is_up(tmp_path, kill: str) -> tuple[str, str]:
+    """Run a training script that is SIGKILLed right after attach, before its worker process
+    has imported torch: ``kill`` "process" kills it alone, "group" its worker too. Returns
+    (its shared folder, its worker's PID)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, signal, torch
+        from embedviz.monitor import StatsListener
+        listener = StatsListener({str(tmp_path / "early.db")!r}, 1)
+        model = torch.nn.Linear(4, 2)
+        listener.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        writer = listener._writer
+        assert writer._worker is None  # (not up yet)
+        print(writer.shared_folder, writer._starting.proc.pid, flush=True)
+        if {kill!r} == "group":
+            os.killpg(0, signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, start_new_session=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder, worker_pid = proc.stdout.split()
+    return folder, worker_pid
+
+
+def test_a_process_killed_before_its_worker_was_up_leaves_no_shared_memory(tmp_path):
+    """Killed alone, its worker process finds it gone when it comes up and removes the folder;
+    killed with its worker (the whole process group), the next listener's start removes it.
+    Folders of live processes stay."""
+    import os
+
+    folder, worker_pid = _killed_before_its_worker_is_up(tmp_path, "process")
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{worker_pid}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not os.path.exists(folder)
+
+    folder, _ = _killed_before_its_worker_is_up(tmp_path, "group")
+    assert os.path.isdir(folder)  # nobody left to remove it
+    mine = StatsListener(tmp_path / "next.db", 1)
+    model = torch.nn.Linear(4, 2)
+    with mine.attach(model):
+        assert not os.path.exists(folder)
+        assert os.path.isdir(mine._writer.shared_folder)
+        other = StatsListener(tmp_path / "other.db", 1)  # (a second one here: ours is alive)
+        with other.attach(torch.nn.Linear(4, 2)):
+            assert os.path.isdir(mine._writer.shared_folder)
+
+
 @pytest.mark.parametrize("ending", ["falls off the end", "raises", "worker up"])
 def test_a_script_that_never_removes_the_listener_loses_nothing(tmp_path, ending):
     """A script that ends, or fails, without ``remove()``: everything it recorded is in the
