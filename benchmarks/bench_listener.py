@@ -9,13 +9,13 @@ is flushed inside its chunk; the listener's chunk runs on with bare steps, timed
 tail), until its worker process has summarized every report of the chunk (it takes them a
 few at a time: ~25 steps).
 
-This VM's speed drifts by +-15% within seconds, so each round sandwiches the listener's chunk
-between two chunks of the bare loop (bare, embedviz, bare, tensorboard; the next round the
-other way round): its overhead is its time beyond theirs (their mean, step by step, for as
-many steps: the bare chunks run 60 steps longer, which the drain tail is compared with)
-against the time of their first 50, which cancels drift that is linear over the round.
-TensorBoard's chunk is compared with the first 50 steps of the bare chunk next to it. The overhead is the median over rounds, with a 90% bootstrap interval of
-that median:
+This VM's speed drifts by +-15% within seconds, so each round sandwiches the listener's
+chunk between two chunks of the bare loop (bare, embedviz, bare, tensorboard; the next round
+the other way round): its overhead is its time beyond theirs (their mean, step by step, for
+as many steps: the bare chunks run 60 steps longer, which the drain tail is compared with)
+against the time of their first chunk-length steps, which cancels drift that is linear over
+the round. TensorBoard's chunk is compared with as many first steps of the bare chunk next
+to it. The overhead is the median over rounds, with a 90% bootstrap interval of that median:
   none         the bare loop
   tensorboard  add_scalar(loss) every step; add_histogram of every parameter and gradient
                every 10 steps
@@ -31,16 +31,16 @@ sees).
 The listener's worker process is started before timing (it imports torch once, a few
 seconds on the second core, at attach time).
 
-A second, finer view of the same run: every iteration of every arm is timed, by its place
-in the chunk. The mean time of the listener's k-th iteration against the bare loop's k-th,
+A second, finer view of the same run: every iteration of every arm is timed, by its place in
+the chunk. The mean time of the listener's k-th iteration against the bare loop's k-th,
 summed by place in the reporting cycle (0 = the reported iteration), splits the listener's
 whole overhead (in means: it adds up to the mean chunk time's) into the reported iteration
-(the copies on the training thread), the four after it (the worker process summarizes on
-the other vCPU meanwhile, a few reports at a time, and on this VM the vCPUs share the L3 cache and memory
-bandwidth: a process streaming memory on the other vCPU slowed the bare loop by 27%, one
-working in 1.6 MB by 8%, a pure ALU loop by 2%), the five before it and the drain tail. The
-SQLite write, about once a second for every report since the last (0.3-0.5 ms of CPU per
-report in the worker), falls in whichever chunk runs then.
+(the copies on the training thread), the four after it (the worker process summarizes on the
+other vCPU meanwhile, a few reports at a time, and on this VM the vCPUs share the L3 cache
+and memory bandwidth: a process streaming memory on the other vCPU slowed the bare loop by
+27%, one working in 1.6 MB by 8%, a pure ALU loop by 2%), the five before it and the drain
+tail. The SQLite write, about once a second for every report since the last (0.3-0.5 ms of
+CPU per report in the worker), falls in whichever chunk runs then.
 
     python benchmarks/bench_listener.py [--chunk 50] [--rounds 100] [--sample-limit 4096]
 """
