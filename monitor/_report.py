@@ -14,6 +14,7 @@ import collections
 import logging
 import math
 import os
+import platform
 import secrets
 import threading
 from collections.abc import Sequence
@@ -118,20 +119,48 @@ class Slot:
         return value
 
 
-#: the worker's counters at the head of the shared state array (see SlotPool.state)
-BUSY_NS, FAILED, DROPPED = 0, 1, 2
-#: where the slots' done marks begin in it
+#: the worker's counters at the head of the shared state array (see SlotPool.state), then
+#: the number of slots and of mailboxes, and whether mailboxes carry a CRC (see state_array)
+BUSY_NS, FAILED, DROPPED, SLOTS, MAILBOXES, CRC = 0, 1, 2, 3, 4, 5
+#: where the slots' done marks begin in it (then the mailboxes' marks)
 DONE = 8
+#: bytes of each mailbox, and mailboxes at most (those of the first slots; a large
+#: max_pending makes many slots, of which only as many as reports waiting are in use)
+MAILBOX, MAX_MAILBOXES = 16384, 16
+#: whether this CPU makes one thread's stores visible to others in the order they were made
+#: (x86's total store order): a report's number, stored after its message, then vouches for
+#: the message; elsewhere a CRC-32 of the message does (see state_array)
+ORDERED_STORES = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 
 
 def state_array(path: str, size: int, create: bool = False) -> np.ndarray:
     """The small shared array between a listener and its worker process: the worker's
-    counters (busy nanoseconds, failed and dropped reports) and, per slot, the number of the
-    last report it is done with (the slot may be written again)."""
-    n = DONE + size
+    counters (busy nanoseconds, failed and dropped reports), the numbers of slots and
+    mailboxes, whether these carry a CRC; per slot the number of the last report the worker
+    is done with (the slot may be written again); per mailbox the number of the last report
+    put in it.
+
+    The mailboxes are the file ``path + ".mail"``: MAILBOX bytes for each of the first
+    (at most MAX_MAILBOXES) slots, each a report's layout (its pickled message, see
+    embedviz.monitor._writer) behind its length and, unless ORDERED_STORES, its CRC-32, so
+    that the training thread hands a report over with memory writes, no system call. Their
+    room is reserved up front (see SlotPool._shared); without room there are none."""
+    n = DONE + size + min(size, MAX_MAILBOXES)
     if create:
         with open(path, "wb") as f:
             f.write(bytes(8 * n))
+        boxes = min(size, MAX_MAILBOXES)
+        try:
+            fd = os.open(path + ".mail", os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, MAILBOX * boxes)
+            finally:
+                os.close(fd)
+        except OSError:
+            boxes = 0
+        head = np.memmap(path, dtype=np.int64, mode="r+", shape=(n,))
+        head[SLOTS], head[MAILBOXES], head[CRC] = size, boxes, not ORDERED_STORES
+        head.flush()
     return np.memmap(path, dtype=np.int64, mode="r+", shape=(n,))
 
 
@@ -256,6 +285,10 @@ class Report:
     static: dict | None = None
     extra: list[Record] = field(default_factory=list)
     entries: list[tuple[str, int, int]] = field(default_factory=list)
+    #: (start, end, after): the block ``start:end`` holds the parameters before the optimizer
+    #: step and the block from ``after`` those after it; their difference, the update, is
+    #: made here, off the training thread, before summarizing (the block becomes it)
+    update: tuple[int, int, int] | None = None
     #: on an accelerator, histograms of larger tensors come from a sample of this many
     sample: int = HISTOGRAM_SAMPLE
 
@@ -273,30 +306,39 @@ class Report:
         """This report without its slot, for the worker process (it maps the slot's file):
         a plain tuple, cheap to pickle; :meth:`shipped` makes it a report again."""
         return (self.session, self.worker, self.iteration, self.epoch, self.score(),
-                self.scalars, self.bins, self.nonfinite, self.static, self.extra,
+                self.scalars, self.bins, self.nonfinite, self.static, self.extra, self.update,
                 self.entries, self.sample)
 
     @classmethod
     def shipped(cls, t: tuple) -> Report:
         (session, worker, iteration, epoch, score, scalars, bins, nonfinite, static, extra,
-         entries, sample) = t
+         update, entries, sample) = t
         return cls(session, worker, iteration, epoch, score, scalars, None, bins, nonfinite,
-                   static, extra, entries, sample)
+                   static, extra, entries, update, sample)
 
     def score(self) -> float | None:
         return None if self.loss is None else float(self.loss)
 
     def summaries(self, flat: np.ndarray | None = None) -> list[Summary]:
         """Summaries of the captured tensors, from ``flat`` (the slot's contents, e.g. as
-        mapped by the worker process) or from the slot."""
+        mapped by the worker process, writable) or from the slot."""
         sizes = [n for _, n, _ in self.entries]
         if flat is None:
             assert self.slot is not None
             buf = self.slot.buf[:sum(sizes)]
+            if self.update is not None:
+                start, end, after = self.update
+                before = buf[start:end]
+                torch.sub(buf[after:after + end - start], before, out=before)
+                self.update = None
             if buf.device.type != "cpu":  # summarized on the device; small results leave it
                 return _summarize_torch(list(buf.split(sizes)), self.bins, self.sample,
                                         [t for _, _, t in self.entries])
             flat = buf.numpy()
+        elif self.update is not None:
+            start, end, after = self.update
+            np.subtract(flat[after:after + end - start], flat[start:end], out=flat[start:end])
+            self.update = None
         out = summarize_flat(flat, sizes, self.bins)
         for i, (key, _, total) in enumerate(self.entries):
             out[i] = _scaled(out[i], total, self.nonfinite.get(key))

@@ -8,10 +8,12 @@ Started by embedviz.monitor._writer as
 ``python -m embedviz.monitor._worker ADDRESS URL STATE MAX_PENDING``: a fresh interpreter, so
 nothing of the training script is imported again. Two ways in:
 
-- reports, straight from the training thread, as datagrams on the socket whose descriptor is
-  in ``EMBEDVIZ_WORKER_FD``. This process looks at it every few report intervals rather than
-  sleeping on it, so that sending one wakes nobody (a wakeup costs the training loop more
-  than the send);
+- reports, straight from the training thread: in the mailbox of the report's capture slot
+  (shared memory beside the STATE array: a few memory writes, no system call), or, if no
+  slot was free or the message does not fit, as a datagram on the socket whose descriptor is
+  in ``EMBEDVIZ_WORKER_FD``. This process looks at both every few report intervals rather
+  than sleeping on the socket, so that handing a report over wakes nobody (a wakeup costs the
+  training loop more than the send);
 - everything else (records, reports that came before the worker was up, "close") on the
   connection at ADDRESS, each answered once taken.
 
@@ -26,19 +28,32 @@ from __future__ import annotations
 import collections
 import gc
 import logging
+import mmap
 import os
 import pickle
 import select
 import shutil
 import socket
+import struct
 import sys
 import threading
 import time
+import zlib
 from typing import Any
 
 import numpy as np
 import torch
-from embedviz.monitor._report import BUSY_NS, DONE, DROPPED, FAILED, Report
+from embedviz.monitor._report import (
+    BUSY_NS,
+    CRC,
+    DONE,
+    DROPPED,
+    FAILED,
+    MAILBOX,
+    MAILBOXES,
+    SLOTS,
+    Report,
+)
 from embedviz.monitor._writer import _rss_bytes
 
 from embedviz.store import SQLiteStore, open_store
@@ -49,9 +64,9 @@ log = logging.getLogger("embedviz.monitor.worker")
 FLUSH_SECONDS = 1.0
 #: ... or until this many records are waiting
 FLUSH_RECORDS = 50
-#: the report socket is looked at just after the next BATCH reports are due (reports come at a
-#: steady pace; if none came, again a quarter interval later), within these bounds (times
-#: BATCH): each look is a wakeup, ~0.1 ms of CPU on a 2-vCPU VM
+#: the mailboxes and the report socket are looked at just after the next BATCH reports are
+#: due (reports come at a steady pace; if none came, again a quarter interval later), within
+#: these bounds (times BATCH): each look is a wakeup, ~0.1 ms of CPU on a 2-vCPU VM
 POLL_SECONDS = (0.001, 0.05)
 #: reports taken together at each look (at most max_pending - 1): what this process does right
 #: after a sleep costs about twice what it does next (measured on a 2-vCPU VM: ~1 ms, then
@@ -146,7 +161,9 @@ class _Writer:
                     if path not in self.maps:
                         if len(self.maps) >= 64:  # slots that grew leave old files behind
                             self.maps.clear()
-                        self.maps[path] = np.memmap(path, dtype=dtype, mode="r")
+                        # (writable: the update is made in place, see Report.update;
+                        # the slot is this process's until it marks the report done)
+                        self.maps[path] = np.memmap(path, dtype=dtype, mode="r+")
                     flat = self.maps[path][:used]
                 report = Report.shipped(shipped)
                 report.scalars["memory/rss_bytes"] = _rss_bytes(self.parent)  # (off training)
@@ -173,11 +190,46 @@ class _Writer:
             log.warning("embedviz monitor worker: %s", message, exc_info=exc)
 
 
-def _drain(sock: socket.socket, buf: bytearray, writer: _Writer, layout: list) -> int:
-    """Take every report waiting on the socket, handing them to the writer together; returns
-    how many. A report whose layout (entries) is the previous one's comes without it:
-    ``layout`` holds the last one seen."""
-    view, taken = memoryview(buf), []
+class _Mailboxes:
+    """The slots' mailboxes (see embedviz.monitor._report.state_array): what the training
+    thread put there since the last look."""
+
+    def __init__(self, state: np.ndarray, path: str) -> None:
+        slots, boxes = int(state[SLOTS]), int(state[MAILBOXES])
+        self.marks = state[DONE + slots:DONE + slots + boxes]
+        with open(path, "rb") as f:
+            self.mail = memoryview(mmap.mmap(f.fileno(), MAILBOX * boxes, access=mmap.ACCESS_READ))
+        self.seen = [0] * boxes  # the number of the last report taken from each
+        self.crc = bool(state[CRC])
+        self.layout: Any = None  # the last layout that came with a report
+
+    def take(self) -> list[tuple]:
+        found = sorted((int(n), i) for i, n in enumerate(self.marks.tolist()) if n > self.seen[i])
+        taken = []
+        for number, i in found:
+            at = i * MAILBOX
+            size, crc = struct.unpack_from("<II", self.mail, at)
+            body = bytes(self.mail[at + 8:at + 8 + min(size, MAILBOX - 8)])
+            # not all of it seen yet (stores seen out of order), or the previous message
+            # whole: this one and those after it (their layout may be this one's) next time
+            if size > MAILBOX - 8 or self.crc and zlib.crc32(body) != crc:
+                break
+            index, num, path, dtype, used, shipped = pickle.loads(body)
+            if num != number:
+                break
+            self.seen[i] = number
+            if shipped[-2] is None:  # the layout is the previous report's
+                shipped = (*shipped[:-2], self.layout, shipped[-1])
+            self.layout = shipped[-2]
+            taken.append(("report", index, number, path, dtype, used, shipped))
+        return taken
+
+
+def _drain(sock: socket.socket, buf: bytearray, writer: _Writer,
+           mailboxes: _Mailboxes | None) -> int:
+    """Take every report waiting in the mailboxes and on the socket, handing them to the
+    writer together, in order; returns how many."""
+    view, taken = memoryview(buf), [] if mailboxes is None else mailboxes.take()
     while True:
         try:
             n = sock.recv_into(buf)
@@ -185,12 +237,9 @@ def _drain(sock: socket.socket, buf: bytearray, writer: _Writer, layout: list) -
             break
         if n == 0:  # the training process closed it
             break
-        index, number, path, dtype, used, shipped = pickle.loads(view[:n])
-        if shipped[-2] is None:
-            shipped = (*shipped[:-2], layout[0], shipped[-1])
-        layout[0] = shipped[-2]
-        taken.append(("report", index, number, path, dtype, used, shipped))
+        taken.append(("report", *pickle.loads(view[:n])))
     if taken:
+        taken.sort(key=lambda item: item[2])
         writer.take(*taken)
     return len(taken)
 
@@ -216,7 +265,7 @@ def main(address: str, url: str, state_path: str, max_pending: int) -> None:
     # otherwise walk all of it every few hundred reports
     gc.freeze()
     buf = bytearray(1 << 22)  # (a datagram is at most the socket's buffer, ~200 kB)
-    layout: list = [None]
+    mailboxes = _Mailboxes(state, state_path + ".mail") if int(state[MAILBOXES]) else None
     orphaned, wait = False, POLL_SECONDS[1]
     interval, last = POLL_SECONDS[1], time.monotonic()  # between reports: estimate, latest
     batch = max(1, min(BATCH, max_pending - 1))  # (the reports waiting hold capture buffers)
@@ -227,7 +276,7 @@ def main(address: str, url: str, state_path: str, max_pending: int) -> None:
                 msg = conn.recv()
         except (EOFError, OSError):  # the training process died (it says "close" otherwise)
             orphaned = True
-        taken = _drain(reports, buf, writer, layout)  # (before the message: sent before it)
+        taken = _drain(reports, buf, writer, mailboxes)  # (before the message: sent before it)
         now = time.monotonic()
         if taken:
             interval = 0.7 * interval + 0.3 * min((now - last) / taken, POLL_SECONDS[1])

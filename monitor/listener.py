@@ -221,6 +221,7 @@ class StatsListener:
         # what one reported iteration captured (see _reset_capture)
         self._slot: Slot | None = None
         self._before: tuple[int, int] | None = None  # where the parameters before the step lie
+        self._update: tuple[int, int, int] | None = None  # and those after it (Report.update)
         self._grads_captured = self._params_captured = False
         self._checks: list[tuple[str, torch.Tensor]] = []  # sampled tensors to check for NaN/Inf
         self._grad_checks: dict[str, tuple[str, torch.Tensor]] = {}  # param key -> its gradient's
@@ -589,9 +590,8 @@ class StatsListener:
         else:
             after = self._capture(("param", self._params)).get("param")
         self._params_captured = self._stepped = True
-        if after is not None and self._slot is not None:
-            before = self._slot.view(*self._before)
-            torch.sub(self._slot.view(*after), before, out=before)  # before becomes the update
+        if after is not None and self._slot is not None:  # before becomes the update, there
+            self._update = (*self._before, after[0])  # (see Report.update)
         self._lrs = {str(i): float(g["lr"]) for i, g in enumerate(optimizer.param_groups)
                      if isinstance(g.get("lr"), (int, float))}
 
@@ -715,7 +715,7 @@ class StatsListener:
         if slot is not None and slot.pool is not None:  # captured, not reported (detached)
             slot.pool.release(slot)
         self._slot = None
-        self._before = None
+        self._before = self._update = None
         self._grads_captured = self._params_captured = False
         self._checks = []
         self._grad_checks = {}
@@ -766,7 +766,7 @@ class StatsListener:
             slot = Slot(SlotPool(0), torch.device("cpu"), torch.float32)
         writer.submit(Report(self.session, self.worker, self.iteration, self.epoch, loss, scalars,
                              slot, self.bins if self.histograms else None, nonfinite, static,
-                             sample=self.histogram_sample))
+                             update=self._update, sample=self.histogram_sample))
 
     def _static_info(self) -> dict:
         model, opt = self._model, self._optimizer
