@@ -44,7 +44,12 @@ and memory bandwidth: a process streaming memory on the other vCPU slowed the ba
 tail. The SQLite write, about once a second for every report since the last (0.3-0.5 ms of
 CPU per report in the worker), falls in whichever chunk runs then.
 
+``--control`` makes it an A/A test of the design: the listener stays attached but is never
+armed nor called, so that its arm trains bare and its "overhead" is what the design alone
+gives (its bias, and its noise on the day).
+
     python benchmarks/bench_listener.py [--chunk 50] [--rounds 100] [--sample-limit 4096]
+                                        [--control]
 """
 
 from __future__ import annotations
@@ -104,6 +109,7 @@ class Loop:
 class Arm:
     def __init__(self, name: str, folder: str, loop: Loop, sample_limit: int | None) -> None:
         self.name = name
+        self.control = False  # (embedviz, --control: attached, never armed, no step() call)
         self.loop = loop
         self.model, self.opt, self.data = loop.model, loop.opt, loop.data
         self.i = 0
@@ -123,8 +129,9 @@ class Arm:
 
     def steps(self, n: int) -> float:
         """Train ``n`` steps (and, for the listener, its drain tail); returns the seconds."""
-        if self.listener is not None and self.listener._reporting():
-            self.listener._arm()
+        listener = None if self.control else self.listener
+        if listener is not None and listener._reporting():
+            listener._arm()
         while len(self.by_place) < n:
             self.by_place.append([])
         t0 = t_prev = time.perf_counter()
@@ -136,8 +143,8 @@ class Arm:
                     for name, p in self.model.named_parameters():
                         self.writer.add_histogram(name, p, self.i)
                         self.writer.add_histogram(name + "/grad", p.grad, self.i)
-            if self.listener is not None:
-                self.listener.step(loss, batch_size=len(self.data[0][0]))
+            if listener is not None:
+                listener.step(loss, batch_size=len(self.data[0][0]))
             now = time.perf_counter()
             self.by_place[k].append(now - t_prev)
             t_prev = now
@@ -145,14 +152,15 @@ class Arm:
         if self.writer is not None:
             self.writer.flush()  # (TensorBoard's own background writing counts to its chunk)
         tail = 0
-        if self.listener is not None:
-            self.listener._disarm()
+        if listener is not None:
+            listener._disarm()
             # the drain tail: bare steps, timed, until the worker process has summarized every
             # report of this chunk (it takes them a few at a time, up to ~0.15 s late), so that
             # what that costs the training thread counts here, not in the next arm's chunk
-            while tail < MAX_TAIL and _with_the_worker(self.listener):
+            while tail < MAX_TAIL and _with_the_worker(listener):
                 self._train_one()
                 tail += 1
+        if self.listener is not None:
             self.tail_seconds.append(time.perf_counter() - t_prev)
             self.tail_steps.append(tail)
         seconds = time.perf_counter() - t0
@@ -196,6 +204,10 @@ def main() -> None:
                         help="rounds of four chunks: bare, embedviz, bare, tensorboard")
     parser.add_argument("--sample-limit", type=int, default=4096,
                         help="StatsListener's sample_limit (0: every element)")
+    parser.add_argument("--control", action="store_true",
+                        help="an A/A test of the design: the embedviz arm trains bare (its listener "
+                        "attached but never armed), so its 'overhead' is the design's own bias "
+                        "and noise")
     args = parser.parse_args()
     torch.set_num_threads(1)
     loop = Loop()
@@ -209,6 +221,7 @@ def main() -> None:
         while ev.listener._writer._worker is None and time.monotonic() < deadline:
             ev.steps(10)
         ev.steps(100 - ev.i % 100 + 5)  # chunks start mid-cycle (see above)
+        ev.control = args.control
         for arm in arms:
             arm.by_place, arm.rates, arm.tail_seconds, arm.tail_steps = [], [], [], []
         writer = ev.listener._writer
@@ -253,6 +266,9 @@ def main() -> None:
     print(f"\nMLP 784-512-256-10, batch 64, CPU, 1 torch thread; {args.rounds} rounds of chunks of "
           f"{args.chunk} steps (bare, embedviz, bare, tensorboard); embedviz "
           f"sample_limit={args.sample_limit or None}:")
+    if args.control:
+        print("  CONTROL RUN: the embedviz arm trained bare (listener attached, never armed): its "
+              "'overhead' is the design's own bias and noise")
     for a in arms:
         q = statistics.quantiles(paired[a.name], n=4) if len(a.rates) > 1 else [0, 0, 0]
         lo, hi = _ci(paired[a.name]) if len(a.rates) > 1 else (0, 0)

@@ -367,7 +367,10 @@ class StatsListener:
     @_guarded
     def _capture_activation(self, name: str, output: Any) -> None:
         """Copy (a sample of) a leaf module's output into the slot now: a later in-place
-        operation (ReLU(inplace=True)) may change it, and it is not kept alive."""
+        operation (ReLU(inplace=True), ``x += skip``) may change it, and it is not kept
+        alive. (Keeping CPU outputs for one fused copy with the gradients, where their
+        version counters showed them unchanged, cost the reported iteration more on a 2-vCPU
+        VM: 156 us instead of 82 for five outputs, as code run once per report runs cold.)"""
         t = output if type(output) is torch.Tensor else _first_tensor(output)
         if t is None or not t.is_floating_point():
             return

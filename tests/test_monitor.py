@@ -1009,3 +1009,58 @@ def test_a_trusted_update_is_the_update_a_checked_one_would_be():
                               scalars=fields[5], summaries=fields[6]), Update.trusted(*fields)
     a, b = checked.to_dict(), trusted.to_dict()
     assert abs(a.pop("wall_time") - b.pop("wall_time")) < 5 and a == b
+
+
+class Residual(torch.nn.Module):
+    """fc, then ``x += skip`` on its output (in place, as torchvision's blocks do), then ReLU
+    in place; ``bump``: the input layer's output, too, is changed in place after the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.inp = torch.nn.Linear(64, 32)
+        self.fc = torch.nn.Linear(32, 32)
+        self.act = torch.nn.ReLU(inplace=True)
+        self.out = torch.nn.Linear(32, 10)
+        self.bump = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        if self.bump:
+            h.mul_(3.0)
+        y = self.fc(h)
+        y += h
+        return self.out(self.act(y))
+
+
+def test_outputs_changed_in_place_after_their_module_are_recorded_as_it_made_them(digits, store):
+    """An output that something changes in place later in the forward pass (``x += skip``,
+    ReLU(inplace=True), on some iterations only) is recorded as its module returned it, on
+    every report."""
+    model = Residual()
+    made: dict[str, list[torch.Tensor]] = {"inp": [], "fc": [], "act": []}
+    for name in made:
+        getattr(model, name).register_forward_hook(
+            lambda m, i, o, name=name: made[name].append(o.detach().clone()))
+    X, y = digits
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    reports = list(range(0, 30, FREQ))
+    with StatsListener(store, FREQ, session="ip", sample_limit=None).attach(model, opt) as handle:
+        for i in range(30):
+            model.bump = i in (10, 15, 16)
+            loss = torch.nn.functional.cross_entropy(model(X[i * 32:(i + 1) * 32]), y[i * 32:(i + 1) * 32])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            handle.listener.step(loss, batch_size=32)
+    for name in ("inp", "fc", "act"):
+        got = {key: store.read_series("ip", f"activation/{name}/{key}")
+               for key in ("min", "mean", "zero_fraction")}
+        assert got["min"].iterations.tolist() == reports
+        for j, it in enumerate(reports):
+            t = made[name][it]
+            assert got["min"].values[j] == pytest.approx(t.min().item(), rel=1e-6)
+            assert got["mean"].values[j] == pytest.approx(t.double().mean().item(), rel=1e-5, abs=1e-7)
+            assert got["zero_fraction"].values[j] == pytest.approx(float((t == 0).float().mean()))
+        if name == "fc":  # (before += and ReLU: negative values, which the ReLU takes away)
+            assert (got["min"].values < 0).all() and (got["zero_fraction"].values == 0).all()
