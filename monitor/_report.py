@@ -326,16 +326,16 @@ class Report:
         if flat is None:
             assert self.slot is not None
             buf = self.slot.buf[:sum(sizes)]
-            if self.update is not None:
-                start, end, after = self.update
-                before = buf[start:end]
-                torch.sub(buf[after:after + end - start], before, out=before)
-                self.update = None
             if buf.device.type != "cpu":  # summarized on the device; small results leave it
+                if self.update is not None:
+                    start, end, after = self.update
+                    before = buf[start:end]
+                    torch.sub(buf[after:after + end - start], before, out=before)
+                    self.update = None
                 return _summarize_torch(list(buf.split(sizes)), self.bins, self.sample,
                                         [t for _, _, t in self.entries])
             flat = buf.numpy()
-        elif self.update is not None:
+        if self.update is not None:
             start, end, after = self.update
             np.subtract(flat[after:after + end - start], flat[start:end], out=flat[start:end])
             self.update = None
