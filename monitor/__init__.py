@@ -5,13 +5,28 @@
 - ``embedviz.monitor.lightning.StatsCallback``: the listener for PyTorch Lightning;
 - :func:`summarize`: the statistics of one tensor.
 
-Importing this package does not import Bokeh.
+Importing this package imports neither Bokeh nor, until a name is used, torch (the
+listener's worker process runs ``embedviz.monitor._sink`` with numpy alone).
 """
 
 from __future__ import annotations
 
-from embedviz.monitor.listener import ListenerHandle, StatsListener
-from embedviz.monitor.stats import summarize, summarize_many
-from embedviz.monitor.word2vec import Word2VecListener
+from typing import Any
 
 __all__ = ["ListenerHandle", "StatsListener", "Word2VecListener", "summarize", "summarize_many"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("ListenerHandle", "StatsListener"):
+        from embedviz.monitor import listener
+
+        return getattr(listener, name)
+    if name in ("summarize", "summarize_many"):
+        from embedviz.monitor import stats
+
+        return getattr(stats, name)
+    if name == "Word2VecListener":
+        from embedviz.monitor.word2vec import Word2VecListener
+
+        return Word2VecListener
+    raise AttributeError(f"module 'embedviz.monitor' has no attribute {name!r}")

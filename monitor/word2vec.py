@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
-from embedviz.monitor._writer import BackgroundWriter
+from embedviz.monitor._sink import ThreadSink
 
 from embedviz.errors import InvalidRecordError
 from embedviz.records import EmbeddingSet, Session, Static, Update
@@ -42,21 +42,22 @@ class Word2VecListener(_Base):  # type: ignore[misc]
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidRecordError(f"{name} must be an integer >= {low} (got {value!r})")
         self.store = open_store(store)
+        self._owns_store = self.store is not store  # (opened here: closed here)
         record = (Session(name=session_name, tags=tags or {}) if session is None
                   else Session(id=session, name=session_name, tags=tags or {}))
         self.session, self._session_record = record.id, record
         self.worker = str(worker)
         self.snapshot_every, self.top_n, self.close_timeout = snapshot_every, top_n, close_timeout
         self.epoch = 0
-        self._writer: BackgroundWriter | None = None
+        self._writer: ThreadSink | None = None
         self._previous_loss = 0.0
         self._epoch_start = 0.0
         self._warned = False
 
     def on_train_begin(self, model: Any) -> None:
         try:
-            self._writer = BackgroundWriter(self.store, max_pending=8, name="embedviz-w2v",
-                                            close_timeout=self.close_timeout)
+            self._writer = ThreadSink(self.store, None, name="embedviz-w2v",
+                                      close_timeout=self.close_timeout)
             self._previous_loss = 0.0
             if not getattr(model, "compute_loss", False):
                 log.warning("embedviz monitor: this Word2Vec model does not compute its loss; "
@@ -104,6 +105,8 @@ class Word2VecListener(_Base):  # type: ignore[misc]
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.close(self.close_timeout)
+        if self._owns_store:
+            self.store.close()
 
     def _warn(self, exc: BaseException) -> None:
         if not self._warned:

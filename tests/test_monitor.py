@@ -7,6 +7,7 @@ import threading
 import time
 import weakref
 
+import embedviz.monitor.listener
 import pytest
 import torch
 from embedviz.monitor import StatsListener
@@ -41,9 +42,13 @@ class SmallCNN(torch.nn.Module):
         return self.fc(self.act(self.conv(x.view(-1, 1, 8, 8))).flatten(1))
 
 
-@pytest.fixture(params=["sqlite", "memory"])
-def store(request, tmp_path):
-    s = embedviz.open_store(tmp_path / "runs.db" if request.param == "sqlite" else ":memory:")
+@pytest.fixture(params=["sqlite", "memory", "sqlite-process"])
+def store(request, tmp_path, monkeypatch):
+    """A store; with "sqlite-process" every listener summarizes in a worker process (a small
+    model would get a thread by default)."""
+    if request.param == "sqlite-process":
+        monkeypatch.setattr(embedviz.monitor.listener, "PROCESS_PARAMETERS", 0)
+    s = embedviz.open_store(":memory:" if request.param == "memory" else tmp_path / "runs.db")
     yield s
     s.close()
 
@@ -246,34 +251,6 @@ def _stepper(listener, digits):
     return listener.attach(model, opt), step
 
 
-def _with_a_worker(digits, db, session, max_pending):
-    """A listener into the SQLite file ``db`` on a fresh MLP, its worker process up;
-    returns (listener, handle, step) (see _stepper)."""
-    listener = StatsListener(embedviz.open_store(db), 1, session=session, max_pending=max_pending)
-    handle, one_step = _stepper(listener, digits)
-    _until_the_worker_is_up(listener, one_step)
-    return listener, handle, one_step
-
-
-def _flowing_then_closed(listener, handle, one_step, db, session, steps):
-    """``steps`` more steps at a gentle pace, then close; returns (the iteration they began
-    at, the iterations whose score is in the store)."""
-    began = listener.iteration
-    for _ in range(steps):
-        one_step()
-        time.sleep(0.01)
-    handle.remove()
-    return began, embedviz.open_store(db).read_series(session, "score").iterations.tolist()
-
-
-def _until_the_worker_is_up(listener, step, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while listener._writer._worker is None:
-        assert time.monotonic() < deadline, "the worker process did not start"
-        step()
-        time.sleep(0.02)
-
-
 def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
     store = StalledStore()
     listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
@@ -283,7 +260,6 @@ def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
     assert elapsed < 20  # a blocked write would take 60 s
     # all but what waits (4), what one batch holds (<= 50) and the one being written
     assert listener.dropped_reports >= 300 - 4 - 50 - 1
-    assert listener._writer.pending() <= 4  # bounded: memory does not grow
     t1 = time.perf_counter()
     handle.remove()
     assert time.perf_counter() - t1 < 4  # close returns although the store still hangs
@@ -356,10 +332,12 @@ def test_large_tensors_are_summarized_from_an_even_sample():
 def test_the_sample_of_a_matrix_is_spread_over_every_column_and_row():
     """Samples are blocks of 16 neighbours (a cache line); their starts are spread so that
     every column of a matrix is visited, and they reach its last rows."""
-    listener = StatsListener(MemoryStore(), 1)
+    from embedviz.monitor._capture import Capture
+
+    capture = Capture(4096, lambda device: None)
     for shape in [(256, 512), (512, 784), (1000, 10), (4096, 3), (300, 1000)]:
         t = torch.arange(math.prod(shape)).reshape(shape)
-        kept = listener._view(t).reshape(-1)
+        kept = capture.view(t).reshape(-1)
         assert kept.numel() == 4096 and len(set(kept.tolist())) == 4096
         assert set((kept % shape[1]).tolist()) == set(range(shape[1])), shape
         assert int(kept.max()) // shape[1] >= shape[0] * 0.9, shape
@@ -375,83 +353,6 @@ def test_metrics_are_never_dropped_to_make_room_for_reports(digits):
     handle.remove()
     got = store.read_series("keep", "metric/val_loss")
     assert got.iterations.tolist() == list(range(60))  # ...metrics did not
-
-
-class ManyLayers(torch.nn.Module):
-    """200 small layers: a report's layout (400 parameters, three entries each) is too long
-    for a mailbox, so every report takes the socket."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.inp = torch.nn.Linear(64, 8)
-        self.blocks = torch.nn.ModuleList(torch.nn.Linear(8, 8) for _ in range(198))
-        self.out = torch.nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.inp(x)
-        for block in self.blocks:
-            x = x + 0.01 * block(x)
-        return self.out(x)
-
-
-@pytest.mark.parametrize("make, ordered", [(mlp, True), (mlp, False), (ManyLayers, True)],
-                         ids=["mailbox", "mailbox-crc", "socket"])
-def test_the_worker_process_records_exactly_what_happened(make, ordered, digits, tmp_path,
-                                                          monkeypatch):
-    """Into an SQLite store, reports are summarized by a worker process reading the capture
-    buffers from shared memory (and making the updates there): once it is up, what it
-    writes is still exact, whichever way the report went to it (a mailbox, checked by a CRC
-    on a CPU that may show stores out of order, or the socket)."""
-    import embedviz.monitor._report
-
-    monkeypatch.setattr(embedviz.monitor._report, "ORDERED_STORES", ordered)
-    store = embedviz.open_store(tmp_path / "worker.db")
-    listener = StatsListener(store, 2, session="w", max_pending=10_000)
-    model = make()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    X, y = digits
-    truth: dict[int, dict[str, torch.Tensor]] = {}
-    deadline = time.monotonic() + 120
-    with listener.attach(model, opt):
-        i, first = 0, None
-        while first is None or i < first + 10:
-            if first is None and listener._writer._worker is not None and i % 2 == 0:
-                first = i  # the worker is connected: from here on it summarizes
-            assert time.monotonic() < deadline, "the worker process did not start"
-            loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
-            opt.zero_grad()
-            loss.backward()
-            grads = {n: p.grad.clone() for n, p in model.named_parameters()}
-            before = {n: p.detach().clone() for n, p in model.named_parameters()}
-            opt.step()
-            truth[i] = {f"gradient/{n}": g for n, g in grads.items()} | {
-                f"param/{n}": p.detach().clone() for n, p in model.named_parameters()} | {
-                f"update/{n}": p.detach() - before[n] for n, p in model.named_parameters()}
-            listener.step(loss)
-            i += 1
-            if first is None:
-                time.sleep(0.05)
-    assert listener._writer is None and listener.dropped_reports == 0
-    keys = list(truth[first])
-    checked = 0
-    for key in keys if len(keys) < 30 else keys[:6] + keys[-6:]:
-        series = {s: store.read_series("w", f"{key}/{s}") for s in ("mean", "stdev", "max", "count")}
-        for it, mean, stdev, hi, count in zip(series["mean"].iterations, series["mean"].values,
-                                              series["stdev"].values, series["max"].values,
-                                              series["count"].values):
-            if it < first:
-                continue
-            t = truth[int(it)][key].double()
-            tol = 1e-5 * t.abs().max().item()  # (an update is a difference: float32 rounding)
-            assert count == t.numel()
-            assert mean == pytest.approx(t.mean().item(), rel=1e-4, abs=tol)
-            assert stdev == pytest.approx(t.std(unbiased=False).item(), rel=1e-3, abs=tol)
-            assert hi == pytest.approx(t.max().item(), rel=1e-6, abs=tol)
-            checked += 1
-    assert checked >= 5 * min(len(keys), 12)
-    rss = store.read_series("w", "memory/rss_bytes")
-    assert rss.values[-1] > 50e6  # the training process's memory, read by the worker
 
 
 def test_a_nan_outside_the_sample_is_counted_exactly():
@@ -556,183 +457,6 @@ def test_large_activations_are_sampled_by_whole_examples(digits):
     assert zf == pytest.approx(float((relu == 0).float().mean()), abs=0.05)
     mean = store.read_series("a", "activation/1/mean").values[0]
     assert mean == pytest.approx(relu[:8].double().mean().item(), rel=1e-5)
-
-
-def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memory(tmp_path):
-    """SIGKILL the training process: its worker process writes what it received, removes
-    the capture buffers from /dev/shm, and exits. (Reports summarized on the thread before
-    the worker was up are written about once a second: a kill can lose that last second.)"""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import textwrap
-
-    db = tmp_path / "killed.db"
-    script = textwrap.dedent(f"""
-        import os, signal, time, torch
-        from embedviz.monitor import StatsListener
-        listener = StatsListener({str(db)!r}, 1, session="k", max_pending=10_000)
-        model = torch.nn.Linear(20, 5)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        listener.attach(model, opt)
-        deadline = time.monotonic() + 120
-        i, first = 0, None
-        while first is None or i < first + 20:  # 20 reports through the worker
-            if first is None and listener._writer._worker is not None:
-                first = i
-            loss = model(torch.randn(8, 20)).pow(2).mean()
-            opt.zero_grad(); loss.backward(); opt.step()
-            listener.step(loss)
-            i += 1
-            time.sleep(0.01)
-            assert time.monotonic() < deadline
-        print(listener._writer.shared_folder, listener._writer._worker.proc.pid, i, flush=True)
-        time.sleep(0.5)  # the worker has taken the reports (it acknowledges each)
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    folder, worker_pid, steps = proc.stdout.split()
-    deadline = time.monotonic() + 30
-    while os.path.exists(f"/proc/{worker_pid}") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not os.path.exists(folder)
-    store = embedviz.open_store(db)
-    written = store.read_series("k", "score").iterations.tolist()
-    assert written == list(range(int(steps))), (sorted(set(range(int(steps))) - set(written)), proc.stderr)
-
-
-def _killed_before_its_worker_is_up(tmp_path, kill: str) -> tuple[str, str]:
-    """Run a training script that is SIGKILLed right after attach, before its worker process
-    has imported torch: ``kill`` "process" kills it alone, "group" its worker too. Returns
-    (its shared folder, its worker's PID)."""
-    import signal
-    import subprocess
-    import sys
-    import textwrap
-
-    script = textwrap.dedent(f"""
-        import os, signal, torch
-        from embedviz.monitor import StatsListener
-        listener = StatsListener({str(tmp_path / "early.db")!r}, 1)
-        model = torch.nn.Linear(4, 2)
-        listener.attach(model, torch.optim.SGD(model.parameters(), lr=0.1))
-        writer = listener._writer
-        assert writer._worker is None  # (not up yet)
-        print(writer.shared_folder, writer._starting.proc.pid, flush=True)
-        if {kill!r} == "group":
-            os.killpg(0, signal.SIGKILL)
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, start_new_session=True)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    folder, worker_pid = proc.stdout.split()
-    return folder, worker_pid
-
-
-def test_a_process_killed_before_its_worker_was_up_leaves_no_shared_memory(tmp_path):
-    """Killed alone, its worker process finds it gone when it comes up and removes the folder;
-    killed with its worker (the whole process group), the next listener's start removes it.
-    Folders of live processes stay."""
-    import os
-
-    folder, worker_pid = _killed_before_its_worker_is_up(tmp_path, "process")
-    deadline = time.monotonic() + 60
-    while os.path.exists(f"/proc/{worker_pid}") and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not os.path.exists(folder)
-
-    folder, _ = _killed_before_its_worker_is_up(tmp_path, "group")
-    assert os.path.isdir(folder)  # nobody left to remove it
-    mine = StatsListener(tmp_path / "next.db", 1)
-    model = torch.nn.Linear(4, 2)
-    with mine.attach(model):
-        assert not os.path.exists(folder)
-        assert os.path.isdir(mine._writer.shared_folder)
-        other = StatsListener(tmp_path / "other.db", 1)  # (a second one here: ours is alive)
-        with other.attach(torch.nn.Linear(4, 2)):
-            assert os.path.isdir(mine._writer.shared_folder)
-
-
-@pytest.mark.parametrize("ending", ["falls off the end", "raises", "worker up"])
-def test_a_script_that_never_removes_the_listener_loses_nothing(tmp_path, ending):
-    """A script that ends, or fails, without ``remove()``: everything it recorded is in the
-    store (the session, every report, the last metric) and its shared folder is gone. A short
-    one ends while its worker process is still importing torch; "worker up" runs until the
-    worker takes the reports, then ends."""
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
-    db = tmp_path / "unclosed.db"
-    script = textwrap.dedent(f"""
-        import time, torch
-        from embedviz.monitor import StatsListener
-        torch.manual_seed(0)
-        listener = StatsListener({str(db)!r}, 5, session="u", max_pending=10_000)
-        model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        listener.attach(model, opt)
-
-        def step():
-            loss = torch.nn.functional.cross_entropy(model(torch.randn(8, 20)), torch.randint(0, 2, (8,)))
-            opt.zero_grad(); loss.backward(); opt.step()
-            listener.step(loss, batch_size=8)
-
-        i, deadline = 0, time.monotonic() + 120
-        while i < 50 or ({ending == "worker up"} and listener._writer._worker is None):
-            step()
-            i += 1
-            time.sleep(0.001 * (i > 50))
-            assert time.monotonic() < deadline
-        while i % 5 or i < 70:  # (a few reports more, then a whole cycle)
-            step()
-            i += 1
-        listener.log_metric("val_loss", 0.25)
-        print(listener._writer.shared_folder, listener._writer._worker is None, i, flush=True)
-        if {ending == "raises"}:
-            raise RuntimeError("the training script fails here")
-    """)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
-    assert proc.returncode == (1 if ending == "raises" else 0), proc.stderr
-    folder, worker_not_up, steps = proc.stdout.split()
-    assert worker_not_up == str(ending != "worker up")  # (which of the two ways did the work)
-    assert not os.path.exists(folder)
-    store = embedviz.open_store(db)
-    assert store.read_series("u", "score").iterations.tolist() == list(range(0, int(steps), 5))
-    assert store.read_series("u", "metric/val_loss").values.tolist() == [0.25]
-    assert store.static("u")  # (layer table etc.)
-    store.close()
-
-
-def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
-    """Another process holds SQLite's write lock for seconds (a long transaction): the
-    worker waits for it, reports beyond max_pending are dropped and counted, no training
-    step waits, and once the lock is gone the reports flow again."""
-    import sqlite3
-
-    db = tmp_path / "locked.db"
-    listener = StatsListener(embedviz.open_store(db), 1, session="L", max_pending=4,
-                             close_timeout=30)
-    handle, one_step = _stepper(listener, digits)
-    _until_the_worker_is_up(listener, one_step)
-    blocker = sqlite3.connect(db, isolation_level=None)
-    blocker.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by another connection
-    locked_from, worst = listener.iteration, 0.0
-    t_end = time.monotonic() + 4
-    while time.monotonic() < t_end:
-        worst = max(worst, one_step())
-    blocker.execute("COMMIT")
-    blocker.close()
-    released_at, written = _flowing_then_closed(listener, handle, one_step, db, "L", 20)
-    assert worst < 0.5, f"a training step waited {worst:.2f} s for the locked store"
-    assert listener.dropped_reports > 0  # more reports than max_pending waited
-    assert written == sorted(set(written))  # each at most once, in order
-    assert any(it >= released_at for it in written)  # flowing again
-    assert len([it for it in written if it >= locked_from]) < released_at - locked_from + 20
 
 
 def test_channels_last_weights_are_followed_step_by_step():
@@ -847,133 +571,6 @@ def test_accumulation_counts_the_first_passs_nan_and_lets_its_outputs_go(digits)
         handle.listener.step(batch_size=128)
     assert store.read_series("acc", "activation/1/nan_count").values.tolist() == [1]
     assert store.read_series("acc", "activation/0/nan_count").values.tolist() == [0]
-
-
-def test_a_full_shared_memory_folder_does_not_crash_training(tmp_path):
-    """Capture buffers are files in /dev/shm (64 MB in a default Docker container). When it
-    is full, writing to a mapped page would kill the process with SIGBUS: space is reserved
-    first, and without room the buffer is ordinary memory. Checked on a real 512 kB tmpfs
-    (mounting one needs root), in a subprocess so that a SIGBUS would fail the test, not end it."""
-    import subprocess
-    import sys
-    import textwrap
-
-    mount = tmp_path / "tinyshm"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)],
-                      capture_output=True).returncode != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    try:
-        script = textwrap.dedent(f"""
-            import torch
-            from embedviz.monitor._report import SlotPool
-            pool = SlotPool(2, {str(mount)!r})
-            slot = pool.acquire(torch.device("cpu"), torch.float32)
-            small = torch.arange(1000, dtype=torch.float32)
-            slot.add(["param/a"], [small], [1000])
-            assert slot.path is not None  # 256 kB fit: shared
-            big = torch.randn(300_000)  # 1.2 MB do not
-            slot.add(["param/b"], [big], [300_000])
-            assert slot.path is None and pool.warned_full
-            assert torch.equal(slot.buf[:1000], small) and torch.equal(slot.buf[1000:301_000], big)
-            print("ok")
-        """)
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr)
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True)
-
-
-def test_a_killed_worker_process_leaves_training_running_and_reports_flowing(digits, tmp_path):
-    """The worker process dies (killed) mid-training, while the training thread hands it the
-    reports (in mailboxes, which take them whether or not anyone reads them): the listener
-    notices, logs it once, summarizes on its thread from then on, and closing still returns
-    promptly."""
-    import os
-    import signal
-
-    db = tmp_path / "workerdied.db"
-    listener, handle, one_step = _with_a_worker(digits, db, "d", 10_000)
-    for _ in range(50):
-        one_step()
-        time.sleep(0.01)
-        if listener._writer._direct:
-            break
-    assert listener._writer._direct  # (the way reports take once the worker is up)
-    for _ in range(5):
-        one_step()
-    os.kill(listener._writer._worker.proc.pid, signal.SIGKILL)
-    killed_at = listener.iteration
-    for _ in range(30):
-        one_step()
-        time.sleep(0.01)
-    t0 = time.perf_counter()
-    handle.remove()
-    assert time.perf_counter() - t0 < 5
-    written = embedviz.open_store(db).read_series("d", "score").iterations.tolist()
-    after = [it for it in written if it >= killed_at]
-    assert len(after) >= 25  # at most what the dying worker held is lost
-    assert written == sorted(set(written))
-
-
-def test_a_stopped_worker_process_neither_blocks_training_nor_loses_the_count(digits, tmp_path):
-    """Reports go to the worker straight from the training thread, in mailboxes it polls. A
-    worker that stops (SIGSTOP) holds every capture buffer (reports go without captures, on
-    a socket, then) and lets that socket fill: no training step waits, what cannot be handed
-    over is dropped and counted, and once it runs again the reports flow."""
-    import os
-    import signal
-
-    db = tmp_path / "stopped.db"
-    listener, handle, one_step = _with_a_worker(digits, db, "s", 4)
-    for _ in range(10):
-        one_step()
-        time.sleep(0.01)
-    writer = listener._writer
-    assert writer._direct  # (the way reports take once the worker is up)
-    pid = writer._worker.proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        stopped_at, worst = listener.iteration, 0.0
-        for _ in range(400):
-            worst = max(worst, one_step())
-        dropped = listener.dropped_reports
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    resumed_at, written = _flowing_then_closed(listener, handle, one_step, db, "s", 40)
-    assert worst < 0.5, f"a training step waited {worst:.2f} s for the stopped worker"
-    assert dropped > 0
-    assert written == sorted(set(written))
-    assert len([it for it in written if it >= resumed_at]) >= 30  # flowing again
-    assert len([it for it in written if stopped_at <= it < resumed_at]) < 400
-
-
-def test_reports_that_wait_for_the_workers_look_are_all_kept(digits, tmp_path):
-    """The worker process looks at its mailboxes every few report intervals and takes what
-    waits together. A look that comes late (here: the worker stopped for five reports, more
-    than max_pending) loses nothing while the store keeps up: max_pending bounds the reports
-    left waiting from an earlier look, not those taken in one."""
-    import os
-    import signal
-
-    db = tmp_path / "late.db"
-    listener, handle, one_step = _with_a_worker(digits, db, "late", 4)
-    for _ in range(10):
-        one_step()
-        time.sleep(0.01)
-    time.sleep(0.5)  # (the worker has caught up: every capture buffer is free)
-    pid = listener._writer._worker.proc.pid
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        stopped_at = listener.iteration
-        for _ in range(5):
-            one_step()
-    finally:
-        os.kill(pid, signal.SIGCONT)
-    _, written = _flowing_then_closed(listener, handle, one_step, db, "late", 10)
-    assert listener.dropped_reports == 0
-    assert [it for it in written if it >= stopped_at] == list(range(stopped_at, stopped_at + 15))
 
 
 def test_a_nan_in_an_unsampled_example_is_counted_exactly(digits):

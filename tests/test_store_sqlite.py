@@ -209,3 +209,24 @@ def test_a_rolled_back_batch_leaves_no_trace_and_the_store_goes_on(tmp_path):
     assert store.session("s").workers == []
     store.write([make_update("s", 0, rng, worker="new-worker")])
     assert store.session("s").workers[0].n_updates == 1
+
+
+def test_a_store_opened_twice_in_one_process_keeps_its_wal_while_another_process_writes(tmp_path):
+    """Opening a store again in the same process must not drop the locks its open connections
+    hold (closing any descriptor of the file drops every POSIX lock of the process on it):
+    another process that writes and closes must not take itself for the last connection and
+    checkpoint the WAL away under them (seen as "database disk image is malformed")."""
+    db = tmp_path / "twice.db"
+    first = embedviz.open_store(db)
+    first.create_session("a")
+    second = embedviz.open_store(db)
+    second.create_session("b")
+    subprocess.run([sys.executable, "-c", "import embedviz; s = embedviz.open_store("
+                    f"{str(db)!r}); s.create_session('c'); s.close()"], check=True, timeout=60)
+    assert os.path.exists(f"{db}-wal")  # ours are still open: the WAL stays
+    first.create_session("d")
+    second.create_session("e")
+    check = sqlite3.connect(db)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    check.close()
+    assert sorted(s.id for s in first.sessions()) == ["a", "b", "c", "d", "e"]

@@ -52,7 +52,6 @@ from embedviz.store.series import Series
 
 APPLICATION_ID = 0x45564253  # "EVBS": marks the file as an embedviz store
 SCHEMA_VERSION = 1
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 _SUMMARY_COLS = STATS  # column names in the summaries table
 
 _SCHEMA = f"""
@@ -105,7 +104,6 @@ class SQLiteStore(Store):
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False,
                  busy_timeout: float = 30.0, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
-        self.url = f"sqlite:///{self.path}"
         self.readonly = readonly
         self.busy_timeout = busy_timeout
         #: let other threads have the GIL between records (a process of its own, like the
@@ -115,6 +113,11 @@ class SQLiteStore(Store):
             raise StoreOpenError(f"synchronous must be OFF, NORMAL, FULL or EXTRA (got "
                                  f"{synchronous!r})")
         self.synchronous = synchronous.upper()
+        #: what open_store() takes to open it again as it is, options included (the
+        #: monitor's worker process writes through it)
+        options = ([] if self.synchronous == "NORMAL" else [f"synchronous={self.synchronous}"]) + (
+            ["readonly=1"] if readonly else [])
+        self.url = f"sqlite:///{self.path.absolute()}" + ("?" + "&".join(options) if options else "")
         self._local = threading.local()
         self._all: list[tuple[int, sqlite3.Connection]] = []
         self._lock = threading.Lock()
@@ -127,16 +130,16 @@ class SQLiteStore(Store):
         if self.path.is_dir():
             raise NotAStoreError(f"{self.path} is a directory: pass a file path such as "
                                  f"{self.path / 'runs.db'}")
+        # (the header is read by SQLite, in _init_schema, never by opening the file here:
+        # closing any descriptor of a file drops every POSIX lock this process holds on it,
+        # those of the SQLite connections already open to it included, and another process
+        # then takes itself for the last one and checkpoints the WAL away under them)
         if self.path.exists() and self.path.stat().st_size > 0:
-            with open(self.path, "rb") as f:
-                head = f.read(16)
-            if head != _SQLITE_MAGIC:
-                raise NotAStoreError(f"{self.path} is not an embedviz store (not an SQLite "
-                                     "file): pass a new path, or the file a StatsListener wrote")
-        elif self.readonly:
+            return
+        if self.readonly:
             raise StoreOpenError(f"{self.path} does not exist: check the path, or open it "
                                  "writable to create a new store")
-        elif not self.path.parent.exists():
+        if not self.path.parent.exists():
             raise StoreOpenError(f"cannot create {self.path}: folder {self.path.parent} does "
                                  "not exist; create it first")
 
@@ -178,8 +181,9 @@ class SQLiteStore(Store):
             tables = [r[0] for r in conn.execute(
                 "SELECT name FROM sqlite_master WHERE type='table'")]
         except sqlite3.DatabaseError as exc:
-            raise NotAStoreError(f"{self.path} cannot be read as a store ({exc}): pass a "
-                                 "new path, or the file a StatsListener wrote") from None
+            self.close()
+            raise NotAStoreError(f"{self.path} is not an embedviz store ({exc}): pass a new "
+                                 "path, or the file a StatsListener wrote") from None
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
             raise NotAStoreError(f"{self.path} is an SQLite database but not an embedviz store "
                                  f"(tables: {', '.join(tables[:5])}): pass a new path")
