@@ -94,12 +94,13 @@ def _with_a_worker(digits, db, session, max_pending):
 
 
 def _flowing_then_closed(listener, handle, one_step, db, session, steps):
-    """``steps`` more steps at a gentle pace, then close; returns (the iteration they began
-    at, the iterations whose score is in the store)."""
+    """``steps`` more steps at a gentle pace (a worker at a low priority on a busy machine
+    keeps up), then close; returns (the iteration they began at, the iterations whose score
+    is in the store)."""
     began = listener.iteration
     for _ in range(steps):
         one_step()
-        time.sleep(0.01)
+        time.sleep(0.05)
     handle.remove()
     return began, embedviz.open_store(db).read_series(session, "score").iterations.tolist()
 
@@ -403,7 +404,7 @@ def test_reports_that_wait_for_the_worker_are_all_kept(digits, tmp_path):
     for _ in range(10):
         one_step()
         time.sleep(0.01)
-    time.sleep(0.5)  # (the worker has caught up: every capture buffer is free)
+    time.sleep(1.5)  # (it looks at least every second: every capture buffer is free again)
     os.kill(pid, signal.SIGSTOP)
     try:
         stopped_at = listener.iteration
@@ -411,10 +412,9 @@ def test_reports_that_wait_for_the_worker_are_all_kept(digits, tmp_path):
             one_step()
     finally:
         os.kill(pid, signal.SIGCONT)
-    time.sleep(1.0)  # (it catches up)
-    _, written = _flowing_then_closed(listener, handle, one_step, db, "late", 10)
+    _, written = _flowing_then_closed(listener, handle, one_step, db, "late", 0)
     assert listener.dropped_reports == 0
-    assert [it for it in written if it >= stopped_at] == list(range(stopped_at, stopped_at + 14))
+    assert [it for it in written if it >= stopped_at] == list(range(stopped_at, stopped_at + 4))
 
 
 def test_word2vec_and_small_models_start_no_process(digits, tmp_path):
