@@ -93,6 +93,21 @@ def _with_a_worker(digits, db, session, max_pending):
     return listener, handle, one_step, pid
 
 
+def _until_written(db, session: str, n: int, timeout: float = 120.0) -> None:
+    """Wait until ``n`` reports of ``session`` are in the store (a low-priority worker on a
+    busy machine takes seconds to start and catch up)."""
+    store, deadline = embedviz.open_store(db), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if len(store.read_series(session, "score").iterations) >= n:
+                store.close()
+                return
+        except embedviz.UnknownSessionError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"the worker did not write {n} reports within {timeout:.0f} s")
+
+
 def _flowing_then_closed(listener, handle, one_step, db, session, steps):
     """``steps`` more steps at a gentle pace (a worker at a low priority on a busy machine
     keeps up), then close; returns (the iteration they began at, the iterations whose score
@@ -332,7 +347,7 @@ def test_a_locked_sqlite_store_does_not_block_training(digits, tmp_path):
     listener, handle, one_step, _ = _with_a_worker(digits, db, "L", 4)
     for _ in range(5):
         one_step()
-    time.sleep(1.5)  # (written: the worker's connection is open)
+    _until_written(db, "L", 5)  # (the worker's connection is open)
     blocker = sqlite3.connect(db, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # SQLite's write lock, held by another connection
     locked_from, worst = listener.iteration, 0.0
@@ -404,7 +419,7 @@ def test_reports_that_wait_for_the_worker_are_all_kept(digits, tmp_path):
     for _ in range(10):
         one_step()
         time.sleep(0.01)
-    time.sleep(1.5)  # (it looks at least every second: every capture buffer is free again)
+    _until_written(db, "late", 10)  # (caught up: every capture buffer is free again)
     os.kill(pid, signal.SIGSTOP)
     try:
         stopped_at = listener.iteration
