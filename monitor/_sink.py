@@ -236,6 +236,9 @@ class ProcessSink:
         self.dropped = 0
         self.gone = False
         self._remote = (0, 0)  # the worker's busy ns and failed reports
+        #: no answer from the worker yet: it is starting (~0.3 s), and the reports that come
+        #: meanwhile may take more buffers (see StatsListener._acquire)
+        self.starting = True
         self._held: set[int] = set()  # buffers the worker holds
         #: the worker is woken once this many reports wait (half the buffers), and takes them
         #: back to back: what a process does right after a wakeup costs about twice what it
@@ -287,6 +290,7 @@ class ProcessSink:
                     return
                 index, *remote = NOTICE.unpack(data)
                 self._remote = (remote[0], remote[1])
+                self.starting = False
                 self._held.discard(index)
                 self.pool.release(index)
 

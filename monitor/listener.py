@@ -34,6 +34,9 @@ log = logging.getLogger("embedviz.monitor")
 #: than a process's hand-overs and wakeups
 PROCESS_PARAMETERS = 100_000
 BACKGROUNDS = ("auto", "thread", "process")
+#: capture buffers beyond max_pending + 2 that reports may take while the worker process
+#: starts (~0.3 s: a fast loop's first reports would otherwise be dropped)
+STARTING_BUFFERS = 32
 
 
 def _guarded(method: Callable) -> Callable:
@@ -208,29 +211,21 @@ class StatsListener:
     def _open_sink(self, thread: bool = False) -> None:
         """The pool of capture buffers (each report that may wait, the one being summarized,
         the one being captured) and the sink, as ``background`` says; ``thread``: a thread
-        in place of a worker process that died (with its pool: its buffers are memory here
-        too; the session and static info again, in case they went down with it)."""
+        for a worker that died (the session and static info again: they may be lost)."""
         process = not thread and self._wants_process()
-        if not thread or self._pool is None:
+        if not thread or self._pool is None:  # (a thread after a dead worker keeps its pool)
             self._pool = BufferPool(self.max_pending + 2, shared=process)
-        else:
-            self._static_sent = False
-        sink: ThreadSink | ProcessSink | None = None
-        if process:
-            try:
-                sink = ProcessSink(self.store, self._pool,  # type: ignore[arg-type]
-                                   close_timeout=self.close_timeout,
-                                   flush_seconds=self.flush_seconds)
-            except Exception as exc:
-                self._warn_once("process", "could not start the worker process; summarizing "
-                                "on a thread instead", exc)
-                self._pool = BufferPool(self.max_pending + 2)
-        self._sink = sink or ThreadSink(self.store, self._pool, max_pending=self.max_pending,
-                                        flush_seconds=self.flush_seconds,
-                                        close_timeout=self.close_timeout)
+        self._static_sent = self._static_sent and not thread
+        try:
+            self._sink = ProcessSink(self.store, self._pool, close_timeout=self.close_timeout,  # type: ignore[arg-type]
+                                     flush_seconds=self.flush_seconds) if process else None
+        except Exception as exc:  # (its buffers serve a thread as well)
+            self._warn_once("process", "could not start the worker process; summarizing on a "
+                            "thread instead", exc)
+        self._sink = self._sink or ThreadSink(self.store, self._pool, max_pending=self.max_pending,
+                                              flush_seconds=self.flush_seconds, close_timeout=self.close_timeout)
         if not self._static_sent:
             self._sink.submit([self._session_record])
-        assert self._pool is not None
 
     def _wants_process(self) -> bool:
         if self.background == "thread":
@@ -250,7 +245,12 @@ class StatsListener:
         if self._sink is None or self._pool is None:
             return None
         self._sink.collect()
-        return self._pool.acquire(self._device or device, self._dtype)
+        buf = self._pool.acquire(self._device or device, self._dtype)
+        if buf is None and getattr(self._sink, "starting", False) and self._pool.size < (
+                self.max_pending + 2 + STARTING_BUFFERS):
+            self._pool.size += 1  # (the worker is still starting: a fast loop waits for it)
+            buf = self._pool.acquire(self._device or device, self._dtype)
+        return buf
 
     def _arm(self) -> None:
         """Hook into the model and optimizer for one reported iteration. Hooks are there only
@@ -283,7 +283,7 @@ class StatsListener:
         if forget:
             self._hooks = []
 
-    def _detach(self) -> None:
+    def _detach(self) -> None:  # (ListenerHandle.remove)
         self._disarm(forget=True)
         self.close()
 
@@ -421,7 +421,7 @@ class StatsListener:
 
     def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
         """Record a named metric (validation loss, accuracy) at ``iteration`` (default: the
-        last completed iteration). Written in the background, like everything else."""
+        last completed one), written in the background."""
         try:
             it = max(self.iteration - 1, 0) if iteration is None else iteration
             value = value.detach() if isinstance(value, torch.Tensor) else value

@@ -395,6 +395,7 @@ def test_a_stopped_worker_process_neither_blocks_training_nor_loses_the_count(di
     for _ in range(10):
         one_step()
         time.sleep(0.01)
+    _until_written(db, "s", 10)  # (started: the buffers it may hold are max_pending + 2)
     os.kill(pid, signal.SIGSTOP)
     try:
         stopped_at, worst = listener.iteration, 0.0
@@ -455,3 +456,15 @@ def test_word2vec_and_small_models_start_no_process(digits, tmp_path):
              workers=1, compute_loss=True, callbacks=[listener, Look()])
     assert seen == [[], []]
     assert len(embedviz.open_store(tmp_path / "w2v.db").read_series("w", "score").values) == 2
+
+
+def test_a_fast_loop_loses_no_report_while_the_worker_starts(digits, tmp_path):
+    """The worker process takes a few tenths of a second to start: the reports of a fast
+    loop meanwhile wait for it (up to STARTING_BUFFERS more buffers), none is dropped."""
+    db = tmp_path / "fast.db"
+    listener, handle, one_step, _ = _with_a_worker(digits, db, "f", 4)
+    for _ in range(30):  # (a report every step, a few ms each: 30 before it is up)
+        one_step()
+    handle.remove()
+    assert listener.dropped_reports == 0
+    assert embedviz.open_store(db).read_series("f", "score").iterations.tolist() == list(range(30))
