@@ -114,6 +114,10 @@ class BufferPool:
     def acquire(self, device: torch.device, dtype: torch.dtype) -> Buffer | None:
         """A free buffer for ``device`` and ``dtype``; None when every buffer is in use."""
         with self._lock:
+            for i in [i for i in self._free if i >= self.size]:  # (the size was lowered)
+                self._free.remove(i)
+                self._close_fd(self.buffers[i])
+                self.buffers[i].data = self.buffers[i].data[:0]
             for i in reversed(self._free):  # the last released first: likeliest in cache
                 buf = self.buffers[i]
                 if buf.device == device and buf.dtype == dtype:

@@ -245,11 +245,12 @@ class StatsListener:
         if self._sink is None or self._pool is None:
             return None
         self._sink.collect()
-        buf = self._pool.acquire(self._device or device, self._dtype)
-        if buf is None and getattr(self._sink, "starting", False) and self._pool.size < (
-                self.max_pending + 2 + STARTING_BUFFERS):
-            self._pool.size += 1  # (the worker is still starting: a fast loop waits for it)
-            buf = self._pool.acquire(self._device or device, self._dtype)
+        pool, starting = self._pool, getattr(self._sink, "starting", False)
+        pool.size = max(self.max_pending + 2, pool.size if starting else 0)
+        buf = pool.acquire(self._device or device, self._dtype)
+        if buf is None and starting and pool.size < self.max_pending + 2 + STARTING_BUFFERS:
+            pool.size += 1  # (the worker is still starting: a fast loop waits for it)
+            buf = pool.acquire(self._device or device, self._dtype)
         return buf
 
     def _arm(self) -> None:
@@ -420,8 +421,7 @@ class StatsListener:
                 self._disarm()
 
     def log_metric(self, name: str, value: Any, iteration: int | None = None) -> None:
-        """Record a named metric (validation loss, accuracy) at ``iteration`` (default: the
-        last completed one), written in the background."""
+        """Record a metric (validation loss, accuracy) at ``iteration`` (default: the last)."""
         try:
             it = max(self.iteration - 1, 0) if iteration is None else iteration
             value = value.detach() if isinstance(value, torch.Tensor) else value
