@@ -459,12 +459,17 @@ def test_word2vec_and_small_models_start_no_process(digits, tmp_path):
 
 
 def test_a_fast_loop_loses_no_report_while_the_worker_starts(digits, tmp_path):
-    """The worker process takes a few tenths of a second to start: the reports of a fast
-    loop meanwhile wait for it (up to STARTING_BUFFERS more buffers), none is dropped."""
+    """The worker process takes a few tenths of a second to start (here: it is held stopped
+    before it answers anything): the reports of a fast loop meanwhile wait for it, up to
+    STARTING_BUFFERS more than max_pending, and none is dropped."""
     db = tmp_path / "fast.db"
-    listener, handle, one_step, _ = _with_a_worker(digits, db, "f", 4)
-    for _ in range(30):  # (a report every step, a few ms each: 30 before it is up)
-        one_step()
+    listener, handle, one_step, pid = _with_a_worker(digits, db, "f", 4)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for _ in range(30):  # (a report every step)
+            one_step()
+    finally:
+        os.kill(pid, signal.SIGCONT)
     handle.remove()
     assert listener.dropped_reports == 0
     assert embedviz.open_store(db).read_series("f", "score").iterations.tolist() == list(range(30))
