@@ -232,25 +232,6 @@ def _one_batch_loop(listener, digits, steps, each=None):
     return handle
 
 
-def _stepper(listener, digits):
-    """Attach ``listener`` to a fresh MLP; returns (handle, step): step() trains one batch and
-    returns the seconds it took, listener.step included."""
-    model = mlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    X, y = digits
-
-    def step() -> float:
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        listener.step(loss)
-        return time.perf_counter() - t0
-
-    return listener.attach(model, opt), step
-
-
 def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
     store = StalledStore()
     listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
