@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from sklearn.datasets import load_digits
 
 import embedviz
 from embedviz.records import Histogram, Summary, Update
@@ -36,3 +38,15 @@ def make_update(session: str, iteration: int, rng: np.random.Generator, *, worke
     return Update(session, worker, iteration, score=1.0 / (1 + iteration) if score is None else score,
                   epoch=iteration // 100, scalars={"lr/0": 0.01, "timing/iteration_ms": 5.0},
                   summaries=summaries)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """scikit-learn's digits as (inputs in [0, 1], labels) tensors."""
+    X, y = load_digits(return_X_y=True)
+    return torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
+
+
+def mlp() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))

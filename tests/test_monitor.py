@@ -11,23 +11,12 @@ import embedviz.monitor.listener
 import pytest
 import torch
 from embedviz.monitor import StatsListener
-from sklearn.datasets import load_digits
 
 import embedviz
 from embedviz.store import MemoryStore
+from tests.conftest import mlp
 
 FREQ = 5
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
-
-
-def mlp() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
 
 
 class SmallCNN(torch.nn.Module):

@@ -14,20 +14,9 @@ import time
 import pytest
 import torch
 from embedviz.monitor import StatsListener
-from sklearn.datasets import load_digits
 
 import embedviz
-
-
-@pytest.fixture(scope="module")
-def digits():
-    X, y = load_digits(return_X_y=True)
-    return torch.tensor(X / 16.0, dtype=torch.float32), torch.tensor(y)
-
-
-def mlp() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+from tests.conftest import mlp
 
 
 class ManyLayers(torch.nn.Module):
