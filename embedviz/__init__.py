@@ -42,6 +42,10 @@ def __getattr__(name: str):
         from embedviz.plot import plot_vocab
 
         return plot_vocab
+    if name == "show":
+        from embedviz.server import show
+
+        return show
     if name in ("load_vocabulary", "Vocabulary", "write_projector_tsv", "read_projector_tsv"):
         from embedviz import vocab
 
@@ -55,6 +59,6 @@ __all__ = [
     "InvalidRecordError", "Metric", "NotAStoreError", "Projection", "ProjectionError", "Session",
     "Static", "Store", "StoreError", "StoreOpenError", "StoreVersionError", "Summary",
     "UnknownSessionError", "Update", "__version__", "open_store",
-    "BarnesHutTsne", "PCAProjection", "UMAPProjection", "project", "quality", "plot_vocab",
+    "BarnesHutTsne", "PCAProjection", "UMAPProjection", "project", "quality", "plot_vocab", "show",
     "load_vocabulary", "Vocabulary", "write_projector_tsv", "read_projector_tsv",
 ]

@@ -57,7 +57,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with open_store(args.store) as store:
         run(store, html=args.html)
-    print(f"\nlist them: embedviz sessions {args.store}")
+    if args.no_serve:
+        print(f"\nlook at it: embedviz serve {args.store}")
+        return 0
+    return _serve(args.store, port=args.port, host="127.0.0.1", origins=[], lang=None, show=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    if "://" not in args.store and args.store != ":memory:" and not os.path.exists(args.store):
+        raise EmbedvizError(f"no store at {args.store}: record one first (`embedviz demo`, or "
+                            "a StatsListener in your training) or check the path")
+    return _serve(args.store, port=args.port, host=args.host, origins=args.allow_websocket_origin,
+                  lang=args.lang, show=args.show)
+
+
+def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | None,
+           show: bool) -> int:
+    from embedviz.server import make_server
+
+    server = make_server(store, port=port, host=host, allow_websocket_origin=origins, lang=lang)
+    server.start()
+    url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{server.port}/"
+    print(f"embedviz: serving {store} at {url}  (Ctrl+C stops it)", flush=True)
+    if show:
+        server.io_loop.add_callback(server.show, "/")
+    try:
+        server.io_loop.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
     return 0
 
 
@@ -87,7 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a small net and a word2vec model, record both")
     p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
     p.add_argument("--html", default="vocab.html", help="t-SNE page of the word2vec vocabulary")
+    p.add_argument("--no-serve", action="store_true", help="record, then exit (do not serve the app)")
+    p.add_argument("--port", type=int, default=5006)
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("serve", help="serve the app (training pages and embedding explorer)")
+    p.add_argument("store", nargs="?", default="runs.db", help="store path or URL (default runs.db)")
+    p.add_argument("--port", type=int, default=5006)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; another needs --allow-websocket-origin)")
+    p.add_argument("--allow-websocket-origin", action="append", default=[], metavar="HOST:PORT",
+                   help="an exact origin browsers may use (repeatable)")
+    p.add_argument("--lang", choices=["en", "ja"], default=None,
+                   help="page language (default: the browser's)")
+    p.add_argument("--show", action="store_true", help="open it in a browser")
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("tsne", help="project word vectors with t-SNE into a standalone HTML plot")
     p.add_argument("vectors", help="word2vec .vec/.txt/.bin, projector tensors.tsv, or .npy (with --labels)")
     p.add_argument("-o", "--output", default="vocab.html", help="the HTML file to write")

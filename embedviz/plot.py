@@ -1,8 +1,8 @@
 """plot_vocab: the Python form of Deeplearning4j's ``vec.lookupTable().plotVocab(tsne)``.
 
 A WebGL scatter of the projected vocabulary: hover shows the word and its metadata (escaped:
-a word holding HTML is shown as text), the most frequent words are labelled where their
-labels do not pile up, points are coloured by a metadata column or by cluster, and a search
+a word holding HTML is shown as text), labels spread over the map's regions (the most
+frequent word of each region first) where they do not pile up, points are coloured by a metadata column or by cluster, and a search
 box highlights matching words. ``output=`` writes a standalone HTML file that needs no
 network (BokehJS is inlined).
 """
@@ -39,6 +39,31 @@ def place_labels(coords: np.ndarray, words: list[str], order: np.ndarray, *, max
             boxes.append((x0, y0, x1, y1))
             chosen.append(int(i))
     return chosen
+
+
+def label_order(coords: np.ndarray, counts: Any = None, cells: int = 8) -> np.ndarray:
+    """Indices in the order words should get a label so that labels cover the map: the most
+    frequent word of each cell of a ``cells`` x ``cells`` grid first (busiest cells first),
+    then the second of each, and so on. Most-frequent-first alone labels one corner of
+    stopwords ("the", "of", "he")."""
+    n = len(coords)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    freq = np.asarray(counts, dtype=float) if counts is not None else -np.arange(n, dtype=float)
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    span = np.where(hi - lo > 0, hi - lo, 1.0)
+    cell = np.minimum(((coords - lo) / span * cells).astype(np.int64), cells - 1)
+    cell_id = cell[:, 0] * cells + cell[:, 1]
+    by_freq = np.argsort(-freq, kind="stable")
+    rank_in_cell = np.zeros(n, dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i in by_freq.tolist():
+        c = int(cell_id[i])
+        rank_in_cell[i] = seen.get(c, 0)
+        seen[c] = rank_in_cell[i] + 1
+    busy = np.bincount(cell_id, minlength=cells * cells)
+    # by rank within the cell, then the busier cell, then frequency
+    return np.lexsort((-freq, -busy[cell_id], rank_in_cell))
 
 
 def _colors(values: list, name: str) -> tuple[Any, Any]:
@@ -116,9 +141,7 @@ def vocab_figure(result: ProjectionResult, *, color_by: str | None = None, n_lab
         fig.legend.label_text_font_size = "9pt"
     tooltips = [("word", "@word")] + [(c, f"@{{{c}}}") for c in data if c not in ("x", "y", "word")]
     fig.add_tools(HoverTool(renderers=[renderer], tooltips=tooltips))
-    counts = vocab.metadata.get("count")
-    order = (np.argsort(-np.asarray(counts, dtype=float), kind="stable") if counts
-             else np.arange(len(vocab)))
+    order = label_order(coords, vocab.metadata.get("count"))
     chosen = place_labels(coords, list(vocab.labels), order, max_labels=n_labels,
                           width_px=width - 60, height_px=height - 60)
     label_source = ColumnDataSource({"x": coords[chosen, 0], "y": coords[chosen, 1],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -32,12 +33,14 @@ class Word2VecListener(_Base):  # type: ignore[misc]
     """Pass as ``Word2Vec(..., compute_loss=True, callbacks=[Word2VecListener(store)])``.
 
     ``snapshot_every``: epochs between vocabulary snapshots (0: none); ``top_n``: words in
-    each snapshot (gensim keeps its vocabulary in frequency order).
+    each snapshot, the most frequent ones not in ``exclude`` (stopwords, say: the most
+    frequent words are mostly those).
     """
 
     def __init__(self, store: Store | str | os.PathLike, *, session: str | None = None,
                  session_name: str | None = None, tags: dict | None = None, worker: str = "0",
-                 snapshot_every: int = 1, top_n: int = 1000, close_timeout: float = 10.0) -> None:
+                 snapshot_every: int = 1, top_n: int = 1000, exclude: Iterable[str] = (),
+                 close_timeout: float = 10.0) -> None:
         for name, value, low in (("snapshot_every", snapshot_every, 0), ("top_n", top_n, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidRecordError(f"{name} must be an integer >= {low} (got {value!r})")
@@ -48,6 +51,7 @@ class Word2VecListener(_Base):  # type: ignore[misc]
         self.session, self._session_record = record.id, record
         self.worker = str(worker)
         self.snapshot_every, self.top_n, self.close_timeout = snapshot_every, top_n, close_timeout
+        self.exclude = frozenset(exclude)
         self.epoch = 0
         self._writer: ThreadSink | None = None
         self._previous_loss = 0.0
@@ -90,8 +94,10 @@ class Word2VecListener(_Base):  # type: ignore[misc]
             records: list = [Update(self.session, self.worker, epoch, score=loss, epoch=epoch,
                                     scalars=scalars)]
             if self.snapshot_every and (epoch + 1) % self.snapshot_every == 0:
-                words = list(model.wv.index_to_key[: self.top_n])
-                vectors = np.array(model.wv.vectors[: len(words)], dtype=np.float32, copy=True)
+                index = [i for i, w in enumerate(model.wv.index_to_key)
+                         if w not in self.exclude][: self.top_n]
+                words = [model.wv.index_to_key[i] for i in index]
+                vectors = np.array(model.wv.vectors[index], dtype=np.float32)
                 counts = [int(model.wv.get_vecattr(w, "count")) for w in words]
                 records.append(EmbeddingSet(f"{self.session} epoch {epoch}", words, vectors,
                                             metadata={"count": counts}, session=self.session,

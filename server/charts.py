@@ -1,0 +1,182 @@
+"""The pieces every page uses: a line chart whose lines follow the store live, the x-axis
+switch (iteration, relative time, wall time), CSV downloads and escaped text."""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable
+from typing import Any
+
+from bokeh.models import (  # type: ignore[attr-defined]
+    BasicTicker,
+    BasicTickFormatter,
+    Button,
+    ColumnDataSource,
+    CustomJS,
+    DatetimeTickFormatter,
+    Div,
+    HoverTool,
+    InlineStyleSheet,
+    Legend,
+    LinearScale,
+    LogScale,
+    LogTicker,
+    LogTickFormatter,
+    Range1d,
+)
+from bokeh.palettes import Category10_10
+from bokeh.plotting import figure
+from embedviz.server.data import MAX_POINTS, Tail
+from embedviz.server.messages import Messages
+
+from embedviz.store import Store
+
+PALETTE = list(Category10_10)
+X_FIELDS = ("iteration", "relative", "wall")
+TOOLS = "pan,box_zoom,wheel_zoom,reset,save"
+
+
+#: Bokeh draws each Div in a shadow root: page CSS does not reach it, so the Divs carry this
+CSS = """
+  .ev-head { font-size: 15px; padding: 4px 0 8px; border-bottom: 1px solid #ddd; }
+  .ev-note { color: #555; font-size: 14px; padding: 16px; background: #f6f6f6; margin: 8px 0; }
+  .ev-info { border-collapse: collapse; font-size: 12px; }
+  .ev-info td { padding: 1px 6px; border-bottom: 1px solid #eee; }
+  .ev-sec { color: #888; }
+"""
+
+
+def div(text: str, **kw: Any) -> Div:
+    """A Div of trusted HTML (escape what comes from the store with :func:`esc`)."""
+    return Div(text=text, stylesheets=[InlineStyleSheet(css=CSS)], **kw)  # (one per document)
+
+
+def esc(text: Any) -> str:
+    """Text from the store (words, session names, finding messages) made safe for HTML."""
+    return html.escape(str(text), quote=True)
+
+
+def note(text: str) -> Div:
+    """A plain sentence where a chart would be (no data, no sessions)."""
+    return div(f'<p class="ev-note">{esc(text)}</p>', sizing_mode="stretch_width")
+
+
+class Lines:
+    """The live lines of one page: each a :class:`Tail` feeding a ColumnDataSource.
+
+    ``poll`` streams what each tail gives since its last read: a point written to the store
+    appears at the next periodic callback. ``after`` hooks recompute derived columns
+    (smoothing) of the sources they name."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.items: list[tuple[Tail, ColumnDataSource]] = []
+        self.after: dict[int, Callable[[ColumnDataSource], None]] = {}
+        self.figures: list[Any] = []
+        self._hover: dict[str, HoverTool] = {}  # (one per chart, over all its lines)
+
+    def source(self, tail: Tail) -> ColumnDataSource:
+        src = ColumnDataSource(tail.read(self.store, max_points=MAX_POINTS))
+        self.items.append((tail, src))
+        return src
+
+    def poll(self) -> int:
+        """Stream the new points of every line; returns how many came."""
+        n = 0
+        for tail, src in self.items:
+            new = tail.read(self.store)
+            k = len(new["iteration"])
+            if not k:
+                continue
+            hook = self.after.get(id(src))
+            if hook is not None:
+                new = dict(new, ys=new["y"])
+            src.stream(new)
+            if hook is not None:
+                hook(src)
+            n += k
+        return n
+
+    def chart(self, title: str, t: Messages, *, y_label: str = "", height: int = 250,
+              log_y: bool = False) -> Any:
+        fig = figure(title=title, height=height, sizing_mode="stretch_width", tools=TOOLS,
+                     y_axis_type="log" if log_y else "linear", x_axis_label=t("Iteration"),
+                     y_axis_label=y_label, output_backend="webgl")
+        fig.toolbar.logo = None
+        fig.add_layout(Legend(click_policy="hide", label_text_font_size="8pt",
+                              spacing=0, padding=4), "right")
+        # "vline": every line's value at the pointer's x, as TensorBoard lists its runs
+        hover = HoverTool(renderers=[], mode="vline",
+                          tooltips=[("", "$name"), ("x", "@iteration"), ("y", "@raw")])
+        fig.add_tools(hover)
+        self._hover[fig.id] = hover
+        self.figures.append(fig)
+        return fig
+
+    def line(self, fig: Any, tail: Tail, label: str, color: str, *, y: str = "y",
+             width: float = 1.6, dash: str = "solid") -> tuple[ColumnDataSource, Any]:
+        """A line of ``tail`` on ``fig``, broken with a red cross where a value is NaN or
+        Inf (never drawn as 0)."""
+        src = self.source(tail)
+        r = fig.line("iteration", y, source=src, color=color, line_width=width,
+                     line_dash=dash, legend_label=label[:40], name=label[:40])
+        hover = self._hover.get(fig.id)
+        if hover is not None:
+            hover.renderers = [*hover.renderers, r]
+        fig.scatter("iteration", "mark", source=src, marker="x", color="#d62728", size=10,
+                    line_width=2)
+        r.tags = [label]
+        return src, r
+
+
+def set_x_axis(figures: list[Any], field: str, t: Messages) -> None:
+    """Every line of ``figures`` against ``field`` (one of X_FIELDS)."""
+    labels = {"iteration": t("Iteration"), "relative": t("Relative time (s)"), "wall": t("Wall time")}
+    for fig in figures:
+        for r in fig.renderers:
+            glyph = r.glyph
+            if hasattr(glyph, "x") and isinstance(glyph.x, str) and glyph.x in X_FIELDS:
+                glyph.x = field
+        for ax in fig.xaxis:
+            ax.axis_label = labels[field]
+            ax.formatter = DatetimeTickFormatter() if field == "wall" else BasicTickFormatter()
+
+
+def set_log_y(fig: Any, log: bool) -> None:
+    fig.y_scale = LogScale() if log else LinearScale()
+    for ax in fig.yaxis:
+        ax.ticker = LogTicker() if log else BasicTicker()
+        ax.formatter = LogTickFormatter() if log else BasicTickFormatter()
+
+
+def csv_button(sources: dict[str, ColumnDataSource], filename: str, t: Messages,
+               fields: tuple[str, ...] = ("iteration", "relative", "wall", "raw")) -> Button:
+    """A button that downloads every line of a chart as one CSV (line, x columns, value)."""
+    button = Button(label=t("Download CSV"), width=150, button_type="light")
+    button.js_on_event("button_click", CustomJS(
+        args={"sources": list(sources.values()), "names": list(sources), "fields": list(fields),
+              "filename": filename},
+        code="""
+        const rows = [["line", ...fields].join(",")];
+        const q = (s) => /[",\\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+        sources.forEach((src, k) => {
+          const n = src.get_length() || 0;
+          for (let i = 0; i < n; i++)
+            rows.push([q(String(names[k])), ...fields.map((f) => {
+              const v = src.data[f][i]; return (v === null || Number.isNaN(v)) ? "" : String(v);
+            })].join(","));
+        });
+        const blob = new Blob([rows.join("\\n") + "\\n"], {type: "text/csv"});
+        const a = document.createElement("a");
+        a.href = URL.createObjectURL(blob); a.download = filename;
+        document.body.appendChild(a); a.click(); a.remove();
+        """))
+    return button
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+__all__ = ["Lines", "Range1d", "div", "color", "csv_button", "esc", "note",
+           "set_log_y", "set_x_axis"]

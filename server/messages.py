@@ -1,0 +1,144 @@
+"""Every string a page shows, in English (the key) and Japanese.
+
+Deeplearning4j's UI let its users pick the page language (seed 004 is its Japanese guide).
+A page calls ``t("Score")``; a string missing from a table is shown in English, and a test
+checks that every string the pages use has its Japanese form.
+"""
+
+from __future__ import annotations
+
+import time
+
+LANGUAGES = ("en", "ja")
+
+JA: dict[str, str] = {
+    "embedviz": "embedviz",
+    "Overview": "概要",
+    "Model": "モデル",
+    "System": "システム",
+    "Health": "ヘルス",
+    "Embeddings": "埋め込み",
+    "Sessions": "セッション",
+    "Worker": "ワーカー",
+    "x axis": "横軸",
+    "Iteration": "イテレーション",
+    "Relative time (s)": "相対時間 (秒)",
+    "Wall time": "時刻",
+    "Smoothing": "平滑化",
+    "Log scale": "対数スケール",
+    "Download CSV": "CSVをダウンロード",
+    "Score vs iteration": "スコアとイテレーション",
+    "Score": "スコア",
+    "Metrics (training score and logged metrics)": "メトリクス (訓練スコアと記録されたメトリクス)",
+    "training score": "訓練スコア",
+    "Model and training": "モデルと訓練",
+    "log10 update:param ratio per parameter (about -3 is healthy)":
+        "パラメータごとの更新量:パラメータ比 (log10、-3 前後が健全)",
+    "log10 stdev of activations": "活性化の標準偏差 (log10)",
+    "log10 stdev of gradients": "勾配の標準偏差 (log10)",
+    "log10 stdev of updates": "更新量の標準偏差 (log10)",
+    "Learning rate per parameter group": "パラメータグループごとの学習率",
+    "Layer": "レイヤー",
+    "Layer graph": "レイヤーグラフ",
+    "name": "名前",
+    "type": "種類",
+    "parameters": "パラメータ数",
+    "shapes": "形状",
+    "output": "出力",
+    "Update:param ratio (log10) and its magnitudes": "更新量:パラメータ比 (log10) と大きさ",
+    "mean |param|": "平均 |パラメータ|",
+    "mean |update|": "平均 |更新量|",
+    "Activation mean +/- 2 stdev": "活性化の平均 ± 2 標準偏差",
+    "Dead units (zero fraction of the output)": "死んだユニット (出力のゼロの割合)",
+    "NaN and Inf counts": "NaN と Inf の数",
+    "Histograms over time": "ヒストグラムの推移",
+    "Histogram at iteration": "イテレーションのヒストグラム",
+    "parameter values": "パラメータの値",
+    "gradients": "勾配",
+    "updates": "更新量",
+    "activations": "活性化",
+    "value": "値",
+    "count": "個数",
+    "Process memory (MB)": "プロセスのメモリ (MB)",
+    "Device memory (MB)": "デバイスのメモリ (MB)",
+    "Iteration time (ms)": "イテレーション時間 (ms)",
+    "Examples per second": "毎秒のサンプル数",
+    "The listener's own cost (ms per reported iteration)": "リスナー自身のコスト (報告1回あたり ms)",
+    "Dropped and failed reports": "破棄・失敗したレポート",
+    "Findings, worst first": "所見 (重い順)",
+    "No findings in the store for these sessions: the health checks have not run, or found nothing.":
+        "このセッションには所見がありません。ヘルスチェックが実行されていないか、何も見つかっていません。",
+    "severity": "重大度",
+    "check": "チェック",
+    "message": "内容",
+    "Show": "表示",
+    "No sessions in this store yet: record one with StatsListener, or run `embedviz demo`.":
+        "このストアにはまだセッションがありません。StatsListener で記録するか、`embedviz demo` を実行してください。",
+    "No series of this kind in this session.": "このセッションにはこの種類の系列がありません。",
+    "Embedding set": "埋め込みセット",
+    "Snapshot": "スナップショット",
+    "Colour by": "色分け",
+    "none": "なし",
+    "cluster": "クラスタ",
+    "Search words": "単語を検索",
+    "matches": "件一致",
+    "Nearest neighbours (cosine, original space)": "最近傍 (コサイン、元の空間)",
+    "word": "単語",
+    "cosine distance": "コサイン距離",
+    "map distance": "マップ上の距離",
+    "Selection": "選択",
+    "Download TSV": "TSVをダウンロード",
+    "Click a word to list its nearest neighbours; lasso or box-select to list a group.":
+        "単語をクリックすると最近傍を表示します。投げ縄・矩形選択でグループを表示します。",
+    "New projection": "新しい射影",
+    "Method": "手法",
+    "Perplexity": "パープレキシティ",
+    "Iterations": "反復回数",
+    "Top N words": "上位 N 語",
+    "Run": "実行",
+    "running": "実行中",
+    "done": "完了",
+    "failed": "失敗",
+    "No projection of this set yet: run one with the form.": "このセットの射影はまだありません。フォームから実行してください。",
+    "No embedding sets in this store.": "このストアには埋め込みセットがありません。",
+    "kNN kept": "kNN 保存率",
+    "trustworthiness": "信頼性",
+    "words": "語",
+    "live": "ライブ",
+}
+
+TABLES = {"en": {}, "ja": JA}
+
+
+class Messages:
+    """``t = Messages("ja"); t("Score")``: the string in the page's language."""
+
+    def __init__(self, lang: str = "en") -> None:
+        self.lang = lang if lang in TABLES else "en"
+        self._table = TABLES[self.lang]
+
+    def __call__(self, text: str) -> str:
+        return self._table.get(text, text)
+
+    def when(self, t: float | None) -> str:
+        """A wall time in the page's language."""
+        if t is None:
+            return "-"
+        fmt = "%Y年%m月%d日 %H:%M:%S" if self.lang == "ja" else "%Y-%m-%d %H:%M:%S"
+        return time.strftime(fmt, time.localtime(t))
+
+    def number(self, v: float | int) -> str:
+        if isinstance(v, int):
+            return f"{v:,}"
+        return f"{v:,.4g}"
+
+
+def pick_language(asked: str | None, accept_language: str | None) -> str:
+    """``--lang`` or ``?lang=`` when given, else the browser's first language we have."""
+    if asked in TABLES:
+        return asked  # type: ignore[return-value]
+    for part in (accept_language or "").split(","):
+        code = part.split(";")[0].strip().lower()[:2]
+        if code in TABLES:
+            return code
+    return "en"
