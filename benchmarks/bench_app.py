@@ -25,11 +25,11 @@ import time
 
 import numpy as np
 from bokeh.document import Document
+from embedviz.server.app_doc import build_document
 from tqdm import tqdm
 
 import embedviz
 from embedviz.records import EmbeddingSet, Projection, Summary, Update
-from embedviz.server.app_doc import build_document
 
 LAYERS = 10
 

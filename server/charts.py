@@ -7,6 +7,8 @@ import html
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+from bokeh.events import RangesUpdate
 from bokeh.models import (  # type: ignore[attr-defined]
     BasicTicker,
     BasicTickFormatter,
@@ -30,6 +32,7 @@ from embedviz.server.data import MAX_POINTS, Tail
 from embedviz.server.messages import Messages
 
 from embedviz.store import Store
+from embedviz.store.series import downsample_index
 
 PALETTE = list(Category10_10)
 X_FIELDS = ("iteration", "relative", "wall")
@@ -66,11 +69,13 @@ class Lines:
 
     ``poll`` streams what each tail gives since its last read: a point written to the store
     appears at the next periodic callback. ``after`` hooks recompute derived columns
-    (smoothing) of the sources they name."""
+    (smoothing) of the sources they name. A long line is read downsampled; zooming into it
+    re-reads the visible range at full resolution (:meth:`zoom`)."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
         self.items: list[tuple[Tail, ColumnDataSource]] = []
+        self._figure_of: dict[str, Any] = {}  # source id -> its chart
         self.after: dict[int, Callable[[ColumnDataSource], None]] = {}
         self.figures: list[Any] = []
         self._hover: dict[str, HoverTool] = {}  # (one per chart, over all its lines)
@@ -97,6 +102,28 @@ class Lines:
             n += k
         return n
 
+    def zoom(self, fig: Any, field: str, x0: float, x1: float) -> None:
+        """Show the lines of ``fig`` between ``x0`` and ``x1`` (of the x column ``field``)
+        at full resolution, downsampled again only if that range holds more than
+        MAX_POINTS points. Lines read whole at first are left alone."""
+        for tail, src in self.items:
+            if self._figure_of.get(src.id) is not fig or not tail.downsampled:
+                continue
+            cols = tail.whole(self.store)
+            x = np.asarray(cols[field], dtype=float)
+            idx = np.flatnonzero((x >= x0) & (x <= x1))
+            if idx.size:  # (one point beyond each edge: the line runs to the border)
+                idx = np.arange(max(idx[0] - 1, 0), min(idx[-1] + 2, len(x)))
+            if idx.size > MAX_POINTS:
+                idx = idx[downsample_index(cols["iteration"][idx], cols["raw"][idx], MAX_POINTS)]
+            data = {k: np.asarray(v)[idx] for k, v in cols.items()}
+            hook = self.after.get(id(src))
+            if hook is not None:
+                data["ys"] = data["y"]
+            src.data = data
+            if hook is not None:
+                hook(src)
+
     def chart(self, title: str, t: Messages, *, y_label: str = "", height: int = 250,
               log_y: bool = False) -> Any:
         fig = figure(title=title, height=height, sizing_mode="stretch_width", tools=TOOLS,
@@ -111,6 +138,13 @@ class Lines:
         fig.add_tools(hover)
         self._hover[fig.id] = hover
         self.figures.append(fig)
+
+        def zoomed(event: RangesUpdate) -> None:
+            if event.x0 is not None and event.x1 is not None:
+                field = next((r.glyph.x for r in fig.renderers
+                              if isinstance(getattr(r.glyph, "x", None), str)), "iteration")
+                self.zoom(fig, field, float(event.x0), float(event.x1))
+        fig.on_event(RangesUpdate, zoomed)
         return fig
 
     def line(self, fig: Any, tail: Tail, label: str, color: str, *, y: str = "y",
@@ -118,6 +152,7 @@ class Lines:
         """A line of ``tail`` on ``fig``, broken with a red cross where a value is NaN or
         Inf (never drawn as 0)."""
         src = self.source(tail)
+        self._figure_of[src.id] = fig
         r = fig.line("iteration", y, source=src, color=color, line_width=width,
                      line_dash=dash, legend_label=label[:40], name=label[:40])
         hover = self._hover.get(fig.id)

@@ -54,11 +54,18 @@ class Tail:
     combine: Callable[..., np.ndarray] | None = None
     start: float = 0.0  # the session's start (relative time)
     cursors: list[int] = field(default_factory=list)
+    #: the first read was downsampled (so zooming in has more to show)
+    downsampled: bool = False
+
+    def whole(self, store: Store) -> dict:
+        """Every point written so far, at full resolution (the cursors stay as they are)."""
+        return Tail(self.session, self.worker, self.keys, self.combine, self.start).read(store)
 
     def read(self, store: Store, max_points: int | None = None) -> dict:
         """The columns of the points written since the last read (all of them, downsampled
         to ``max_points``, the first time)."""
-        if not self.cursors:
+        first = not self.cursors
+        if first:
             self.cursors = [0] * len(self.keys)
         got = []
         # a combination is downsampled after it is made: the series' own downsamplings keep
@@ -75,6 +82,8 @@ class Tail:
             if self.combine is not None:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     values = self.combine(values)
+            # (a downsampled read keeps about max_points of many more)
+            self.downsampled |= first and max_points is not None and len(values) >= max_points // 2
             return columns(s.iterations, values, s.wall_times, self.start)
         # a ratio and the like: the points of the iterations every series has
         common = got[0].iterations
@@ -88,6 +97,7 @@ class Tail:
         with np.errstate(divide="ignore", invalid="ignore"):
             values = self.combine(*parts)
         if max_points is not None and len(values) > max_points:
+            self.downsampled = True
             keep = downsample_index(common, values, max_points)
             common, values, wall = common[keep], values[keep], wall[keep]
         return columns(common, values, wall, self.start)

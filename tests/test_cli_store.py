@@ -109,16 +109,25 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "unknown session 'typo'" in capsys.readouterr().err
 
 
-def test_the_demo_records_both_trainings_and_writes_the_map(tmp_path, capsys):
+def test_the_demo_records_its_trainings_snapshots_and_maps(tmp_path, capsys):
     store = tmp_path / "demo.db"
-    assert main(["demo", "--store", str(store), "--html", str(tmp_path / "vocab.html")]) == 0
+    assert main(["demo", "--store", str(store), "--html", str(tmp_path / "vocab.html"), "--no-serve"]) == 0
     out = capsys.readouterr().out
-    assert "update:param ratio" in out and "kNN preservation" in out
+    assert "update:param ratio" in out and "kNN preservation" in out and "embedviz serve" in out
     s = embedviz.open_store(store)
     names = {x.name: x for x in s.sessions()}
-    assert set(names) == {"digits-mlp", "lee-word2vec"}
+    assert set(names) == {"digits-mlp", "digits-mlp-lr-too-high", "lee-word2vec"}
     mlp = names["digits-mlp"].id
     assert len(s.read_series(mlp, "metric/val_accuracy")) == 8
     assert s.read_series(mlp, "metric/val_accuracy").values[-1] > 0.85
-    assert len(s.projections()) == 1 and s.projections()[0].state == "done"
+    # the planted fault: its score never leaves chance (ln 10)
+    bad = s.read_series(names["digits-mlp-lr-too-high"].id, "score").values
+    assert abs(bad[-1] - np.log(10)) < 0.3 and s.read_series(mlp, "score").values[-1] < 0.5
+    # the penultimate layer's snapshots, coloured by digit, separate as the network learns
+    snaps = s.embeddings(mlp)
+    assert [e.iteration for e in snaps] == [0, 2, 8]
+    knn = [max(p.quality["knn_preservation"] for p in s.projections(e.key)) for e in snaps]
+    assert all(p.state == "done" for p in s.projections())
+    assert set(s.embedding(snaps[-1].key).metadata["digit"]) == {str(d) for d in range(10)}
+    assert len(s.projections()) == 6 and knn[-1] > 0.2
     assert (tmp_path / "vocab.html").stat().st_size > 100_000

@@ -81,6 +81,27 @@ def test_a_point_written_later_is_streamed_by_the_next_tick(recorded, tmp_path):
     assert np.isfinite(score.data["ys"][-1])  # the smoothed line goes on past the gap
 
 
+def test_zooming_in_rereads_the_visible_range_at_full_resolution(tmp_path):
+    from embedviz.server.data import MAX_POINTS
+
+    with embedviz.open_store(tmp_path / "long.db") as store:
+        s = store.create_session(name="long")
+        n = 3 * MAX_POINTS
+        rng = np.random.default_rng(0)
+        store.write([Update(s.id, "0", i, score=float(rng.normal())) for i in range(n)])
+        doc, parts = page(store, "overview")
+        lines = parts["pages"]["overview"].lines
+        tail, score = [(t_, src) for t_, src in lines.items if t_.keys == ("score",)][0]
+        assert tail.downsampled and len(score.data["iteration"]) < n
+        fig = lines.figures[0]
+        lines.zoom(fig, "iteration", 1000, 1500)
+        its = list(score.data["iteration"])
+        assert its == list(range(999, 1502))  # every point, one beyond each edge
+        assert np.allclose(score.data["y"], store.read_series(s.id, "score").values[999:1502])
+        lines.zoom(fig, "iteration", -10, n + 10)  # reset: the whole line, downsampled again
+        assert len(score.data["iteration"]) <= MAX_POINTS and score.data["iteration"][-1] == n - 1
+
+
 def test_the_model_page_charts_the_chosen_layer_with_histograms_over_time(recorded):
     store, ids = recorded
     doc, parts = page(store, "model", sessions=[ids["mlp"]])
