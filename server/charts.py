@@ -139,10 +139,10 @@ class Lines:
         self._hover[fig.id] = hover
         self.figures.append(fig)
 
-        def zoomed(event: RangesUpdate) -> None:
+        def zoomed(event: Any) -> None:  # (a RangesUpdate)
             if event.x0 is not None and event.x1 is not None:
-                field = next((r.glyph.x for r in fig.renderers
-                              if isinstance(getattr(r.glyph, "x", None), str)), "iteration")
+                xs = [getattr(getattr(r, "glyph", None), "x", None) for r in fig.renderers]
+                field = next((x for x in xs if isinstance(x, str)), "iteration")
                 self.zoom(fig, field, float(event.x0), float(event.x1))
         fig.on_event(RangesUpdate, zoomed)
         return fig

@@ -64,8 +64,8 @@ class Tail:
     def read(self, store: Store, max_points: int | None = None) -> dict:
         """The columns of the points written since the last read (all of them, downsampled
         to ``max_points``, the first time)."""
-        first = not self.cursors
-        if first:
+        fresh = not self.cursors
+        if fresh:
             self.cursors = [0] * len(self.keys)
         got = []
         # a combination is downsampled after it is made: the series' own downsamplings keep
@@ -83,7 +83,7 @@ class Tail:
                 with np.errstate(divide="ignore", invalid="ignore"):
                     values = self.combine(values)
             # (a downsampled read keeps about max_points of many more)
-            self.downsampled |= first and max_points is not None and len(values) >= max_points // 2
+            self.downsampled |= fresh and max_points is not None and len(values) >= max_points // 2
             return columns(s.iterations, values, s.wall_times, self.start)
         # a ratio and the like: the points of the iterations every series has
         common = got[0].iterations

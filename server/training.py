@@ -16,7 +16,6 @@ from bokeh.models import (  # type: ignore[attr-defined]
     Button,
     CheckboxGroup,
     ColumnDataSource,
-    CustomJS,
     DataTable,
     Div,
     LinearColorMapper,
@@ -99,6 +98,10 @@ def overview(v: View) -> Page:
     smoothed: list[ColumnDataSource] = []
     smooth = Slider(title=t("Smoothing"), start=0, end=0.99, step=0.01, value=0.6, width=220)
     score_sources = {}
+
+    def resmooth(src: ColumnDataSource) -> None:
+        src.data["ys"] = ema(np.asarray(src.data["y"]), smooth.value)
+
     for i, s in enumerate(v.sessions):
         if "score" not in v.keys(s):
             continue
@@ -108,9 +111,6 @@ def overview(v: View) -> Page:
         score.line("iteration", "ys", source=src, color=color(i), line_width=2.2)
         smoothed.append(src)
         score_sources[v.label(s)] = src
-
-        def resmooth(src: ColumnDataSource) -> None:
-            src.data["ys"] = ema(np.asarray(src.data["y"]), smooth.value)
         lines.after[id(src)] = resmooth
     # the raw lines faint behind the smoothed ones, as TensorBoard draws them
     for r in score.renderers:
@@ -119,7 +119,7 @@ def overview(v: View) -> Page:
 
     def on_smooth(attr: str, old: float, new: float) -> None:
         for src in smoothed:
-            src.data["ys"] = ema(np.asarray(src.data["y"]), new)
+            resmooth(src)
     smooth.on_change("value_throttled", on_smooth)
     log_box = CheckboxGroup(labels=[t("Log scale")], active=[])
     log_box.on_change("active", lambda a, o, n: set_log_y(score, bool(n)))
@@ -434,4 +434,4 @@ def health(v: View, go: Callable[[str | None, int], None] | None = None) -> Page
     return Page(column(title, table, button, sizing_mode="stretch_width"))
 
 
-__all__ = ["Page", "View", "health", "model", "overview", "system", "CustomJS"]
+__all__ = ["Page", "View", "health", "model", "overview", "system"]
