@@ -23,12 +23,15 @@ MAX_POINTS = 2000
 KINDS = ("param", "gradient", "update", "activation")
 
 
-def columns(iterations: np.ndarray, values: np.ndarray, wall: np.ndarray, start: float) -> dict:
+def columns(iterations: np.ndarray, values: np.ndarray, wall: np.ndarray, start: float,
+            stored_bad: np.ndarray | None = None) -> dict:
     """A line's columns: ``y`` has NaN where the value is not finite (Bokeh draws a gap),
     ``mark`` a height only there (a marker is drawn), ``raw`` the value as stored, and the
-    three x axes a user can pick."""
+    three x axes a user can pick. ``stored_bad``: for a value computed from stored ones (a
+    log, a ratio), where those were NaN or Inf; a log of 0 is a gap, not a marker."""
     values = np.asarray(values, dtype=float)
     finite = np.isfinite(values)
+    bad = ~finite if stored_bad is None else np.asarray(stored_bad, dtype=bool)
     # a NaN/Inf point's marker sits at the last finite value before it (the first one after
     # it at the start): where the line breaks off
     idx = np.where(finite, np.arange(values.size), -1)
@@ -40,7 +43,7 @@ def columns(iterations: np.ndarray, values: np.ndarray, wall: np.ndarray, start:
             "wall": np.asarray(wall, dtype=float) * 1000.0,  # (Bokeh's datetimes: ms)
             "y": np.where(finite, values, np.nan),
             "raw": values,
-            "mark": np.where(finite, np.nan, held)}
+            "mark": np.where(bad, held, np.nan)}
 
 
 @dataclass
@@ -78,13 +81,14 @@ class Tail:
             got.append(s)
         if len(got) == 1:
             s = got[0]
-            values = s.values
+            values, bad = s.values, None
             if self.combine is not None:
+                bad = ~np.isfinite(values)
                 with np.errstate(divide="ignore", invalid="ignore"):
                     values = self.combine(values)
             # (a downsampled read keeps about max_points of many more)
             self.downsampled |= fresh and max_points is not None and len(values) >= max_points // 2
-            return columns(s.iterations, values, s.wall_times, self.start)
+            return columns(s.iterations, values, s.wall_times, self.start, bad)
         # a ratio and the like: the points of the iterations every series has
         common = got[0].iterations
         for s in got[1:]:
@@ -94,13 +98,14 @@ class Tail:
         first = got[0]
         wall = first.wall_times[np.searchsorted(first.iterations, common)] if len(first) else first.wall_times
         assert self.combine is not None
+        bad = ~np.logical_and.reduce([np.isfinite(p) for p in parts]) if parts else np.zeros(0, bool)
         with np.errstate(divide="ignore", invalid="ignore"):
             values = self.combine(*parts)
         if max_points is not None and len(values) > max_points:
             self.downsampled = True
             keep = downsample_index(common, values, max_points)
-            common, values, wall = common[keep], values[keep], wall[keep]
-        return columns(common, values, wall, self.start)
+            common, values, wall, bad = common[keep], values[keep], wall[keep], bad[keep]
+        return columns(common, values, wall, self.start, bad)
 
 
 def log10_ratio(update: np.ndarray, param: np.ndarray) -> np.ndarray:

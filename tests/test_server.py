@@ -179,6 +179,18 @@ def test_neighbours_are_by_cosine():
     assert list(idx) == [1, 2, 3] and dist[0] < 0.01 and abs(dist[2] - 2) < 1e-9
 
 
+def test_a_log_of_zero_is_a_gap_and_a_stored_nan_a_marker(tmp_path):
+    from embedviz.server.data import Tail, log10
+
+    with embedviz.open_store(tmp_path / "z.db") as store:
+        s = store.create_session()
+        store.write([Update(s.id, "0", i, score=v) for i, v in enumerate([1.0, 0.0, float("nan"), 10.0])])
+        cols = Tail(s.id, None, ("score",), log10).read(store)
+        assert np.isnan(cols["y"][1]) and np.isnan(cols["mark"][1])  # log10(0): a gap
+        assert np.isnan(cols["y"][2]) and cols["mark"][2] == 0.0  # NaN stored: marked
+        assert cols["y"][3] == 1.0
+
+
 def test_smoothing_is_tensorboards_debiased_average():
     y = np.array([1.0, 1.0, np.nan, 1.0])
     s = ema(y, 0.9)
