@@ -4,11 +4,13 @@ switch (iteration, relative time, wall time), CSV downloads and escaped text."""
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from bokeh.events import RangesUpdate
+from bokeh.layouts import column
 from bokeh.models import (  # type: ignore[attr-defined]
     BasicTicker,
     BasicTickFormatter,
@@ -72,10 +74,11 @@ class Lines:
     (smoothing) of the sources they name. A long line is read downsampled; zooming into it
     re-reads the visible range at full resolution (:meth:`zoom`)."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
+    def __init__(self, store: Store, t: Messages) -> None:
+        self.store, self.t = store, t
         self.items: list[tuple[Tail, ColumnDataSource]] = []
         self._figure_of: dict[str, Any] = {}  # source id -> its chart
+        self._lines_of: dict[str, dict[str, ColumnDataSource]] = {}  # chart id -> its lines
         self.after: dict[int, Callable[[ColumnDataSource], None]] = {}
         self.figures: list[Any] = []
         self._hover: dict[str, HoverTool] = {}  # (one per chart, over all its lines)
@@ -124,6 +127,13 @@ class Lines:
             if hook is not None:
                 hook(src)
 
+    def panel(self, fig: Any) -> Any:
+        """The chart with a button that downloads its lines as CSV."""
+        title = getattr(fig.title, "text", "") or "chart"
+        name = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower()[:40] or "chart"
+        button = csv_button(self._lines_of.get(fig.id, {}), f"{name}.csv", self.t)
+        return column(fig, button, sizing_mode="stretch_width")
+
     def chart(self, title: str, t: Messages, *, y_label: str = "", height: int = 250,
               log_y: bool = False) -> Any:
         fig = figure(title=title, height=height, sizing_mode="stretch_width", tools=TOOLS,
@@ -153,6 +163,7 @@ class Lines:
         Inf (never drawn as 0)."""
         src = self.source(tail)
         self._figure_of[src.id] = fig
+        self._lines_of.setdefault(fig.id, {})[label] = src
         r = fig.line("iteration", y, source=src, color=color, line_width=width,
                      line_dash=dash, legend_label=label[:40], name=label[:40])
         hover = self._hover.get(fig.id)

@@ -26,7 +26,7 @@ from bokeh.models import (  # type: ignore[attr-defined]
 )
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
-from embedviz.server.charts import TOOLS, Lines, color, csv_button, div, esc, note, set_log_y
+from embedviz.server.charts import TOOLS, Lines, color, div, esc, note, set_log_y
 from embedviz.server.data import (
     Tail,
     ema,
@@ -93,11 +93,10 @@ class View:
 # ---------------------------------------------------------------------------- overview
 def overview(v: View) -> Page:
     t = v.t
-    lines = Lines(v.store)
+    lines = Lines(v.store, t)
     score = lines.chart(t("Score vs iteration"), t, y_label=t("Score"), height=300)
     smoothed: list[ColumnDataSource] = []
     smooth = Slider(title=t("Smoothing"), start=0, end=0.99, step=0.01, value=0.6, width=220)
-    score_sources = {}
 
     def resmooth(src: ColumnDataSource) -> None:
         src.data["ys"] = ema(np.asarray(src.data["y"]), smooth.value)
@@ -110,7 +109,6 @@ def overview(v: View) -> Page:
         src.data["ys"] = ema(src.data["y"], smooth.value)
         score.line("iteration", "ys", source=src, color=color(i), line_width=2.2)
         smoothed.append(src)
-        score_sources[v.label(s)] = src
         lines.after[id(src)] = resmooth
     # the raw lines faint behind the smoothed ones, as TensorBoard draws them
     for r in score.renderers:
@@ -126,25 +124,21 @@ def overview(v: View) -> Page:
     _mark_findings(v, score)
 
     metrics = lines.chart(t("Metrics (training score and logged metrics)"), t, height=260)
-    metric_sources = {}
     k = 0
     for s in v.sessions:
         keys = v.keys(s)
         if "score" in keys:
-            src, _ = lines.line(metrics, v.tail(s, "score"), f"{v.label(s)}: {t('training score')}",
-                                color(k), width=1.2)
-            metric_sources[f"{v.label(s)} score"] = src
+            lines.line(metrics, v.tail(s, "score"), f"{v.label(s)}: {t('training score')}",
+                       color(k), width=1.2)
             k += 1
         for key in keys:
             if key.startswith("metric/"):
-                src, _ = lines.line(metrics, v.tail(s, key), f"{v.label(s)}: {key[7:]}", color(k),
-                                    width=2.2, dash="dashed" if "acc" in key else "solid")
-                metric_sources[f"{v.label(s)} {key[7:]}"] = src
+                lines.line(metrics, v.tail(s, key), f"{v.label(s)}: {key[7:]}", color(k),
+                           width=2.2, dash="dashed" if "acc" in key else "solid")
                 k += 1
     children: list[Any] = [
-        row(smooth, log_box, csv_button(score_sources, "score.csv", t)), score,
-        row(metrics, _info_table(v), sizing_mode="stretch_width"),
-        csv_button(metric_sources, "metrics.csv", t)]
+        row(smooth, log_box), lines.panel(score),
+        row(lines.panel(metrics), _info_table(v), sizing_mode="stretch_width")]
     first = v.sessions[0]
     keys, static = v.keys(first), v.static(first)
     params = tensor_names(keys, "param", static)
@@ -152,14 +146,12 @@ def overview(v: View) -> Page:
                         f"{v.label(first)}", t, height=280)
     ratio.add_layout(BoxAnnotation(bottom=-4, top=-2, fill_alpha=0.07, fill_color="green"))
     ratio.add_layout(Span(location=-3, dimension="width", line_dash="dotted", line_color="green"))
-    ratio_sources = {}
     for i, name in enumerate(weight_names(params)):
         if f"update/{name}/mean_magnitude" in keys:
-            src, _ = lines.line(ratio, v.tail(first, f"update/{name}/mean_magnitude",
-                                               f"param/{name}/mean_magnitude",
-                                               combine=log10_ratio), name, color(i))
-            ratio_sources[name] = src
-    children += [ratio, csv_button(ratio_sources, "update_param_ratio.csv", t)]
+            lines.line(ratio, v.tail(first, f"update/{name}/mean_magnitude",
+                                     f"param/{name}/mean_magnitude", combine=log10_ratio),
+                       name, color(i))
+    children.append(lines.panel(ratio))
     stdev_row = []
     for kind, title in (("activation", "log10 stdev of activations"),
                         ("gradient", "log10 stdev of gradients"), ("update", "log10 stdev of updates")):
@@ -168,7 +160,7 @@ def overview(v: View) -> Page:
             if kind != "activation" and name.endswith("bias"):
                 continue
             lines.line(fig, v.tail(first, f"{kind}/{name}/stdev", combine=log10), name, color(i))
-        stdev_row.append(fig)
+        stdev_row.append(lines.panel(fig))
     children.append(row(*stdev_row, sizing_mode="stretch_width"))
     lr = lines.chart(t("Learning rate per parameter group"), t, height=220)
     k = 0
@@ -177,7 +169,7 @@ def overview(v: View) -> Page:
             if key.startswith("lr/"):
                 lines.line(lr, v.tail(s, key), f"{v.label(s)}: group {key[3:]}", color(k))
                 k += 1
-    children.append(lr)
+    children.append(lines.panel(lr))
     return Page(column(*children, sizing_mode="stretch_width"), lines)
 
 
@@ -257,7 +249,7 @@ def model(v: View, layer: str | None = None, iteration: int | None = None) -> Pa
 def _layer_view(v: View, s: SessionInfo, keys: list[str], module: str, params: list[str],
                 at: int | None) -> Page:
     t = v.t
-    lines = Lines(v.store)
+    lines = Lines(v.store, t)
     children: list[Any] = []
     name = params[0] if params else module
     if params:
@@ -275,7 +267,7 @@ def _layer_view(v: View, s: SessionInfo, keys: list[str], module: str, params: l
                            f"{short} {t('mean |update|')}", color(i), dash="dashed")
             lines.line(mags, v.tail(s, f"param/{p}/mean_magnitude"), f"{short} {t('mean |param|')}",
                        color(i))
-        children.append(row(ratio, mags, sizing_mode="stretch_width"))
+        children.append(row(lines.panel(ratio), lines.panel(mags), sizing_mode="stretch_width"))
     if f"activation/{module}/mean" in keys:
         act = lines.chart(t("Activation mean +/- 2 stdev"), t, height=240)
         mean, sd = f"activation/{module}/mean", f"activation/{module}/stdev"
@@ -286,7 +278,7 @@ def _layer_view(v: View, s: SessionInfo, keys: list[str], module: str, params: l
                    width=1, dash="dashed")
         dead = lines.chart(t("Dead units (zero fraction of the output)"), t, height=240)
         lines.line(dead, v.tail(s, f"activation/{module}/zero_fraction"), "zero fraction", color(3))
-        children.append(row(act, dead, sizing_mode="stretch_width"))
+        children.append(row(lines.panel(act), lines.panel(dead), sizing_mode="stretch_width"))
     bad = lines.chart(t("NaN and Inf counts"), t, height=200)
     k = 0
     for kind in ("param", "gradient", "update", "activation"):
@@ -296,7 +288,7 @@ def _layer_view(v: View, s: SessionInfo, keys: list[str], module: str, params: l
                 lines.line(bad, v.tail(s, key), f"{kind} {stat[:3]}", color(k))
                 k += 1
     children.append(_histograms(v, s, keys, name, module, at))
-    children.append(bad)
+    children.append(lines.panel(bad))
     return Page(column(*children, sizing_mode="stretch_width"), lines)
 
 
@@ -369,7 +361,7 @@ SYSTEM = (("Process memory (MB)", ("memory/rss_bytes",), 1 / 2**20),
 
 def system(v: View) -> Page:
     t = v.t
-    lines = Lines(v.store)
+    lines = Lines(v.store, t)
     figs = []
     for title, wanted, scale in SYSTEM:
         fig = None
@@ -388,7 +380,8 @@ def system(v: View) -> Page:
             figs.append(fig)
     if not figs:
         return Page(note(t("No series of this kind in this session.")))
-    grid = [row(*figs[i:i + 2], sizing_mode="stretch_width") for i in range(0, len(figs), 2)]
+    grid = [row(*[lines.panel(f) for f in figs[i:i + 2]], sizing_mode="stretch_width")
+            for i in range(0, len(figs), 2)]
     return Page(column(*grid, sizing_mode="stretch_width"), lines)
 
 

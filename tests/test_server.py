@@ -62,6 +62,8 @@ def test_the_overview_shows_the_stored_score_and_ratios(recorded):
     keys = {tail.keys[0] for tail, _ in lines.items}
     assert {"metric/val_loss", "metric/val_accuracy", "lr/0"} <= keys
     assert "SGD" in texts(doc) and "6,570" in texts(doc)  # the model and training info
+    downloads = [m for m in doc.models if type(m).__name__ == "Button" and m.label == "Download CSV"]
+    assert len(downloads) == len(lines.figures)  # every chart's lines as CSV
 
 
 def test_a_point_written_later_is_streamed_by_the_next_tick(recorded, tmp_path):
