@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from bokeh.layouts import column, row
-from bokeh.models import Div, MultiChoice, RadioButtonGroup, Select, TabPanel, Tabs  # type: ignore[attr-defined]
+from bokeh.models import MultiChoice, RadioButtonGroup, Select  # type: ignore[attr-defined]
 from embedviz.server import embeddings as emb_page
 from embedviz.server import training
 from embedviz.server.charts import div, esc, note, set_x_axis
@@ -73,9 +73,11 @@ def build_document(doc: Any, store: Store, *, lang: str | None = None,
     worker = Select(title=t("Worker"), options=[], value="", width=120, name="worker")
     xmode = RadioButtonGroup(labels=[t("Iteration"), t("Relative time (s)"), t("Wall time")],
                              active=0)
-    panels = [TabPanel(child=Div(), title=t(TITLES[p])) for p in PAGES]
-    tabs = Tabs(tabs=list(panels),
-                active=PAGES.index(page), sizing_mode="stretch_width", name="pages")
+    # the page picker and the page under it: BokehJS does not draw a Tabs panel whose child
+    # is replaced after the first render, a column's children it does
+    tabs = RadioButtonGroup(labels=[t(TITLES[p]) for p in PAGES], active=PAGES.index(page),
+                            name="pages")
+    holder = column(sizing_mode="stretch_width", name="page")
     parts: dict[str, Any] = {"t": t, "tabs": tabs, "sessions": choice, "worker": worker,
                              "pages": {}, "store": store}
     built: dict[str, training.Page] = parts["pages"]
@@ -86,8 +88,8 @@ def build_document(doc: Any, store: Store, *, lang: str | None = None,
         return training.View(store, chosen, worker.value or None, t)
 
     def go(layer: str | None, iteration: int) -> None:  # a finding's "show"
-        build("model", layer=layer, iteration=iteration)
         tabs.active = PAGES.index("model")
+        build("model", layer=layer, iteration=iteration)
 
     def build(name: str, **kw: Any) -> None:
         v = view()
@@ -106,7 +108,8 @@ def build_document(doc: Any, store: Store, *, lang: str | None = None,
             log.exception("embedviz: the %s page failed", name)
             p = training.Page(note(f"{name}: {type(exc).__name__}: {exc}"))
         built[name] = p
-        panels[PAGES.index(name)].child = p.layout
+        if PAGES[tabs.active] == name:
+            holder.children = [p.layout]
         if p.lines is not None:
             set_x_axis(p.lines.figures, ("iteration", "relative", "wall")[xmode.active or 0], t)
 
@@ -126,7 +129,9 @@ def build_document(doc: Any, store: Store, *, lang: str | None = None,
         rebuild()
 
     def on_tab(attr: str, old: int, new: int) -> None:
-        if PAGES[new] not in built:
+        if PAGES[new] in built:
+            holder.children = [built[PAGES[new]].layout]
+        else:
             build(PAGES[new])
 
     def on_x(attr: str, old: int, new: int) -> None:
@@ -151,8 +156,8 @@ def build_document(doc: Any, store: Store, *, lang: str | None = None,
     worker.on_change("value", lambda a, o, n: rebuild())
     tabs.on_change("active", on_tab)
     xmode.on_change("active", on_x)
-    doc.add_root(column(header, row(choice, worker, column(Div(text=esc(t("x axis"))), xmode)),
-                        tabs, sizing_mode="stretch_width"))
+    doc.add_root(column(header, row(choice, worker, column(div(esc(t("x axis"))), xmode)),
+                        tabs, holder, sizing_mode="stretch_width"))
     parts["callback"] = doc.add_periodic_callback(tick, POLL_MS)
     parts["tick"], parts["build"] = tick, build
     return parts

@@ -12,7 +12,6 @@ import numpy as np
 from bokeh.events import RangesUpdate
 from bokeh.layouts import column
 from bokeh.models import (  # type: ignore[attr-defined]
-    BasicTicker,
     BasicTickFormatter,
     Button,
     ColumnDataSource,
@@ -22,10 +21,6 @@ from bokeh.models import (  # type: ignore[attr-defined]
     HoverTool,
     InlineStyleSheet,
     Legend,
-    LinearScale,
-    LogScale,
-    LogTicker,
-    LogTickFormatter,
     Range1d,
 )
 from bokeh.palettes import Category10_10
@@ -127,6 +122,12 @@ class Lines:
             if hook is not None:
                 hook(src)
 
+    def drop(self, fig: Any) -> None:
+        """Forget the lines of a chart taken off the page."""
+        self.items = [(t_, src) for t_, src in self.items if self._figure_of.get(src.id) is not fig]
+        if fig in self.figures:
+            self.figures.remove(fig)
+
     def panel(self, fig: Any) -> Any:
         """The chart with a button that downloads its lines as CSV."""
         title = getattr(fig.title, "text", "") or "chart"
@@ -185,20 +186,17 @@ def set_x_axis(figures: list[Any], field: str, t: Messages) -> None:
                 glyph.x = field
         for ax in fig.xaxis:
             ax.axis_label = labels[field]
-            ax.formatter = DatetimeTickFormatter() if field == "wall" else BasicTickFormatter()
-
-
-def set_log_y(fig: Any, log: bool) -> None:
-    fig.y_scale = LogScale() if log else LinearScale()
-    for ax in fig.yaxis:
-        ax.ticker = LogTicker() if log else BasicTicker()
-        ax.formatter = LogTickFormatter() if log else BasicTickFormatter()
+            ax.formatter = (DatetimeTickFormatter(milliseconds="%H:%M:%S.%3N", seconds="%H:%M:%S",
+                                                  minsec="%H:%M:%S", minutes="%H:%M",
+                                                  hourmin="%H:%M", hours="%H:%M")
+                            if field == "wall" else BasicTickFormatter())
 
 
 def csv_button(sources: dict[str, ColumnDataSource], filename: str, t: Messages,
                fields: tuple[str, ...] = ("iteration", "relative", "wall", "raw")) -> Button:
     """A button that downloads every line of a chart as one CSV (line, x columns, value)."""
-    button = Button(label=t("Download CSV"), width=150, button_type="light")
+    button = Button(label=t("Download CSV"), width=130, height=26, button_type="default",
+                    styles={"font-size": "11px"})
     button.js_on_event("button_click", CustomJS(
         args={"sources": list(sources.values()), "names": list(sources), "fields": list(fields),
               "filename": filename},
@@ -225,4 +223,4 @@ def color(i: int) -> str:
 
 
 __all__ = ["Lines", "Range1d", "div", "color", "csv_button", "esc", "note",
-           "set_log_y", "set_x_axis"]
+           "set_x_axis"]

@@ -20,6 +20,7 @@ from bokeh.models import (  # type: ignore[attr-defined]
     HoverTool,
     LabelSet,
     NumericInput,
+    Range1d,
     Select,
     Slider,
     TableColumn,
@@ -125,7 +126,9 @@ def embeddings(v: View) -> Page:
     labels_src = ColumnDataSource({"x": [], "y": [], "word": []})
     hits = ColumnDataSource({"x": [], "y": []}, name="hits")
     links = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": []})
-    fig = figure(width=WIDTH, height=HEIGHT, output_backend="webgl", match_aspect=True,
+    # explicit ranges: a search moves them to its match (a DataRange1d would take them back)
+    xr, yr = Range1d(start=0, end=1), Range1d(start=0, end=1)
+    fig = figure(width=WIDTH, height=HEIGHT, output_backend="webgl", x_range=xr, y_range=yr,
                  tools="pan,wheel_zoom,box_zoom,box_select,lasso_select,tap,reset,save",
                  active_scroll="wheel_zoom", name="map")
     fig.toolbar.logo = None
@@ -163,10 +166,17 @@ def embeddings(v: View) -> Page:
             state["coords"] = None
             src.data = {"x": [], "y": [], "word": [], "color": []}
             labels_src.data = {"x": [], "y": [], "word": []}
+            hits.data = {"x": [], "y": []}
             quality.text = esc(t("No projection of this set yet: run one with the form."))
             return
         c = align(np.asarray(p.coords, dtype=float)[:, :2], e.labels, prev_c, prev_l)
         state["coords"] = c
+        lo, hi = c.min(axis=0), c.max(axis=0)
+        mid, span = (lo + hi) / 2, hi - lo
+        # one data unit is as long across as up (t-SNE distances have no direction)
+        h = state["half"] = max(span[1] / 2, span[0] / 2 * HEIGHT / WIDTH, 1e-9) * 1.08
+        for rng, m, half in ((xr, mid[0], h * WIDTH / HEIGHT), (yr, mid[1], h)):
+            rng.update(start=m - half, end=m + half, reset_start=m - half, reset_end=m + half)
         data: dict[str, Any] = {"x": c[:, 0], "y": c[:, 1], "word": e.labels,
                                 "color": _colour_column(e, colour.value)}
         for col, values in e.metadata.items():
@@ -179,7 +189,9 @@ def embeddings(v: View) -> Page:
                               height_px=HEIGHT - 60)
         labels_src.data = {"x": c[chosen, 0], "y": c[chosen, 1], "word": [e.labels[i] for i in chosen]}
         q = p.quality
-        bits = [f"{esc(e.name)}: {e.n} {esc(t('words'))}, {esc(p.method)}"]
+        name = (f"{session_names.get(e.session, e.name)}, {t('Snapshot')} {e.iteration}"
+                if e.session else e.name)
+        bits = [f"{esc(name)}: {e.n} {esc(t('words'))}, {esc(p.method)}"]
         if p.state != "done":
             bits.append(f"{esc(t(p.state) if p.state in ('running', 'failed', 'done') else p.state)} "
                         f"{p.progress:.0%}")
@@ -223,9 +235,9 @@ def embeddings(v: View) -> Page:
         if idx and state["coords"] is not None:  # centre the view on the best match
             exact = [i for i in idx if str(words[i]).lower() == q]
             c = state["coords"][(exact or idx)[0]]
-            span = np.ptp(state["coords"], axis=0) / 6
-            fig.x_range.update(start=c[0] - span[0], end=c[0] + span[0])
-            fig.y_range.update(start=c[1] - span[1], end=c[1] + span[1])
+            h = state["half"] / 3  # (a third of the map, around it)
+            xr.update(start=c[0] - h * WIDTH / HEIGHT, end=c[0] + h * WIDTH / HEIGHT)
+            yr.update(start=c[1] - h, end=c[1] + h)
 
     def on_select(attr: str, old: list[int], new: list[int]) -> None:
         e, c = state["set"], state["coords"]
@@ -239,8 +251,9 @@ def embeddings(v: View) -> Page:
         i = new[0]
         idx, dist = neighbours(e.vectors, i)
         mapd = np.linalg.norm(c[idx] - c[i], axis=1)
-        near_src.data = {"word": [e.labels[j] for j in idx], "cosine": np.round(dist, 3).tolist(),
-                         "map": np.round(mapd, 2).tolist()}
+        near_src.data = {"word": [e.labels[j] for j in idx],
+                         "cosine": [round(float(d), 3) for d in dist],
+                         "map": [round(float(d), 2) for d in mapd]}
         near_title.text = (f"<b>{esc(t('Nearest neighbours (cosine, original space)'))}: "
                            f"{esc(e.labels[i])}</b>")
         links.data = {"x0": [c[i, 0]] * len(idx), "y0": [c[i, 1]] * len(idx),

@@ -27,7 +27,6 @@ JA: dict[str, str] = {
     "Smoothing": "平滑化",
     "Log scale": "対数スケール",
     "Download CSV": "CSVをダウンロード",
-    "Score vs iteration": "スコアとイテレーション",
     "Score": "スコア",
     "Metrics (training score and logged metrics)": "メトリクス (訓練スコアと記録されたメトリクス)",
     "training score": "訓練スコア",

@@ -26,7 +26,7 @@ from bokeh.models import (  # type: ignore[attr-defined]
 )
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
-from embedviz.server.charts import TOOLS, Lines, color, div, esc, note, set_log_y
+from embedviz.server.charts import TOOLS, Lines, color, div, esc, note
 from embedviz.server.data import (
     Tail,
     ema,
@@ -94,34 +94,42 @@ class View:
 def overview(v: View) -> Page:
     t = v.t
     lines = Lines(v.store, t)
-    score = lines.chart(t("Score vs iteration"), t, y_label=t("Score"), height=300)
     smoothed: list[ColumnDataSource] = []
     smooth = Slider(title=t("Smoothing"), start=0, end=0.99, step=0.01, value=0.6, width=220)
 
     def resmooth(src: ColumnDataSource) -> None:
         src.data["ys"] = ema(np.asarray(src.data["y"]), smooth.value)
 
-    for i, s in enumerate(v.sessions):
-        if "score" not in v.keys(s):
-            continue
-        src, _ = lines.line(score, v.tail(s, "score"), v.label(s), color(i), width=1,
-                            dash="solid")
-        src.data["ys"] = ema(src.data["y"], smooth.value)
-        score.line("iteration", "ys", source=src, color=color(i), line_width=2.2)
-        smoothed.append(src)
-        lines.after[id(src)] = resmooth
-    # the raw lines faint behind the smoothed ones, as TensorBoard draws them
-    for r in score.renderers:
-        if getattr(r.glyph, "y", None) == "y":
-            r.glyph.line_alpha = 0.35
+    score_box = column(sizing_mode="stretch_width")
+    shown: list[Any] = []  # the score chart on the page
+
+    def draw_score(log: bool) -> None:
+        """The score chart (drawn anew for a log axis: BokehJS does not switch one)."""
+        for old in shown:
+            lines.drop(old)
+        shown.clear()
+        smoothed.clear()
+        fig = lines.chart(t("Score"), t, y_label=t("Score"), height=300, log_y=log)
+        for i, s in enumerate(v.sessions):
+            if "score" not in v.keys(s):
+                continue
+            src, raw = lines.line(fig, v.tail(s, "score"), v.label(s), color(i), width=1)
+            raw.glyph.line_alpha = 0.35  # faint behind the smoothed line, as in TensorBoard
+            resmooth(src)
+            fig.line("iteration", "ys", source=src, color=color(i), line_width=2.2)
+            smoothed.append(src)
+            lines.after[id(src)] = resmooth
+        _mark_findings(v, fig)
+        shown.append(fig)
+        score_box.children = [lines.panel(fig)]
 
     def on_smooth(attr: str, old: float, new: float) -> None:
         for src in smoothed:
             resmooth(src)
     smooth.on_change("value_throttled", on_smooth)
-    log_box = CheckboxGroup(labels=[t("Log scale")], active=[])
-    log_box.on_change("active", lambda a, o, n: set_log_y(score, bool(n)))
-    _mark_findings(v, score)
+    log_box = CheckboxGroup(labels=[t("Log scale")], active=[], name="log-scale")
+    log_box.on_change("active", lambda a, o, n: draw_score(bool(n)))
+    draw_score(False)
 
     metrics = lines.chart(t("Metrics (training score and logged metrics)"), t, height=260)
     k = 0
@@ -137,7 +145,7 @@ def overview(v: View) -> Page:
                            width=2.2, dash="dashed" if "acc" in key else "solid")
                 k += 1
     children: list[Any] = [
-        row(smooth, log_box), lines.panel(score),
+        row(smooth, log_box), score_box,
         row(lines.panel(metrics), _info_table(v), sizing_mode="stretch_width")]
     first = v.sessions[0]
     keys, static = v.keys(first), v.static(first)
@@ -328,11 +336,13 @@ def _histograms(v: View, s: SessionInfo, keys: list[str], name: str, module: str
         its_all = list(its)
     if not figs:
         return Div()
-    slider = Slider(title=t("Iteration"), start=0, end=max(len(its_all) - 1, 1), step=1,
-                    value=len(its_all) - 1 if at is None else int(np.searchsorted(its_all, at)),
-                    width=400)
+    pos = len(its_all) - 1 if at is None else min(int(np.searchsorted(its_all, at)), len(its_all) - 1)
+    # (the slider walks the reports; its title says which iteration)
+    slider = Slider(title=f"{t('Iteration')} {its_all[pos]}", start=0, end=max(len(its_all) - 1, 1),
+                    step=1, value=pos, width=400, show_value=False)
 
     def pick(attr: str, old: int, new: int) -> None:
+        slider.title = f"{t('Iteration')} {its_all[min(int(new), len(its_all) - 1)]}"
         for one, hsrc, recs, label in singles:
             j = min(int(new), len(recs) - 1)
             hsrc.data = _hist_cols(recs[j])
@@ -374,7 +384,8 @@ def system(v: View) -> Page:
                     continue
                 fig = fig or lines.chart(t(title), t, height=230)
                 combine = (lambda x, f=scale: x * f) if scale != 1.0 else None
-                lines.line(fig, v.tail(s, key, combine=combine), f"{v.label(s)}: {key.split('/', 1)[1]}", color(k))
+                lines.line(fig, v.tail(s, key, combine=combine),
+                           f"{v.label(s)}: {key.split('/', 1)[1].replace('_bytes', '')}", color(k))
                 k += 1
         if fig is not None:
             figs.append(fig)

@@ -66,6 +66,14 @@ def test_the_overview_shows_the_stored_score_and_ratios(recorded):
     assert len(downloads) == len(lines.figures)  # every chart's lines as CSV
 
 
+def test_sessions_picked_together_are_overlaid(recorded):
+    store, ids = recorded
+    doc, parts = page(store, "overview", sessions=[ids["mlp"]])
+    parts["sessions"].value = [ids["mlp"], ids["w2v"]]  # as the picker does
+    lines = parts["pages"]["overview"].lines
+    assert {t.session for t, _ in lines.items if t.keys == ("score",)} == {ids["mlp"], ids["w2v"]}
+
+
 def test_a_point_written_later_is_streamed_by_the_next_tick(recorded, tmp_path):
     store, ids = recorded
     doc, parts = page(store, "overview", sessions=[ids["mlp"]])
@@ -223,7 +231,7 @@ def test_every_page_string_has_its_japanese_form():
 def test_the_japanese_page_builds(recorded):
     store, ids = recorded
     doc, parts = page(store, "overview", lang="ja", sessions=[ids["mlp"]])
-    assert [p.title for p in parts["tabs"].tabs][:2] == ["概要", "モデル"]
+    assert parts["tabs"].labels[:2] == ["概要", "モデル"]
 
 
 def test_the_server_binds_localhost_and_wants_exact_origins(tmp_path):

@@ -123,6 +123,23 @@ def test_every_page_loads_without_errors_and_its_plots_hold_data(served, browser
     assert errors(browser) == []
 
 
+def test_clicking_a_page_and_picking_sessions_redraw_what_is_shown(served, browser):
+    open_page(browser, f"{served['url']}?page=overview&session={served['mlp']}")
+    assert wait_for(browser, DEEP + "return find(document, 'button', 'Model') !== null")
+    browser.execute_script(DEEP + "find(document, 'button', 'Model').click();")
+    # the model page's layer table, drawn
+    assert wait_for(browser, DEEP + "return find(document, '.slick-cell', 'Linear') !== null", 30)
+    browser.execute_script(DEEP + "find(document, 'button', 'Overview').click();")
+    assert wait_for(browser, DEEP + "return find(document, 'button', 'Download CSV') !== null", 30)
+    browser.execute_script(f"""
+        Bokeh.documents[0].get_model_by_name('sessions').value = [{served['w2v']!r}, {served['mlp']!r}];""")
+    # the overview drawn again for both, the first picked first
+    assert wait_for(browser, "return 1", 1)
+    assert wait_for(browser, DEEP.replace("el.textContent.trim() === text", "el.textContent.includes(text)")
+                    + "return find(document, 'b', 'Model and training: lee-word2vec') !== null", 30)
+    assert errors(browser) == []
+
+
 def test_a_record_written_by_another_process_shows_within_two_seconds(served, browser):
     open_page(browser, f"{served['url']}?page=overview&session={served['mlp']}")
     last = wait_for(browser, """
