@@ -67,7 +67,8 @@ def train_digits_mlp(store: Store, *, epochs: int = 8, frequency: int = 10, lr: 
                 snapshot(epoch + 1)
     for epoch, f in features:
         store.put_embedding(EmbeddingSet(
-            f"{name}: penultimate layer, epoch {epoch}", [f"image {i}" for i in range(len(yva))],
+            f"{name}: penultimate layer, epoch {epoch}",
+            [f"{int(d)} (image {i})" for i, d in enumerate(yva)],
             f, metadata={"digit": [str(int(d)) for d in yva]}, session=listener.session,
             iteration=epoch))
     return listener.session
