@@ -19,6 +19,9 @@ JA: dict[str, str] = {
     "Health": "ヘルス",
     "Embeddings": "埋め込み",
     "Sessions": "セッション",
+    "Session": "セッション",
+    "started": "開始",
+    "last update": "最終更新",
     "Worker": "ワーカー",
     "x axis": "横軸",
     "Iteration": "イテレーション",
@@ -125,11 +128,6 @@ class Messages:
             return "-"
         fmt = "%Y年%m月%d日 %H:%M:%S" if self.lang == "ja" else "%Y-%m-%d %H:%M:%S"
         return time.strftime(fmt, time.localtime(t))
-
-    def number(self, v: float | int) -> str:
-        if isinstance(v, int):
-            return f"{v:,}"
-        return f"{v:,.4g}"
 
 
 def pick_language(asked: str | None, accept_language: str | None) -> str:

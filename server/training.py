@@ -198,7 +198,9 @@ def _info_table(v: View) -> Any:
     """Model and training info of the first session: parameters, layers, optimizer,
     hyperparameters, software, hardware (escaped: names come from the user's code)."""
     s = v.sessions[0]
-    rows = model_rows(v.static(s))
+    last = max((w.last_update or 0 for w in s.workers), default=0) or None
+    rows = [("session", v.t("started"), v.t.when(s.created)),
+            ("session", v.t("last update"), v.t.when(last))] + model_rows(v.static(s))
     body = "".join(f"<tr><td class='ev-sec'>{esc(a)}</td><td>{esc(b)}</td><td>{esc(c)}</td></tr>"
                    for a, b, c in rows)
     head = f"<b>{esc(v.t('Model and training'))}: {esc(v.label(s))}</b>"
@@ -418,7 +420,7 @@ def health(v: View, go: Callable[[str | None, int], None] | None = None) -> Page
     table = DataTable(source=src, sizing_mode="stretch_width", height=400, index_position=None,
                       columns=[TableColumn(field="severity", title=t("severity"), width=70),
                                TableColumn(field="check", title=t("check"), width=130),
-                               TableColumn(field="session", title=t("Sessions"), width=130),
+                               TableColumn(field="session", title=t("Session"), width=130),
                                TableColumn(field="layer", title=t("Layer"), width=90),
                                TableColumn(field="iteration", title=t("Iteration"), width=70),
                                TableColumn(field="message", title=t("message"), width=500)])
