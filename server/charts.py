@@ -21,7 +21,6 @@ from bokeh.models import (  # type: ignore[attr-defined]
     HoverTool,
     InlineStyleSheet,
     Legend,
-    Range1d,
 )
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
@@ -74,7 +73,7 @@ class Lines:
         self.items: list[tuple[Tail, ColumnDataSource]] = []
         self._figure_of: dict[str, Any] = {}  # source id -> its chart
         self._lines_of: dict[str, dict[str, ColumnDataSource]] = {}  # chart id -> its lines
-        self.after: dict[int, Callable[[ColumnDataSource], None]] = {}
+        self.after: dict[str, Callable[[ColumnDataSource], None]] = {}  # source id -> hook
         self.figures: list[Any] = []
         self._hover: dict[str, HoverTool] = {}  # (one per chart, over all its lines)
 
@@ -91,14 +90,22 @@ class Lines:
             k = len(new["iteration"])
             if not k:
                 continue
-            hook = self.after.get(id(src))
-            if hook is not None:
-                new = dict(new, ys=new["y"])
-            src.stream(new)
-            if hook is not None:
-                hook(src)
+            self._put(src, new, stream=True)
             n += k
         return n
+
+    def _put(self, src: ColumnDataSource, data: dict, stream: bool) -> None:
+        """Stream ``data`` into ``src`` or replace its data, then run its ``after`` hook
+        (which fills the derived columns, first as copies of ``y``)."""
+        hook = self.after.get(src.id)
+        if hook is not None:
+            data = dict(data, ys=data["y"])
+        if stream:
+            src.stream(data)
+        else:
+            src.data = data
+        if hook is not None:
+            hook(src)
 
     def zoom(self, fig: Any, field: str, x0: float, x1: float) -> None:
         """Show the lines of ``fig`` between ``x0`` and ``x1`` (of the x column ``field``)
@@ -114,13 +121,7 @@ class Lines:
                 idx = np.arange(max(idx[0] - 1, 0), min(idx[-1] + 2, len(x)))
             if idx.size > MAX_POINTS:
                 idx = idx[downsample_index(cols["iteration"][idx], cols["raw"][idx], MAX_POINTS)]
-            data = {k: np.asarray(v)[idx] for k, v in cols.items()}
-            hook = self.after.get(id(src))
-            if hook is not None:
-                data["ys"] = data["y"]
-            src.data = data
-            if hook is not None:
-                hook(src)
+            self._put(src, {k: np.asarray(v)[idx] for k, v in cols.items()}, stream=False)
 
     def drop(self, fig: Any) -> None:
         """Forget the lines of a chart taken off the page."""
@@ -172,7 +173,6 @@ class Lines:
             hover.renderers = [*hover.renderers, r]
         fig.scatter("iteration", "mark", source=src, marker="x", color="#d62728", size=10,
                     line_width=2)
-        r.tags = [label]
         return src, r
 
 
@@ -222,5 +222,5 @@ def color(i: int) -> str:
     return PALETTE[i % len(PALETTE)]
 
 
-__all__ = ["Lines", "Range1d", "div", "color", "csv_button", "esc", "note",
+__all__ = ["Lines", "div", "color", "csv_button", "esc", "note",
            "set_x_axis"]

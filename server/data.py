@@ -20,7 +20,6 @@ from embedviz.store.series import downsample_index
 #: points a line is read with at first (the store keeps each bucket's min, max, first NaN
 #: and last point, so spikes and divergence stay visible)
 MAX_POINTS = 2000
-KINDS = ("param", "gradient", "update", "activation")
 
 
 def columns(iterations: np.ndarray, values: np.ndarray, wall: np.ndarray, start: float,

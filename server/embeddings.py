@@ -113,9 +113,7 @@ def embeddings(v: View) -> Page:
     session_names = {s.id: v.label(s) for s in store.sessions()}
     # the picked session's snapshots first, when it has any
     first = next((s.id for s in v.sessions if s.id in fams), names[-1])
-    pick = Select(title=t("Embedding set"), value=first, width=320,
-                  options=[(n, f"{session_names.get(n, fams[n][-1].name)} ({fams[n][-1].n} {t('words')})")
-                           for n in names])
+    pick = Select(title=t("Embedding set"), value=first, width=320, options=[])
     snap = Slider(title=t("Snapshot"), start=0, end=1, step=1, value=0, width=320)
     colour = Select(title=t("Colour by"), value="none", options=["none", "cluster"], width=160,
                     name="colour")
@@ -150,14 +148,26 @@ def embeddings(v: View) -> Page:
     sel_src = ColumnDataSource({"word": []}, name="selection")
     sel = DataTable(source=sel_src, width=330, height=200, index_position=None,
                     columns=[TableColumn(field="word", title=t("Selection"))])
-    tsv = Button(label=t("Download TSV"), width=150, button_type="light")
+    tsv = Button(label=t("Download TSV"), width=130, height=26, styles={"font-size": "11px"})
     tsv.js_on_event("button_click", CustomJS(args={"src": sel_src}, code="""
         const blob = new Blob(["word\\n" + src.data.word.join("\\n") + "\\n"], {type: "text/tab-separated-values"});
         const a = document.createElement("a"); a.href = URL.createObjectURL(blob);
         a.download = "selection.tsv"; document.body.appendChild(a); a.click(); a.remove();"""))
     help_ = Div(text=f"<i>{esc(t('Click a word to list its nearest neighbours; lasso or box-select to list a group.'))}</i>",
                 width=330)
-    state: dict[str, Any] = {"set": None, "coords": None, "ref": None, "running": None}
+    state: dict[str, Any] = {"set": None, "coords": None, "running": None, "drawn": None}
+    palette: dict[tuple[str, str], list[str]] = {}  # (set, colour by) -> a colour per point
+
+    def colour_of(e: EmbeddingSet, by: str) -> list[str]:
+        """(cached: "cluster" runs k-means, and a running projection redraws every second)"""
+        if (e.key, by) not in palette:
+            palette[(e.key, by)] = _colour_column(e, by)
+        return palette[(e.key, by)]
+
+    def options() -> list[tuple[str, str]]:
+        return [(n, f"{session_names.get(n, fams[n][-1].name)} ({fams[n][-1].n} {t('words')})")
+                for n in fams]
+    pick.options = options()
 
     def draw(e: EmbeddingSet, p: Projection | None) -> None:
         prev_c, prev_l = state.get("coords"), state["set"].labels if state["set"] is not None else None
@@ -178,7 +188,7 @@ def embeddings(v: View) -> Page:
         for rng, m, half in ((xr, mid[0], h * WIDTH / HEIGHT), (yr, mid[1], h)):
             rng.update(start=m - half, end=m + half, reset_start=m - half, reset_end=m + half)
         data: dict[str, Any] = {"x": c[:, 0], "y": c[:, 1], "word": e.labels,
-                                "color": _colour_column(e, colour.value)}
+                                "color": colour_of(e, colour.value)}
         for col, values in e.metadata.items():
             data[col] = [x if isinstance(x, (int, float, str)) else str(x) for x in values]
         src.data = data
@@ -261,7 +271,7 @@ def embeddings(v: View) -> Page:
 
     def on_colour(attr: str, old: str, new: str) -> None:
         if state["set"] is not None and state["coords"] is not None:
-            src.data["color"] = _colour_column(state["set"], new)
+            src.data["color"] = colour_of(state["set"], new)
 
     pick.on_change("value", on_pick)
     snap.on_change("value", lambda a, o, n: show_set(int(n)))
@@ -277,15 +287,16 @@ def embeddings(v: View) -> Page:
         key, future = running
         got = [p for p in store.projections(key) if p.coords is not None]
         if got:
-            got.sort(key=lambda p: p.updated)
-            state["coords"] = None  # (the running map is not aligned: it moves)
-            draw(store.embedding(key), got[-1])
+            latest = max(got, key=lambda p: p.updated)
+            if state["drawn"] != (latest.id, latest.updated):  # (only what moved)
+                state["drawn"] = (latest.id, latest.updated)
+                state["coords"] = None  # (the running map is not aligned: it moves)
+                draw(store.embedding(key), latest)
         if future.done():
             state["running"] = None
             fams.clear()
             fams.update(families(store))
-            pick.options = [(n, f"{session_names.get(n, fams[n][-1].name)} ({fams[n][-1].n} {t('words')})")
-                            for n in fams]
+            pick.options = options()
 
     on_pick("value", "", pick.value)
     side = column(near_title, near, Div(text=f"<b>{esc(t('Selection'))}</b>"), sel, tsv, help_)

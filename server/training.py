@@ -68,8 +68,6 @@ class View:
     sessions: list[SessionInfo]
     worker: str | None
     t: Messages
-    #: set by the health page's links: show this layer and iteration on the model page
-    focus: Callable[[str | None, int | None], None] | None = None
 
     def tail(self, s: SessionInfo, *keys: str, combine: Callable | None = None) -> Tail:
         return Tail(s.id, self.worker, keys, combine, start=s.created)
@@ -118,7 +116,7 @@ def overview(v: View) -> Page:
             resmooth(src)
             fig.line("iteration", "ys", source=src, color=color(i), line_width=2.2)
             smoothed.append(src)
-            lines.after[id(src)] = resmooth
+            lines.after[src.id] = resmooth
         _mark_findings(v, fig)
         shown.append(fig)
         score_box.children = [lines.panel(fig)]
