@@ -77,16 +77,29 @@ def make_server(store: str = "runs.db", *, port: int = 5006, host: str = "127.0.
                   unused_session_lifetime_milliseconds=30_000)
 
 
-def show(store: Any = "runs.db", *, notebook_url: str = "localhost:8888", lang: str | None = None) -> None:
-    """Embed the app in a Jupyter notebook (as ``%tensorboard`` does): the notebook's
-    kernel serves it. ``store``: a path, URL or open store."""
-    from bokeh.io import output_notebook
-    from bokeh.io import show as bokeh_show
-    from embedviz.server.app_doc import build_document
+def show(store: Any = "runs.db", *, port: int | None = None, lang: str | None = None,
+         height: int = 900) -> Any:
+    """Embed the app in a Jupyter notebook, as ``%tensorboard`` does: the notebook's kernel
+    serves it on 127.0.0.1 (a free port unless ``port`` is given) and the cell shows it in
+    an iframe. ``store``: a path or URL (or an open store: its URL). Returns the server:
+    ``.stop()`` ends it, as restarting the kernel does."""
+    try:
+        from IPython.display import IFrame, display
+    except ImportError:
+        raise EmbedvizError("embedviz.show embeds the app in a Jupyter notebook and needs "
+                            "IPython (pip install ipykernel); elsewhere run `embedviz serve "
+                            "STORE`") from None
+    target = getattr(store, "url", None) or os.fspath(store)
+    if port is None:
+        import socket
 
-    target = store if hasattr(store, "read_series") else open_shared(os.fspath(store))
-    output_notebook(hide_banner=True)
-    bokeh_show(lambda doc: build_document(doc, target, lang=lang), notebook_url=notebook_url)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+    server = make_server(target, port=port, lang=lang)
+    server.start()  # (on the kernel's running event loop)
+    display(IFrame(f"http://localhost:{port}/", width="100%", height=height))
+    return server
 
 
 __all__ = ["APP_DIR", "app_settings", "close_shared", "make_server", "open_shared", "show"]

@@ -24,7 +24,7 @@ log = logging.getLogger("embedviz.server")
 PAGES = ("overview", "model", "system", "health", "embeddings")
 TITLES = {"overview": "Overview", "model": "Model", "system": "System", "health": "Health",
           "embeddings": "Embeddings"}
-POLL_MS = 1000
+POLL_MS = 500
 
 
 def _option(s: SessionInfo) -> tuple[str, str]:

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from embedviz.store import Store
-from embedviz.store.series import downsample_index
 
 #: points a line is read with at first (the store keeps each bucket's min, max, first NaN
 #: and last point, so spikes and divergence stay visible)
@@ -70,41 +69,43 @@ class Tail:
         if fresh:
             self.cursors = [0] * len(self.keys)
         got = []
-        # a combination is downsampled after it is made: the series' own downsamplings keep
-        # different iterations
-        own = max_points if len(self.keys) == 1 else None
         for i, key in enumerate(self.keys):
             s = store.read_series(self.session, key, worker=self.worker, since=self.cursors[i],
-                                  max_points=own)
+                                  max_points=max_points)
             self.cursors[i] = s.cursor
             got.append(s)
-        if len(got) == 1:
-            s = got[0]
-            values, bad = s.values, None
-            if self.combine is not None:
-                bad = ~np.isfinite(values)
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    values = self.combine(values)
-            # (a downsampled read keeps about max_points of many more)
-            self.downsampled |= fresh and max_points is not None and len(values) >= max_points // 2
-            return columns(s.iterations, values, s.wall_times, self.start, bad)
-        # a ratio and the like: the points of the iterations every series has
-        common = got[0].iterations
-        for s in got[1:]:
-            common = np.intersect1d(common, s.iterations)
-        parts = [s.values[np.searchsorted(s.iterations, common)] if len(s) else s.values[:0]
-                 for s in got]
         first = got[0]
-        wall = first.wall_times[np.searchsorted(first.iterations, common)] if len(first) else first.wall_times
-        assert self.combine is not None
-        bad = ~np.logical_and.reduce([np.isfinite(p) for p in parts]) if parts else np.zeros(0, bool)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            values = self.combine(*parts)
-        if max_points is not None and len(values) > max_points:
-            self.downsampled = True
-            keep = downsample_index(common, values, max_points)
-            common, values, wall, bad = common[keep], values[keep], wall[keep], bad[keep]
-        return columns(common, values, wall, self.start, bad)
+        # (a downsampled read keeps about max_points of many more)
+        self.downsampled |= fresh and max_points is not None and len(first) >= max_points // 2
+        values, bad = first.values, None
+        if len(got) > 1:
+            # a ratio and the like, at the first series' points: each other series' own point
+            # where it has one there, else (downsampled, its extremes fall elsewhere) its line
+            # between its neighbours
+            parts = [first.values] + [_at(s, first.iterations) for s in got[1:]]
+            bad = ~np.logical_and.reduce([np.isfinite(p) for p in parts])
+            assert self.combine is not None
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = self.combine(*parts)
+        elif self.combine is not None:
+            bad = ~np.isfinite(values)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                values = self.combine(values)
+        return columns(first.iterations, values, first.wall_times, self.start, bad)
+
+
+def _at(s: Any, iterations: np.ndarray) -> np.ndarray:
+    """Series ``s``'s values at ``iterations``: its own where it has a point, interpolated
+    between its finite points elsewhere (NaN outside its range)."""
+    if len(s) == 0:
+        return np.full(len(iterations), np.nan)
+    pos = np.clip(np.searchsorted(s.iterations, iterations), 0, len(s) - 1)
+    exact = s.iterations[pos] == iterations
+    finite = np.isfinite(s.values)
+    out = np.full(len(iterations), np.nan)
+    if finite.any():
+        out = np.interp(iterations, s.iterations[finite], s.values[finite], left=np.nan, right=np.nan)
+    return np.where(exact, s.values[pos], out)
 
 
 def log10_ratio(update: np.ndarray, param: np.ndarray) -> np.ndarray:

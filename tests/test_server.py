@@ -112,6 +112,35 @@ def test_zooming_in_rereads_the_visible_range_at_full_resolution(tmp_path):
         assert len(score.data["iteration"]) <= MAX_POINTS and score.data["iteration"][-1] == n - 1
 
 
+def test_a_downsampled_ratio_keeps_an_update_spike_at_its_iteration(tmp_path):
+    from embedviz.server.data import Tail, log10_ratio
+
+    from embedviz.records import Summary
+
+    def summary(m):
+        return Summary.trusted(None, count=4, mean=0.0, stdev=m, mean_magnitude=m, min=-m, max=m,
+                               nan_count=0, inf_count=0, zero_fraction=0.0)
+
+    n, spike, broken = 6000, 4321, 5000
+    upd = np.full(n, 1e-3)
+    upd[spike], upd[broken] = 1.0, np.nan
+    param = np.linspace(1.0, 2.0, n)  # (slowly growing weights)
+    with embedviz.open_store(tmp_path / "ratio.db") as store:
+        s = store.create_session(name="r")
+        store.write([Update(s.id, "0", i, summaries={"update/fc.weight": summary(float(upd[i])),
+                                                     "param/fc.weight": summary(float(param[i]))})
+                     for i in range(n)])
+        tail = Tail(s.id, None, ("update/fc.weight/mean_magnitude", "param/fc.weight/mean_magnitude"),
+                    log10_ratio)
+        cols = tail.read(store, max_points=200)
+    assert len(cols["iteration"]) <= 200 and tail.downsampled
+    at = list(cols["iteration"]).index(spike)
+    assert cols["raw"][at] == pytest.approx(np.log10(1.0 / param[spike]))
+    assert broken in cols["iteration"] and np.isnan(cols["y"][list(cols["iteration"]).index(broken)])
+    healthy = np.isfinite(cols["raw"]) & (cols["iteration"] != spike)
+    assert np.allclose(cols["raw"][healthy], np.log10(1e-3 / param[cols["iteration"][healthy]]), atol=1e-3)
+
+
 def test_the_model_page_charts_the_chosen_layer_with_histograms_over_time(recorded):
     store, ids = recorded
     doc, parts = page(store, "model", sessions=[ids["mlp"]])

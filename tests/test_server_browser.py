@@ -191,3 +191,31 @@ def test_a_projection_started_from_the_form_completes_and_is_shown(served, brows
     assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('points').data.x.length == 120", 10)
     shoot(browser, served, "embeddings-projected")
     assert errors(browser) == []
+
+
+def test_show_embeds_the_app_in_a_jupyter_notebook(served, browser):
+    """A real IPython kernel runs ``embedviz.show(store)``; the iframe it displays loads
+    the app in the browser."""
+    import re
+
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        shown: list[dict] = []
+        reply = kc.execute_interactive(
+            f"import embedviz\nserver = embedviz.show({str(served['path'])!r})", timeout=120,
+            output_hook=lambda msg: shown.append(msg["content"]) if msg["msg_type"] in (
+                "display_data", "error", "stream") else None)
+        assert reply["content"]["status"] == "ok", shown
+        html = "".join(c.get("data", {}).get("text/html", "") for c in shown)
+        src = re.search(r'<iframe[^>]*src="(http://localhost:\d+/)"', html)
+        assert src, html
+        # (the kernel serves the page while it waits for the next cell)
+        open_page(browser, f"{src.group(1)}?page=overview&session={served['mlp']}")
+        assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('sessions').value.length")
+        assert errors(browser) == []
+        assert kc.execute_interactive("server.stop()", timeout=60)["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)

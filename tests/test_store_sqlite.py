@@ -230,3 +230,74 @@ def test_a_store_opened_twice_in_one_process_keeps_its_wal_while_another_process
     assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     check.close()
     assert sorted(s.id for s in first.sessions()) == ["a", "b", "c", "d", "e"]
+
+
+def _long_series(store, n, seed=0):
+    """A random walk of ``n`` scores with spikes and NaN, and an update stdev beside it."""
+    from embedviz.records import Summary, Update
+    rng = np.random.default_rng(seed)
+    values = np.cumsum(rng.normal(size=n))
+    values[rng.choice(n, 5, replace=False)] = rng.normal(0, 500, 5)  # spikes both ways
+    values[[n // 3, n // 3 + 1, 2 * n // 3]] = np.nan
+    store.create_session("long")
+    for start in range(0, n, 5000):
+        store.write([Update.trusted("long", "0", i, float(values[i]), None, {}, {
+            "update/fc.weight": Summary.trusted(None, count=4, mean=0.0, stdev=float(values[i]),
+                                                mean_magnitude=1.0, min=-1.0, max=1.0, nan_count=0,
+                                                inf_count=0, zero_fraction=0.0)})
+                     for i in range(start, min(n, start + 5000))])
+    return values
+
+
+def _check_downsampled(ds, values, since_iteration, max_points):
+    """What a full scan would keep: at most max_points real points, the extremes, the first
+    NaN of the range, the last point."""
+    part = values[since_iteration:]
+    its = np.arange(since_iteration, len(values))
+    assert 0 < len(ds) <= max_points
+    real = np.isnan(ds.values) | (ds.values == values[ds.iterations])
+    assert real.all() and np.isnan(values[ds.iterations[np.isnan(ds.values)]]).all()
+    assert np.nanmax(part) in ds.values and np.nanmin(part) in ds.values
+    if np.isnan(part).any():
+        assert its[np.isnan(part)][0] in ds.iterations[np.isnan(ds.values)]
+    assert ds.iterations[-1] == len(values) - 1 and np.all(np.diff(ds.iterations) > 0)
+
+
+@pytest.fixture(scope="module", params=[70_000, 3000])
+def long_store(request, tmp_path_factory):
+    store = embedviz.open_store(tmp_path_factory.mktemp("long") / "long.db")
+    values = _long_series(store, request.param)
+    yield store, values
+    store.close()
+
+
+@pytest.mark.parametrize("max_points", [2000, 200])
+def test_a_long_series_is_read_downsampled_from_its_blocks(long_store, max_points):
+    store, values = long_store
+    n = len(values)
+    full = store.read_series("long", "score")
+    for key in ("score", "update/fc.weight/stdev"):
+        ds = store.read_series("long", key, max_points=max_points)
+        _check_downsampled(ds, values, 0, max_points)
+        assert ds.cursor == full.cursor
+    # from a cursor in the middle of a block: the rows before the first block count too
+    since = int(full.cursor - n // 2 - 7)
+    ds = store.read_series("long", "score", since=since, max_points=max_points)
+    _check_downsampled(ds, values, n - n // 2 - 6, max_points)
+    made = dict(store._conn().execute("SELECT level, count(*) FROM point_blocks GROUP BY level"))
+    assert made == {k: n // 16 ** k for k in range(1, 5) if n // 16 ** k}
+
+
+def test_a_schema_1_store_gets_its_blocks_when_opened_for_writing(tmp_path):
+    path = tmp_path / "old.db"
+    with embedviz.open_store(path) as store:
+        values = _long_series(store, 20_000)
+    conn = sqlite3.connect(path)  # what the previous version wrote: no blocks
+    conn.executescript("DROP TABLE point_blocks; DROP TABLE summary_blocks; PRAGMA user_version = 1;")
+    conn.close()
+    with embedviz.open_store(path, readonly=True) as old:  # read as stored, not upgraded
+        _check_downsampled(old.read_series("long", "score", max_points=1000), values, 0, 1000)
+    with embedviz.open_store(path) as store:
+        assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        _check_downsampled(store.read_series("long", "score", max_points=1000), values, 0, 1000)
+        assert store._conn().execute("SELECT count(*) FROM point_blocks WHERE level = 1").fetchone()[0] == 1250

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from embedviz.errors import NotAStoreError, StoreOpenError, StoreVersionError
 from embedviz.records import (
@@ -40,7 +41,7 @@ from embedviz.records import (
     Update,
     split_stat_key,
 )
-from embedviz.store import codec
+from embedviz.store import blocks, codec
 from embedviz.store.base import (
     EmbeddingInfo,
     HistogramRecord,
@@ -51,7 +52,7 @@ from embedviz.store.base import (
 from embedviz.store.series import Series
 
 APPLICATION_ID = 0x45564253  # "EVBS": marks the file as an embedviz store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the blocks tables (embedviz.store.blocks)
 _SUMMARY_COLS = STATS  # column names in the summaries table
 
 _SCHEMA = f"""
@@ -91,7 +92,7 @@ CREATE TABLE projections (id TEXT PRIMARY KEY, embedding TEXT NOT NULL REFERENCE
                           n_components INTEGER, quality TEXT NOT NULL, state TEXT NOT NULL,
                           progress REAL NOT NULL, iteration INTEGER NOT NULL,
                           message TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
-"""
+""" + blocks.schema()
 
 
 def _nan(value: float | None) -> float:
@@ -122,6 +123,9 @@ class SQLiteStore(Store):
         self._all: list[tuple[int, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._ids: dict[tuple, int] = {}  # committed worker and series ids
+        #: rows this process wrote to a series since it last made that series' blocks
+        self._unblocked: dict[tuple[str, int], int] = {}
+        self._has_blocks = True
         self._check_file()
         self._init_schema()
 
@@ -191,6 +195,11 @@ class SQLiteStore(Store):
             raise StoreVersionError(f"{self.path} was written by a newer embedviz (schema "
                                     f"{version}; this one reads up to {SCHEMA_VERSION}): "
                                     "upgrade embedviz (pip install -U embedviz)")
+        if app_id == APPLICATION_ID and version < 2:
+            if self.readonly:
+                self._has_blocks = False  # (read as stored until a writer upgrades it)
+                return
+            self._add_blocks()
         if app_id == APPLICATION_ID or self.readonly:
             return
         conn.execute("PRAGMA journal_mode = WAL")
@@ -202,6 +211,21 @@ class SQLiteStore(Store):
                     conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _add_blocks(self) -> None:
+        """Upgrade a schema-1 store: make the blocks of every series written so far."""
+        with self._transaction() as conn:
+            if conn.execute("PRAGMA user_version").fetchone()[0] >= 2:
+                return
+            for statement in blocks.schema().split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            todo = [("points", r[0]) for r in conn.execute("SELECT DISTINCT sid FROM points")]
+            todo += [("summaries", r[0]) for r in conn.execute("SELECT DISTINCT tid FROM summaries")]
+            for table, sid in tqdm(todo, desc=f"upgrading {self.path.name}", unit="series",
+                                   disable=None, leave=False):
+                blocks.roll(conn, table, sid)
+            conn.execute("PRAGMA user_version = 2")
 
     def close(self) -> None:
         with self._lock:
@@ -231,18 +255,20 @@ class SQLiteStore(Store):
 
     def _write(self, records: list[Record]) -> None:
         pending: dict[tuple, int] = {}
+        touched: dict[tuple[str, int], int] = {}
         with self._transaction() as conn:
             for r in records:
                 if self.yield_gil:
                     time.sleep(0)  # writers run beside training threads: hand the GIL over often
                 if isinstance(r, Update):
-                    self._write_update(conn, pending, r)
+                    self._write_update(conn, pending, r, touched)
                 elif isinstance(r, Metric):
                     wid = self._id(conn, pending, "workers", (r.session, r.worker))
                     sid = self._id(conn, pending, "series", (wid, "metric/" + r.name))
                     conn.execute("INSERT INTO points (sid, id, update_id, iteration, wall_time, value)"
                                  " SELECT ?, coalesce(max(id), 0) + 1, NULL, ?, ?, ? FROM points "
                                  "WHERE sid = ?", (sid, r.iteration, r.wall_time, r.value, sid))
+                    touched[("points", sid)] = touched.get(("points", sid), 0) + 1
                 elif isinstance(r, Session):
                     conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO "
                                  "UPDATE SET name = coalesce(excluded.name, name), tags = excluded.tags,"
@@ -271,19 +297,32 @@ class SQLiteStore(Store):
                                  (r.id, r.embedding, r.method, codec.dumps(r.params), coords, ncomp,
                                   codec.dumps(r.quality), r.state, r.progress, r.iteration,
                                   r.message, r.created, r.updated))
+            self._make_blocks(conn, touched)
         self._ids.update(pending)  # only ids whose rows are committed
 
-    def _write_update(self, conn: sqlite3.Connection, pending: dict, u: Update) -> None:
+    def _make_blocks(self, conn: sqlite3.Connection, touched: dict[tuple[str, int], int]) -> None:
+        # a series is checked once per FANOUT rows this process wrote to it (and on its first
+        # write here): rows not yet in a block are read as stored, so a late check loses nothing
+        for k, added in touched.items():
+            n = self._unblocked.get(k, blocks.FANOUT - 1) + added
+            if n >= blocks.FANOUT:
+                blocks.roll(conn, *k)
+                n = 0
+            self._unblocked[k] = n
+
+    def _write_update(self, conn: sqlite3.Connection, pending: dict, u: Update,
+                      touched: dict[tuple[str, int], int]) -> None:
         wid = self._id(conn, pending, "workers", (u.session, u.worker))
         uid = conn.execute("INSERT INTO updates (wid, iteration, epoch, wall_time) "
                            "VALUES (?, ?, ?, ?)", (wid, u.iteration, u.epoch, u.wall_time)).lastrowid
         points = [] if u.score is None else [("score", u.score)]
         points += u.scalars.items()
-        conn.executemany(
-            "INSERT INTO points (sid, id, update_id, iteration, wall_time, value) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(self._id(conn, pending, "series", (wid, k)), uid, uid, u.iteration, u.wall_time, v)
-             for k, v in points])
+        rows = [(self._id(conn, pending, "series", (wid, k)), uid, uid, u.iteration, u.wall_time, v)
+                for k, v in points]
+        conn.executemany("INSERT INTO points (sid, id, update_id, iteration, wall_time, value) "
+                         "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        for r in rows:
+            touched[("points", r[0])] = touched.get(("points", r[0]), 0) + 1
         stats, hists = [], []
         for target, sm in u.summaries.items():
             tid = self._id(conn, pending, "series", (wid, target))
@@ -292,6 +331,8 @@ class SQLiteStore(Store):
             if h is not None:
                 hists.append((tid, uid, u.iteration, h.edges.tobytes(), h.counts.tobytes(),
                               h.underflow, h.overflow))
+        for r in stats:
+            touched[("summaries", r[0])] = touched.get(("summaries", r[0]), 0) + 1
         if stats:
             conn.executemany(f"INSERT INTO summaries (tid, id, iteration, wall_time, "
                              f"{', '.join(_SUMMARY_COLS)}) VALUES "
@@ -358,6 +399,10 @@ class SQLiteStore(Store):
         if not sid:
             empty = np.empty(0)
             return Series(key, empty.astype(np.int64), empty, empty, since)
+        if limit is None and max_points is not None and self._has_blocks:
+            got = blocks.read(self._conn(), table, sid[0][0], column, key, since, max_points)
+            if got is not None:
+                return got
         where = f"FROM {table} WHERE {'sid' if table == 'points' else 'tid'} = ? AND id > ?"
         args = (sid[0][0], since)
         sql = f"SELECT id, iteration, wall_time, {column} {where} ORDER BY id"
