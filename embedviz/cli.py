@@ -52,6 +52,34 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from embedviz.health import SEVERITY_RANK, check_session
+
+    with open_store(args.store, readonly=True) as store:
+        sessions = [store.session(args.session)] if args.session else store.sessions()
+        found = []
+        for s in sessions:
+            stored = [f for _, f in store.findings(s.id)]
+            # (a session recorded without the checks: compute them from its series)
+            found += stored or check_session(store, s.id)
+    found.sort(key=lambda f: (SEVERITY_RANK[f.severity], f.session, f.iteration))
+    if args.json:
+        print(json.dumps([f.to_dict() for f in found], indent=1))
+    elif not found:
+        print(f"{args.store}: no findings in {len(sessions)} session(s): nothing to worry about")
+    else:
+        for f in found:
+            value = f.detail.get("value")
+            shown = f"{value:.3g}" if isinstance(value, float) else value
+            print(f"{f.severity.upper():<8}{f.check:<22}{f.session}  {f.layer or '-'}  iteration "
+                  f"{f.iteration}" + (f"  value {shown} (healthy: {f.detail['band']})"
+                                      if "band" in f.detail else ""))
+            print(f"        {f.message}")
+    return 1 if any(f.severity == "error" for f in found) else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from embedviz.demo import run
 
@@ -156,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sessions", help="list sessions, workers, iteration ranges, last update")
     p.add_argument("store", help="store path or URL (e.g. runs.db)")
     p.set_defaults(func=cmd_sessions)
+    p = sub.add_parser("doctor", help="the health findings of a store's sessions, worst first, "
+                       "with advice (exit 1 if one is an error)")
+    p.add_argument("store", nargs="?", default="runs.db", help="store path or URL (default runs.db)")
+    p.add_argument("--session", help="only this session")
+    p.add_argument("--json", action="store_true", help="a JSON list of findings (the export format)")
+    p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("export", help="write every record as JSON lines")
     p.add_argument("store")
     p.add_argument("--session", help="only this session")

@@ -37,7 +37,7 @@ def train_digits_mlp(store: Store, *, epochs: int = 8, frequency: int = 10, lr: 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
                                 torch.nn.ReLU(), torch.nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    listener = StatsListener(store, frequency, session_name=name,
+    listener = StatsListener(store, frequency, session_name=name, num_classes=10,
                              tags={"dataset": "sklearn digits"},
                              hyperparameters={"lr": lr, "momentum": 0.9, "batch_size": 32,
                                               "epochs": epochs})

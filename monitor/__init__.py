@@ -3,7 +3,9 @@
 - :class:`StatsListener`: PyTorch (``attach(model, optimizer)``, ``step(loss)``);
 - :class:`Word2VecListener`: a gensim callback (per-epoch loss, vocabulary snapshots);
 - ``embedviz.monitor.lightning.StatsCallback``: the listener for PyTorch Lightning;
-- :func:`summarize`: the statistics of one tensor.
+- :func:`summarize`: the statistics of one tensor;
+- :func:`preflight`: sanity checks before a long training (loss at chance, overfitting one
+  batch, a gradient check, input scale, labels per batch).
 
 Importing this package imports neither Bokeh nor, until a name is used, torch (the
 listener's worker process runs ``embedviz.monitor._sink`` with numpy alone).
@@ -13,7 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ListenerHandle", "StatsListener", "Word2VecListener", "summarize", "summarize_many"]
+__all__ = ["ListenerHandle", "StatsListener", "Word2VecListener", "preflight", "summarize",
+           "summarize_many"]
 
 
 def __getattr__(name: str) -> Any:
@@ -25,6 +28,10 @@ def __getattr__(name: str) -> Any:
         from embedviz.monitor import stats
 
         return getattr(stats, name)
+    if name == "preflight":
+        from embedviz.monitor._preflight import preflight
+
+        return preflight
     if name == "Word2VecListener":
         from embedviz.monitor.word2vec import Word2VecListener
 

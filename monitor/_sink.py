@@ -20,6 +20,7 @@ batches at most every ``flush_seconds`` (a transaction costs more than its rows)
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import mmap
 import os
@@ -39,6 +40,7 @@ from typing import Any
 import numpy as np
 from embedviz.monitor._report import Report, report_records, rss_bytes
 
+from embedviz.health import Checker
 from embedviz.records import Record
 from embedviz.store import SQLiteStore, Store, open_store
 
@@ -67,8 +69,10 @@ def _warn_once(warned: set[str], kind: str, message: str, exc: BaseException | N
 class BatchWriter:
     """The loop both sinks run: summarize what arrives, write it in batches."""
 
-    def __init__(self, store: Store, flush_seconds: float, pid: int) -> None:
+    def __init__(self, store: Store, flush_seconds: float, pid: int, checks: dict | None = None) -> None:
         self.store, self.flush_seconds, self.pid = store, flush_seconds, pid
+        #: the health checks, run on what is written (``checks``: Checker's arguments)
+        self.checker = None if checks is None else Checker(**checks)
         self.pending: list[Record] = []
         self.last_flush = time.monotonic()
         self.busy_ns = 0
@@ -98,6 +102,7 @@ class BatchWriter:
               done: Callable[[int], None]) -> None:
         if not isinstance(item, Report):
             self.pending.extend(item)
+            self._check(item)
             return
         try:
             try:
@@ -110,6 +115,16 @@ class BatchWriter:
         except Exception as exc:  # a bug or a bad tensor must not stop the others
             self.failed += 1
             self.warn(f"report:{type(exc).__name__}", "could not summarize a report", exc)
+            return
+        self._check(records)
+
+    def _check(self, records: list[Record]) -> None:
+        if self.checker is None:
+            return
+        try:
+            self.pending.extend(self.checker.feed(records))
+        except Exception as exc:  # (a check's bug costs its findings, never the records)
+            self.warn(f"checks:{type(exc).__name__}", "the health checks failed", exc)
 
     def flush(self) -> None:
         batch, self.pending, self.last_flush = self.pending, [], time.monotonic()
@@ -149,7 +164,7 @@ class ThreadSink:
 
     def __init__(self, store: Store, pool: Any, *, max_pending: int = 4,
                  flush_seconds: float = 1.0, close_timeout: float = 5.0,
-                 name: str = "embedviz-writer") -> None:
+                 name: str = "embedviz-writer", checks: dict | None = None) -> None:
         self.pool, self.max_pending, self.close_timeout = pool, max_pending, close_timeout
         self.pid = os.getpid()
         self.dropped = 0
@@ -157,7 +172,7 @@ class ThreadSink:
         self._waiting = [0, 0]  # reports, record lists in the queue
         self._lock = threading.Lock()
         self._closed = False
-        self.writer = BatchWriter(store, flush_seconds, self.pid)
+        self.writer = BatchWriter(store, flush_seconds, self.pid, checks)
         self._thread = threading.Thread(target=self.writer.run, name=name, daemon=True,
                                         args=(self._receive, self._flat, self._done))
         self._thread.start()
@@ -229,7 +244,7 @@ class ProcessSink:
     reports then go to a thread: see StatsListener)."""
 
     def __init__(self, store: SQLiteStore, pool: Any, *, close_timeout: float = 5.0,
-                 flush_seconds: float = 1.0) -> None:
+                 flush_seconds: float = 1.0, checks: dict | None = None) -> None:
         self.pool, self.close_timeout = pool, close_timeout
         self._warned: set[str] = set()
         self.pid = os.getpid()
@@ -256,7 +271,8 @@ class ProcessSink:
             with theirs:
                 self._proc = subprocess.Popen(
                     [sys.executable, "-m", "embedviz.monitor._sink", store.url,
-                     str(theirs.fileno()), str(self._bell), str(self.pid), str(flush_seconds)],
+                     str(theirs.fileno()), str(self._bell), str(self.pid), str(flush_seconds),
+                     json.dumps(checks)],
                     pass_fds=(theirs.fileno(), self._bell), stdin=subprocess.DEVNULL)
         except BaseException:
             self._sock.close()
@@ -429,7 +445,8 @@ def _receive_from(sock: socket.socket, bell: int, maps: dict[int, np.ndarray]) -
     return receive
 
 
-def main(url: str, fd: int, bell: int, parent: int, flush_seconds: float) -> None:
+def main(url: str, fd: int, bell: int, parent: int, flush_seconds: float,
+         checks: dict | None = None) -> None:
     """The worker process: read reports from socket ``fd`` when eventfd ``bell`` rings,
     write them to ``url``."""
     try:  # training comes first: never preempted on a wakeup (SCHED_BATCH), and a small
@@ -442,7 +459,7 @@ def main(url: str, fd: int, bell: int, parent: int, flush_seconds: float) -> Non
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)  # (socket.recv_fds and send_fds drop their flags argument)
     maps: dict[int, np.ndarray] = {}
-    writer = BatchWriter(open_store(url), flush_seconds, parent)
+    writer = BatchWriter(open_store(url), flush_seconds, parent, checks)
     if isinstance(writer.store, SQLiteStore):
         writer.store.yield_gil = False  # (no training thread here to yield to)
 
@@ -470,4 +487,4 @@ if __name__ == "__main__":
     from embedviz.monitor import _sink
 
     _sink.main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]),
-               float(sys.argv[5]))
+               float(sys.argv[5]), json.loads(sys.argv[6]) if len(sys.argv) > 6 else None)

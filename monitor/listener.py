@@ -24,6 +24,7 @@ from embedviz.monitor._sink import ProcessSink, Report, ThreadSink
 from embedviz.monitor._static import shapes, static_info
 
 from embedviz.errors import InvalidRecordError
+from embedviz.health import Checker
 from embedviz.records import Metric, Session
 from embedviz.store import SQLiteStore, Store, open_store
 
@@ -110,6 +111,11 @@ class StatsListener:
     close_timeout: seconds ``remove()``/``close()`` waits for pending reports.
     flush_seconds: reports are written in batches at most this often: a report is in the
         store about this long after it was taken.
+    num_classes: the classes of a cross-entropy score: the health checks compare the first
+        score with chance, ln(num_classes).
+    checks: run the health checks (embedviz.health) on the background path as reports
+        arrive, writing their findings; False: none; a dict: parameters per check
+        (``{"dead_units": {"threshold": 0.95}}``, ``{"loss_noisy": False}``).
     background: where summaries are made: ``"process"``, a worker process at a low
         scheduling priority (CPU tensors, an SQLite store, Linux); ``"thread"``, a thread of
         this process; ``"auto"``: the process for models of at least PROCESS_PARAMETERS
@@ -123,7 +129,8 @@ class StatsListener:
                  histograms: bool = True, activations: bool = True, bins: int = 20,
                  sample_limit: int | None = 4096,
                  max_pending: int = 4, close_timeout: float = 5.0, flush_seconds: float = 1.0,
-                 background: str = "auto") -> None:
+                 background: str = "auto", num_classes: int | None = None,
+                 checks: bool | dict = True) -> None:
         _check_int("frequency", frequency, 1, hint=": report every `frequency` iterations, e.g. 10")
         _check_int("bins", bins, 2, 10_000)
         _check_int("max_pending", max_pending, 1)
@@ -135,11 +142,22 @@ class StatsListener:
         if background not in BACKGROUNDS:
             raise InvalidRecordError(f"background must be one of {', '.join(BACKGROUNDS)} "
                                      f"(got {background!r})")
+        if num_classes is not None:
+            _check_int("num_classes", num_classes, 2, hint=": the classes of a cross-entropy score")
+        if not isinstance(checks, (bool, dict)):
+            raise InvalidRecordError(f"checks must be True, False or a dict of per-check "
+                                     f"parameters (got {type(checks).__name__})")
+        #: the health checks' arguments (None: no checks)
+        self._checks: dict[str, Any] | None = None if checks is False else {
+            "num_classes": num_classes, "options": checks if isinstance(checks, dict) else None}
+        if self._checks is not None:
+            Checker(**self._checks)  # (bad options fail here, not in the background)
         self.store = open_store(store)
         self._owns_store = self.store is not store  # (opened here: closed here)
         self.frequency = frequency
-        record = (Session(name=session_name, tags=tags or {}) if session is None
-                  else Session(id=session, name=session_name, tags=tags or {}))
+        info = {} if num_classes is None else {"num_classes": num_classes}
+        record = (Session(name=session_name, tags=tags or {}, info=info) if session is None
+                  else Session(id=session, name=session_name, tags=tags or {}, info=info))
         self.session, self._session_record = record.id, record
         self.worker = str(worker)
         self.hyperparameters = dict(hyperparameters or {})
@@ -218,12 +236,13 @@ class StatsListener:
         self._static_sent = self._static_sent and not thread
         try:
             self._sink = ProcessSink(self.store, self._pool, close_timeout=self.close_timeout,  # type: ignore[arg-type]
-                                     flush_seconds=self.flush_seconds) if process else None
+                                     flush_seconds=self.flush_seconds, checks=self._checks) if process else None
         except Exception as exc:  # (its buffers serve a thread as well)
             self._warn_once("process", "could not start the worker process; summarizing on a "
                             "thread instead", exc)
         self._sink = self._sink or ThreadSink(self.store, self._pool, max_pending=self.max_pending,
-                                              flush_seconds=self.flush_seconds, close_timeout=self.close_timeout)
+                                              flush_seconds=self.flush_seconds,
+                                              close_timeout=self.close_timeout, checks=self._checks)
         if not self._static_sent:
             self._sink.submit([self._session_record])
 

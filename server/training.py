@@ -41,9 +41,8 @@ from embedviz.server.data import (
 )
 from embedviz.server.messages import Messages
 
+from embedviz.health import SEVERITY_RANK
 from embedviz.store import SessionInfo, Store
-
-SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
 
 
 @dataclass

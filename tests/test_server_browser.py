@@ -104,7 +104,8 @@ def shoot(driver, served, name: str) -> None:
 
 @pytest.mark.parametrize("name", PAGES)
 def test_every_page_loads_without_errors_and_its_plots_hold_data(served, browser, name):
-    open_page(browser, f"{served['url']}?page={name}&session={served['w2v' if name == 'embeddings' else 'mlp']}")
+    sessions = {"embeddings": served["w2v"], "health": f"{served['bad']},{served['mlp']}"}
+    open_page(browser, f"{served['url']}?page={name}&session={sessions.get(name, served['mlp'])}")
     held = wait_for(browser, """
         const doc = Bokeh.documents[0];
         let points = 0;
@@ -119,6 +120,7 @@ def test_every_page_loads_without_errors_and_its_plots_hold_data(served, browser
     assert held and held >= least, f"the {name} page holds {held} data points"
     if name == "health":
         assert wait_for(browser, DEEP + "return find(document, '.slick-cell', 'NaN in the loss') !== null")
+        assert wait_for(browser, DEEP + "return find(document, '.slick-cell', 'dead_units') !== null")
     shoot(browser, served, name)
     assert errors(browser) == []
 
