@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -142,6 +143,7 @@ def cmd_tsne(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedviz", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a small net and a word2vec model, record both")
     p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
@@ -209,8 +211,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except (EmbedvizError, OSError) as exc:  # ProjectionError is an EmbedvizError
-        print(f"embedviz {args.command}: error: {exc}", file=sys.stderr)
+    except (EmbedvizError, OSError, sqlite3.DatabaseError) as exc:
+        if args.debug:
+            raise
+        why = str(exc)
+        if isinstance(exc, sqlite3.DatabaseError):  # (a store damaged after it was opened)
+            why = (f"the store is damaged or unreadable ({exc}): restore it from a copy, or "
+                   "recover what is left with `sqlite3 FILE .recover`")
+        print(f"embedviz {args.command}: error: {why} (--debug shows where)", file=sys.stderr)
         return 2
 
 

@@ -15,8 +15,8 @@ defaults: ``Checker(num_classes=10, options={"dead_units": {"threshold": 0.95}})
 
 from __future__ import annotations
 
+import bisect
 import math
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -84,6 +84,7 @@ class History:
         self.order: list[str] = []  # modules in forward order
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.reports = 0
+        self.start = self.best = math.nan  # (the first finite score, the lowest)
         self.lr = math.nan  # (the first parameter group's, now and at most)
         self.max_lr = math.nan
         self.memo: dict = {}  # (what the checks derive from this report's keys)
@@ -101,6 +102,9 @@ class History:
         score = math.nan if u.score is None else float(u.score)
         self.scores.append(score)
         self.all_scores.append((u.iteration, score))
+        if math.isfinite(score):
+            self.start = score if math.isnan(self.start) else self.start
+            self.best = score if not self.best <= score else self.best
         lrs = [float(v) for k, v in u.scalars.items() if k.startswith("lr/")]
         if lrs:
             self.lr = lrs[0]
@@ -207,8 +211,7 @@ def loss_diverging(h: History, jump: float, rise: float, reports: int) -> list[H
     finite = s[np.isfinite(s)]
     if len(finite) < 3 or not math.isfinite(s[-1]):
         return []
-    best = min(v for _, v in h.all_scores if math.isfinite(v))
-    start = next(v for _, v in h.all_scores if math.isfinite(v))
+    best, start = h.best, h.start
     recent = np.median(finite[-11:-1])
     now = s[-1]
     # (a noisy batch of a well-trained net can be 10x its neighbours: a jump must also
@@ -252,10 +255,10 @@ def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
     s = np.array(h.scores)[-window:]
     if len(s) < window or not np.isfinite(s).all():
         return []
-    x = np.arange(len(s))
-    trend = np.polyval(np.polyfit(x, s, 1), x)
+    x = np.arange(len(s)) - (len(s) - 1) / 2
     level = abs(float(np.mean(s)))
-    r = float(np.std(s - trend)) / level if level else 0.0
+    slope = float(x @ (s - s.mean())) / float(x @ x)
+    r = float(np.std(s - s.mean() - slope * x)) / level if level else 0.0
     if r <= ratio:
         return []
     return [Hit(None, h.iterations[-window], r, f"noise / level <= {_fmt(ratio)}",
@@ -338,19 +341,25 @@ def exploding_gradients(h: History, spike: float, growth: float, window: int) ->
     names, g = h.matrix("gradient", "mean_magnitude")
     if g.shape[1] < 4:
         return []
-    now = g[:, -1]
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # (a tensor with no finite report yet)
-        med = np.nanmedian(np.where(np.isfinite(g[:, -window - 1:-1]), g[:, -window - 1:-1], np.nan), axis=1) \
-            if np.isfinite(g[:, -window - 1:-1]).any() else np.full(len(names), np.nan)
-        first = np.array([h.first.get((f"gradient/{p}", "mean_magnitude"), np.nan) for p in names])
-        spiked = (med > 0) & (now > spike * med)
+    now, before = g[:, -1], g[:, -window - 1:-1]
+    first = np.array([h.first.get((f"gradient/{p}", "mean_magnitude"), np.nan) for p in names])
+    with np.errstate(all="ignore"):
+        # (the window's smallest finite value first: its median is needed only where now is
+        # far above that, which is rare)
+        low = np.fmin.reduce(np.where(np.isfinite(before), before, np.nan), axis=1)
         grown = (first > 0) & (now > growth * first)
+        maybe = np.isfinite(now) & (((low > 0) & (now > spike * low)) | grown)
     out = []
-    for i in np.flatnonzero(np.isfinite(now) & (spiked | grown)):
+    for i in np.flatnonzero(maybe):
         p = names[i]
-        why = (f"{_fmt(now[i] / med[i])}x its recent median" if spiked[i]
-               else f"{_fmt(now[i] / first[i])}x its first report")
+        finite = before[i][np.isfinite(before[i])]
+        med = float(np.median(finite)) if finite.size else math.nan
+        if med > 0 and now[i] > spike * med:
+            why = f"{_fmt(now[i] / med)}x its recent median"
+        elif grown[i]:
+            why = f"{_fmt(now[i] / first[i])}x its first report"
+        else:
+            continue
         out.append(Hit(p, h.iterations[-1], float(now[i]), f"< {_fmt(spike)}x the recent median",
                        f"The gradient of {p} exploded: mean |gradient| {_fmt(now[i])}, {why}. Clip "
                        "gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, "
@@ -470,9 +479,9 @@ def overfitting(h: History, rise: float, points: int) -> list[Hit]:
             continue
         if not vals[best] > 0 or vals[-1] <= vals[best] * (1 + rise):
             continue
-        train = [(i, s) for i, s in h.all_scores if math.isfinite(s)]
-        at = [s for i, s in train if i <= its[best]][-3:]
-        after = [s for i, s in train if i > its[best]][-3:]
+        cut = bisect.bisect_right(h.all_scores, (int(its[best]), math.inf))
+        at = [v for _, v in h.all_scores[max(0, cut - 3):cut] if math.isfinite(v)]
+        after = [v for _, v in h.all_scores[-3:] if math.isfinite(v)] if cut < len(h.all_scores) else []
         if not at or not after or np.mean(after) >= np.mean(at):
             continue
         out.append(Hit(None, int(its[best]), float(vals[-1] / vals[best]),

@@ -49,6 +49,9 @@ PROJECTION_STATES = ("pending", "running", "done", "failed", "interrupted")
 _RESERVED_SCALAR_PREFIXES = tuple(k + "/" for k in KINDS) + ("metric/",)
 
 
+INT64_MAX = 2**63 - 1
+
+
 def _fail(what: str, value: Any, way_out: str) -> InvalidRecordError:
     return InvalidRecordError(f"{what} (got {value!r}): {way_out}")
 
@@ -67,6 +70,8 @@ def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise _fail(f"{name} must be an integer >= {minimum}", value,
                     f"pass {name} as a whole number, e.g. int({name})")
+    if value > INT64_MAX:  # (what the stores and numpy hold)
+        raise _fail(f"{name} must be at most 2**63 - 1", value, f"check where {name} comes from")
 
 
 def _to_float(name: str, value: Any) -> float:
@@ -76,7 +81,10 @@ def _to_float(name: str, value: Any) -> float:
             return _to_float(name, value.item())  # 0-d tensors and arrays
         raise _fail(f"{name} must be a number", value,
                     f"convert it first, e.g. float({name}) or loss.item()")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # (an integer beyond any float)
+        raise _fail(f"{name} is too large for a float", value, f"check where {name} comes from") from None
 
 
 def _check_json_dict(name: str, value: Any) -> dict:

@@ -1,4 +1,4 @@
-"""A zoo of trainings on scikit-learn's digits, broken on purpose and healthy, recorded with
+"""A zoo of trainings (MLPs and CNNs) on scikit-learn's digits, broken on purpose and healthy, recorded with
 StatsListener (its health checks on): what each check is for, and what must stay quiet.
 
     python examples/zoo.py [runs.db]      # then: embedviz doctor runs.db, or embedviz serve
@@ -96,7 +96,7 @@ def cnn() -> nn.Sequential:
 def scaled(module: nn.Sequential, weight: float = 1.0, bias: float | None = None) -> nn.Sequential:
     with torch.no_grad():
         for m in module[:-1]:
-            if isinstance(m, nn.Linear):
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
                 m.weight.mul_(weight)
                 if bias is not None:
                     m.bias.fill_(bias)
@@ -129,6 +129,8 @@ BROKEN = [
     Run("lr-too-low-ratio", mlp, sgd(1e-5, 0.0), ("update_ratio_low", "0.weight", 0)),
     Run("tanh-saturated", lambda: scaled(mlp(nn.Tanh), weight=30.0), sgd(0.01), ("saturation", "1", 0)),
     Run("relu-dead", lambda: scaled(mlp(), bias=-10.0), sgd(0.05), ("dead_units", "1", 0)),
+    Run("cnn-relu-dead", lambda: scaled(cnn(), bias=-10.0), sgd(0.05), ("dead_units", "1", 0),
+        image=True),
     Run("nan-planted", poisoned, sgd(0.05), ("nan", "2", 100)),
     Run("overfitting", lambda: mlp(hidden=256), adam(3e-3), ("overfitting", None, 0), iterations=400,
         train_size=60, batch=60),

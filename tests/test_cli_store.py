@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import sqlite3
 import subprocess
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 
 import embedviz
 from embedviz.cli import main
+from embedviz.records import Update
 from tests.conftest import make_update
 
 
@@ -86,13 +88,32 @@ def test_a_truncated_last_line_is_named_as_such(filled, tmp_path):
     (b'{"type": "update", "session": "s"}\n', "bad update record"),
     (b'{"type": "weights"}\n', "unknown record type"),
     (b'[1, 2]\n', "must be a JSON object"),
-    (b'\xff\xfe\n', "line 1 is not UTF-8"),
+    (b'\xff\xfe\n', "line 1 is malformed \\(not UTF-8"),
+    (b'{"type": "session", "session": "s"}\n{"type": "session", "session": "t"}\n\xff\n', "line 3 is malformed \\(not UTF-8"),
+    (b"[" * 100_000 + b"\n", "nested too deeply"),
+    (b'{"type": "session", "session": "s"}\n{"type": "update", "session": "s", "worker": "0", '
+     b'"iteration": 1000000000000000000000000000000}\n', "line 2 is malformed.*at most 2\\*\\*63"),
+    (b'{"type": "session", "session": "s"}\n{"type": "metric", "session": "s", "name": "m", '
+     b'"value": 1e999999, "iteration": 9223372036854775808}\n', "line 2 is malformed"),
 ])
-def test_bad_lines_get_clear_errors(tmp_path, content, match):
+def test_bad_lines_get_clear_errors_and_nothing_is_imported(tmp_path, content, match):
     f = tmp_path / "bad.jsonl"
     f.write_bytes(content)
-    with pytest.raises(embedviz.ImportFormatError, match=match):
-        embedviz.open_store(":memory:").import_jsonl(f)
+    for store in (embedviz.open_store(":memory:"), embedviz.open_store(tmp_path / "s.db")):
+        store.create_session("before")
+        with pytest.raises(embedviz.ImportFormatError, match=match):
+            store.import_jsonl(f)
+        assert [x.id for x in store.sessions()] == ["before"]
+        store.close()
+
+
+def test_skip_bad_skips_a_line_that_is_not_utf8_and_imports_the_rest(tmp_path):
+    f = tmp_path / "mixed.jsonl"
+    f.write_bytes(b'{"type": "session", "session": "s"}\n\xff\xfe\n{"type": "session", "session": "t"}\n')
+    store = embedviz.open_store(":memory:")
+    report = store.import_jsonl(f, skip_bad=True)
+    assert [line for line, _ in report.bad_lines] == [2]
+    assert {x.id for x in store.sessions()} == {"s", "t"}
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
@@ -123,6 +144,9 @@ def test_the_demo_records_its_trainings_snapshots_and_maps(tmp_path, capsys):
     # the planted fault: its score never leaves chance (ln 10)
     bad = s.read_series(names["digits-mlp-lr-too-high"].id, "score").values
     assert abs(bad[-1] - np.log(10)) < 0.3 and s.read_series(mlp, "score").values[-1] < 0.5
+    # and the listener's health checks said so while it trained; the healthy run got no warning
+    assert "dead_units" in {f.check for _, f in s.findings(names["digits-mlp-lr-too-high"].id)}
+    assert [f.check for _, f in s.findings(mlp) if f.severity != "info"] == []
     # the penultimate layer's snapshots, coloured by digit, separate as the network learns
     snaps = s.embeddings(mlp)
     assert [e.iteration for e in snaps] == [0, 2, 8]
@@ -131,3 +155,18 @@ def test_the_demo_records_its_trainings_snapshots_and_maps(tmp_path, capsys):
     assert set(s.embedding(snaps[-1].key).metadata["digit"]) == {str(d) for d in range(10)}
     assert len(s.projections()) == 6 and knn[-1] > 0.2
     assert (tmp_path / "vocab.html").stat().st_size > 100_000
+
+
+def test_a_store_damaged_mid_file_gets_one_line_not_a_traceback(tmp_path, capsys):
+    path = tmp_path / "damaged.db"
+    with embedviz.open_store(path) as store:
+        store.create_session("s")
+        store.write([Update("s", "0", i, score=1.0, scalars={"lr/0": 0.1}) for i in range(3000)])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8192] = b"\xa5" * 8192  # pages in the middle
+    path.write_bytes(bytes(data))
+    code = main(["export", str(path), "-o", str(tmp_path / "x.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "damaged" in err and "Traceback" not in err
+    with pytest.raises(sqlite3.DatabaseError):
+        main(["--debug", "export", str(path), "-o", str(tmp_path / "x.jsonl")])

@@ -289,25 +289,21 @@ class Store(ABC):
         """
         report = ImportReport()
         parsed: list[Record] = []
-        with open(source, encoding="utf-8", errors="strict") as f:
-            lineno = 0
-            while True:
-                try:
-                    line = f.readline()
-                except UnicodeDecodeError as exc:
-                    raise ImportFormatError(f"{source}: line {lineno + 1} is not UTF-8 ({exc}): "
-                                            "is this a file from `embedviz export`?",
-                                            line=lineno + 1, path=str(source)) from None
-                if not line:
-                    break
-                lineno += 1
-                if not line.strip():
+        with open(source, "rb") as f:  # (decoded a line at a time: a bad byte names its line)
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
                 try:
+                    line = raw.decode("utf-8")
                     parsed.append(record_from_dict(codec.loads(line)))
-                except (ValueError, KeyError, TypeError) as exc:
-                    reason = str(exc) or type(exc).__name__
-                    if not line.endswith("\n"):  # what a killed exporter leaves behind
+                except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                    if isinstance(exc, UnicodeDecodeError):
+                        reason = f"not UTF-8 ({exc}): is this a file from `embedviz export`?"
+                    elif isinstance(exc, RecursionError):
+                        reason = "JSON nested too deeply"
+                    else:
+                        reason = str(exc) or type(exc).__name__
+                    if not raw.endswith(b"\n"):  # what a killed exporter leaves behind
                         reason = "truncated last line: " + reason
                     if not skip_bad:
                         raise ImportFormatError(
