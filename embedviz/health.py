@@ -72,7 +72,9 @@ class Hit:
 class History:
     """The last ``WINDOW`` reports of each series a check reads, and the first of each."""
 
-    STATS = ("mean", "stdev", "mean_magnitude", "zero_fraction", "nan_count", "inf_count")
+    #: what the checks read of each kind (NaN and Inf only of the newest report: ``bad``)
+    STATS = {"activation": ("mean", "stdev", "mean_magnitude", "zero_fraction")}
+    OTHER = ("mean_magnitude",)
 
     def __init__(self) -> None:
         self.iterations: deque[int] = deque(maxlen=WINDOW)
@@ -87,6 +89,7 @@ class History:
         self.start = self.best = math.nan  # (the first finite score, the lowest)
         self.lr = math.nan  # (the first parameter group's, now and at most)
         self.max_lr = math.nan
+        self.bad: set[str] = set()
         self.memo: dict = {}  # (what the checks derive from this report's keys)
         self._by_name: dict[str, dict] = {}
 
@@ -110,20 +113,22 @@ class History:
             self.lr = lrs[0]
             self.max_lr = self.lr if not self.max_lr >= self.lr else self.max_lr
         seen = set()
-        self.any_bad = False  # (a NaN or Inf anywhere in this report's tensors)
-        for key, s in u.summaries.items():
-            self.any_bad = self.any_bad or s.nan_count > 0 or s.inf_count > 0
-            for stat in self.STATS:
+        #: the tensors with a NaN or Inf in this report
+        self.bad = {key for key, sm in u.summaries.items() if sm.nan_count > 0 or sm.inf_count > 0}
+        for key, sm in u.summaries.items():
+            for stat in self.STATS.get(key.partition("/")[0], self.OTHER):
                 k = (key, stat)
+                value = float(getattr(sm, stat))
                 q = self.values.get(k)
                 if q is None:
                     q = self.values[k] = deque([math.nan] * (len(self.iterations) - 1), maxlen=WINDOW)
-                    self.first[k] = float(getattr(s, stat))
-                q.append(float(getattr(s, stat)))
+                    self.first[k] = value
+                q.append(value)
                 seen.add(k)
-        for k, q in self.values.items():
-            if k not in seen:
-                q.append(math.nan)
+        if len(seen) != len(self.values):
+            for k, q in self.values.items():
+                if k not in seen:
+                    q.append(math.nan)
 
     def matrix(self, kind: str, stat: str) -> tuple[list[str], np.ndarray]:
         """Every tensor of ``kind``: their names and a (tensors, reports) array of ``stat``."""
@@ -150,7 +155,9 @@ class History:
         return got
 
     def _keys(self, kind: str) -> list[str]:
-        names = {k[0].split("/", 1)[1] for k in self.values if k[1] == "mean" and k[0].startswith(kind + "/")}
+        prefix = kind + "/"
+        names = {k[0][len(prefix):] for k in self.values
+                 if k[1] == "mean_magnitude" and k[0].startswith(prefix)}
         rank = {m: i for i, m in enumerate(self.order)}
 
         def where(name: str) -> tuple[int, str]:
@@ -182,7 +189,7 @@ def _trailing(held: np.ndarray, n: int) -> bool:
 
 # ---------------------------------------------------------------------------- the checks
 def nan(h: History) -> list[Hit]:
-    if not h.any_bad and math.isfinite(h.scores[-1]):
+    if not h.bad and math.isfinite(h.scores[-1]):
         return []
     bad = [k for k in h.keys("activation") if _bad(h, f"activation/{k}")]
     where = [f"activation/{k}" for k in bad]
@@ -201,9 +208,7 @@ def nan(h: History) -> list[Hit]:
 
 
 def _bad(h: History, key: str) -> bool:
-    n = h.series(key, "nan_count", 1)
-    i = h.series(key, "inf_count", 1)
-    return bool((n.size and n[-1] > 0) or (i.size and i[-1] > 0))
+    return key in h.bad
 
 
 def loss_diverging(h: History, jump: float, rise: float, reports: int) -> list[Hit]:
@@ -298,6 +303,13 @@ def _find_weights(h: History) -> list[str]:
 
 
 def _ratio(h: History, p: str) -> np.ndarray:
+    got = h.memo.get(("ratio", p))
+    if got is None:
+        got = h.memo[("ratio", p)] = _log_ratio(h, p)
+    return got
+
+
+def _log_ratio(h: History, p: str) -> np.ndarray:
     u = h.series(f"update/{p}", "mean_magnitude")
     w = h.series(f"param/{p}", "mean_magnitude")
     n = min(len(u), len(w))

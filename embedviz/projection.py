@@ -369,7 +369,7 @@ def quality(x: np.ndarray, y: np.ndarray, *, k: int = 10, sample: int = 1000,
     idx = np.random.default_rng(random_state).choice(n, size=min(sample, n), replace=False)
     xs, ys = np.asarray(x, dtype=np.float32)[idx], np.asarray(y, dtype=np.float32)[idx]
     m = len(idx)
-    kk = max(1, min(k, m - 2))
+    kk = max(1, min(k, (m - 1) // 2))  # (trustworthiness needs k < m / 2)
     if m < 3:
         return {"knn_preservation": float("nan"), "trustworthiness": float("nan"), "k": kk, "sample": m}
     nx = NearestNeighbors(n_neighbors=kk + 1).fit(xs).kneighbors(xs, return_distance=False)[:, 1:]
@@ -449,7 +449,9 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
         est.callback = stream
     try:
         coords = est.fit_transform(vocab.vectors)
-    except Exception as exc:
+        xq = _l2_normalize(vocab.vectors) if getattr(est, "normalize", False) else vocab.vectors
+        measured = quality(xq, coords, sample=quality_sample)
+    except Exception as exc:  # (never left "running" in the store)
         if store is not None:
             record.state, record.message = "failed", f"{type(exc).__name__}: {exc}"
             store.put_projection(record)
@@ -457,8 +459,7 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
     finally:
         if isinstance(est, BarnesHutTsne):
             est.callback = user_callback
-    xq = _l2_normalize(vocab.vectors) if getattr(est, "normalize", False) else vocab.vectors
-    record.quality = quality(xq, coords, sample=quality_sample)
+    record.quality = measured
     if hasattr(est, "kl_divergence_"):
         record.quality["kl_divergence"] = est.kl_divergence_
     record.coords = coords

@@ -369,8 +369,15 @@ def _from_path(path: Path, labels: Any, metadata: Any, binary: bool | None,
     if suffix == ".npy":
         if labels is None:
             raise ProjectionError(f"{path}: a .npy array needs labels= (a file with one label a line)")
-        return Vocabulary(_labels_from(labels, notes), np.load(path, allow_pickle=False), {},
-                          path.stem, notes)
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # (object arrays, a damaged file)
+            raise ProjectionError(f"{path}: not a numeric .npy array ({exc}): save the vectors "
+                                  "with np.save(path, vectors.astype(np.float32))") from None
+        if vectors.dtype.kind not in "fiu":
+            raise ProjectionError(f"{path}: holds {vectors.dtype} values, not numbers: save the "
+                                  "vectors as floats")
+        return Vocabulary(_labels_from(labels, notes), vectors, {}, path.stem, notes)
     if binary is None:
         binary = suffix == ".bin"
     return _from_word2vec_file(path, binary, notes)

@@ -168,9 +168,11 @@ def train(store: embedviz.Store, run: Run, seed: int = 0) -> str:
     model = run.build()
     opt = run.optimizer(list(model.parameters()))
     sched = run.schedule(opt) if run.schedule else None
+    # (max_pending: room for every report, so a busy machine drops none and the findings
+    # are the same on any machine)
     listener = StatsListener(store, FREQUENCY, session_name=run.name, num_classes=10,
                              tags={"zoo": "broken" if run.planted else "healthy"},
-                             background="thread")
+                             background="thread", max_pending=64)
     gen = torch.Generator().manual_seed(seed)
     with listener.attach(model, opt):
         for it in range(run.iterations):

@@ -149,7 +149,7 @@ def test_the_worker_process_runs_the_checks_too(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), zoo.Poison(at=12),
                                 torch.nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    listener = StatsListener(path, 2, background="process", num_classes=2)
+    listener = StatsListener(path, 2, background="process", num_classes=2, max_pending=64)
     with listener.attach(model, opt):
         for _ in range(30):
             loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 8)), torch.randint(2, (16,)))

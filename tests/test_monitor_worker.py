@@ -114,7 +114,9 @@ def test_the_worker_process_records_exactly_what_happened(make, digits, tmp_path
     """Reports summarized by the worker process, reading the capture buffers from shared
     memory and making the updates there, are exact, from the first report on."""
     store = embedviz.open_store(tmp_path / "worker.db")
-    listener = StatsListener(store, 2, session="w", max_pending=10_000, background="process")
+    # (exactness is the point here: the worker may take its time on a loaded machine)
+    listener = StatsListener(store, 2, session="w", max_pending=10_000, background="process",
+                             close_timeout=120)
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     X, y = digits

@@ -126,3 +126,35 @@ def test_small_inputs_lower_the_perplexity_and_say_so(caplog):
 def test_bad_parameters_are_named(kwargs, match):
     with pytest.raises(ProjectionError, match=match):
         BarnesHutTsne(progress=False, **kwargs).fit(np.random.default_rng(0).normal(size=(50, 3)))
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 8, 20])
+def test_a_tiny_vocabulary_is_projected_and_measured_from_the_command_line(tmp_path, n):
+    from embedviz.cli import main
+
+    rng = np.random.default_rng(n)
+    vec = tmp_path / "tiny.vec"
+    vec.write_text(f"{n} 5\n" + "".join(f"w{i} " + " ".join(f"{x:.3f}" for x in rng.normal(size=5)) + "\n"
+                                         for i in range(n)))
+    store = tmp_path / "s.db"
+    assert main(["tsne", str(vec), "-o", str(tmp_path / "t.html"), "--store", str(store),
+                 "--max-iter", "250"]) == 0
+    with embedviz.open_store(store) as s:
+        (p,) = s.projections()
+        assert p.state == "done" and p.coords.shape == (n, 2)
+        assert 0 <= p.quality["trustworthiness"] <= 1 and p.quality["k"] < n / 2
+
+
+def test_a_projection_that_fails_is_stored_as_failed_not_running(tmp_path, monkeypatch):
+    import embedviz.projection as projection
+
+    def broken(*a, **k):
+        raise RuntimeError("the measure broke")
+
+    monkeypatch.setattr(projection, "quality", broken)
+    store = embedviz.open_store(tmp_path / "s.db")
+    vocab = Vocabulary([f"w{i}" for i in range(30)], np.random.default_rng(0).normal(size=(30, 4)))
+    with pytest.raises(RuntimeError):
+        project(vocab, BarnesHutTsne(max_iter=250, progress=False), store=store)
+    (p,) = store.projections()
+    assert p.state == "failed" and "the measure broke" in p.message

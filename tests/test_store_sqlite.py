@@ -301,3 +301,45 @@ def test_a_schema_1_store_gets_its_blocks_when_opened_for_writing(tmp_path):
         assert store._conn().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         _check_downsampled(store.read_series("long", "score", max_points=1000), values, 0, 1000)
         assert store._conn().execute("SELECT count(*) FROM point_blocks WHERE level = 1").fetchone()[0] == 1250
+
+
+def _as_plain_user(code: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``code`` where file permissions bind: root without its override capabilities."""
+    prefix = (["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0
+              else [])
+    return subprocess.run(prefix + [sys.executable, "-c", code, *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_a_store_in_a_read_only_folder_or_file_is_read_and_never_half_written(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "runs.db"
+    with embedviz.open_store(path) as store:
+        store.create_session("s")
+        store.write([make_update("s", i, np.random.default_rng(i)) for i in range(5)])
+    read = ("import sys, embedviz; s = embedviz.open_store(sys.argv[1], readonly=True); "
+            "print(len(s.read_series('s', 'score')), [x.id for x in s.sessions()])")
+    write = ("import sys, embedviz\n"
+             "try:\n    embedviz.open_store(sys.argv[1])\n"
+             "except embedviz.StoreOpenError as e:\n    print('refused:', e)")
+    try:
+        path.chmod(0o444)
+        got = _as_plain_user(write, str(path))  # a read-only file in a writable folder
+        assert "refused:" in got.stdout and "readonly=True" in got.stdout, got.stderr
+        got = _as_plain_user(read, str(path))
+        assert got.stdout.strip() == "5 ['s']", got.stderr
+        path.chmod(0o644)
+        folder.chmod(0o555)  # a read-only folder (a mounted volume, a shared results folder)
+        got = _as_plain_user(read, str(path))
+        assert got.stdout.strip() == "5 ['s']", got.stderr
+        got = _as_plain_user(write, str(folder / "new.db"))
+        assert "not writable" in got.stdout, got.stderr
+        cli = _as_plain_user("import sys; from embedviz.cli import main; sys.exit(main(sys.argv[1:]))",
+                             "sessions", str(path))
+        assert cli.returncode == 0 and "s" in cli.stdout, cli.stderr
+    finally:
+        folder.chmod(0o755)
+        path.chmod(0o644)
+    with embedviz.open_store(path) as store:  # nothing was lost or half-written
+        assert len(store.read_series("s", "score")) == 5

@@ -104,3 +104,11 @@ def test_embedviz_front_door_stays_light():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     assert embedviz.load_vocabulary is load_vocabulary
+
+
+def test_an_npy_file_of_objects_or_strings_gets_a_clear_error(tmp_path):
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "str.npy", np.array([["a", "b"], ["c", "d"]]))
+    for name in ("obj.npy", "str.npy"):
+        with pytest.raises(ProjectionError, match="not a numeric .npy|not numbers"):
+            load_vocabulary(tmp_path / name, labels=["x", "y"])

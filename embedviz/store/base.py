@@ -277,15 +277,14 @@ class Store(ABC):
                 out.close()
         return n
 
-    def import_jsonl(self, source: str | os.PathLike, *, skip_bad: bool = False,
-                     batch_size: int = 500) -> ImportReport:
+    def import_jsonl(self, source: str | os.PathLike, *, skip_bad: bool = False) -> ImportReport:
         """Read a JSONL export into this store.
 
         The whole file is checked before anything is written: a malformed or truncated line
         raises ImportFormatError with its line number and nothing is imported, unless
         ``skip_bad`` is set, in which case bad lines are reported and the rest imported.
         Records already present (same session, worker, iteration) are skipped, so importing a
-        file twice does not duplicate it.
+        file twice does not duplicate it. The file is written in one transaction.
         """
         report = ImportReport()
         parsed: list[Record] = []
@@ -311,10 +310,10 @@ class Store(ABC):
                             "imported. Fix or delete that line, or pass --skip-bad to import "
                             "every other line", line=lineno, path=str(source)) from None
                     report.bad_lines.append((lineno, reason))
-        self._import(parsed, report, batch_size)
+        self._import(parsed, report)
         return report
 
-    def _import(self, parsed: list[Record], report: ImportReport, batch_size: int) -> None:
+    def _import(self, parsed: list[Record], report: ImportReport) -> None:
         present: dict[tuple[str, str], set[tuple]] = {}
         known = self._session_ids({r.session for r in parsed if hasattr(r, "session")
                                    and isinstance(r.session, str)})
@@ -334,10 +333,7 @@ class Store(ABC):
                 present[k].add(fp)
             batch.append(record)
             report.imported[kind] = report.imported.get(kind, 0) + 1
-            if len(batch) >= batch_size:
-                self.write(batch)
-                batch = []
-        self.write(batch)
+        self.write(batch)  # (one transaction: the file lands whole or not at all)
 
     # ---------------------------------------------------------------- helpers
     def _resolve_worker(self, session: str, worker: str | None) -> str:

@@ -126,6 +126,7 @@ class SQLiteStore(Store):
         #: rows this process wrote to a series since it last made that series' blocks
         self._unblocked: dict[tuple[str, int], int] = {}
         self._has_blocks = True
+        self._immutable = False
         self._check_file()
         self._init_schema()
 
@@ -139,6 +140,13 @@ class SQLiteStore(Store):
         # those of the SQLite connections already open to it included, and another process
         # then takes itself for the last one and checkpoints the WAL away under them)
         if self.path.exists() and self.path.stat().st_size > 0:
+            if not self.readonly and not os.access(self.path, os.W_OK):
+                raise StoreOpenError(f"{self.path} is read-only for this user: open it with "
+                                     "readonly=True (a URL with ?readonly=1) to read it, or make "
+                                     "it writable to record into it")
+            if self.readonly and not os.access(self.path.parent, os.W_OK) and not (
+                    self.path.parent / (self.path.name + "-shm")).exists():
+                self._immutable = True
             return
         if self.readonly:
             raise StoreOpenError(f"{self.path} does not exist: check the path, or open it "
@@ -146,13 +154,19 @@ class SQLiteStore(Store):
         if not self.path.parent.exists():
             raise StoreOpenError(f"cannot create {self.path}: folder {self.path.parent} does "
                                  "not exist; create it first")
+        if not os.access(self.path.parent, os.W_OK):
+            raise StoreOpenError(f"cannot create {self.path}: folder {self.path.parent} is not "
+                                 "writable for this user; pick another folder")
 
     def _conn(self) -> sqlite3.Connection:
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
             # never reuse a connection across fork(): open a new one in this process
             if self.readonly:
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True,
+                # (immutable: a store in a folder this process cannot write, where SQLite
+                # cannot make the WAL's shared-memory file; nobody can be writing it there)
+                extra = "&immutable=1" if self._immutable else ""
+                conn = sqlite3.connect(f"file:{self.path}?mode=ro{extra}", uri=True,
                                        timeout=self.busy_timeout, isolation_level=None,
                                        check_same_thread=False)
             else:
