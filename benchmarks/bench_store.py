@@ -5,9 +5,12 @@ summaries of 4 kinds (parameters, gradients and updates of 20 tensors, activatio
 layers = 70 summaries), each 9 statistics and a 20-bin histogram, plus score, learning rate,
 timing and memory. TensorBoard gets `add_scalar` per statistic and `add_histogram_raw` per
 histogram (the histogram is precomputed for both, so only writing is timed); its time
-includes the final flush. Then reads a 100,000-iteration series downsampled to 1,000 points.
+includes the final flush. Then reads back a worker of 100,000 updates of 250 series: a
+whole series, a zoom into 1% and the last half downsampled to 1,000 points; all 250 series
+at once (read_many) against a loop of read_series, downsampled and as a live tick; and
+sessions() of 3 such workers, before (the old query) and now.
 
-    python benchmarks/bench_store.py [--updates 300]
+    python benchmarks/bench_store.py [--updates 300] [--read-updates 100000]
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import argparse
 import os
 import tempfile
 import time
+from collections.abc import Callable
 
 import numpy as np
 from tqdm import tqdm
 
 import embedviz
-from embedviz.records import Histogram, Summary, Update
+from embedviz.records import STATS, Histogram, Summary, Update
 
 KINDS = ("param", "gradient", "update")
 
@@ -82,42 +86,136 @@ def bench_tensorboard(updates: list[Update], folder: str) -> float:
     return len(updates) / (time.perf_counter() - t0)
 
 
-def bench_read(folder: str, n: int = 100_000) -> tuple[float, float, int]:
-    path = os.path.join(folder, "long.db")
+#: what sessions() ran before it used the index: min, max, count over every update
+OLD_SESSIONS_SQL = ("SELECT w.session, w.worker, min(u.iteration), max(u.iteration), count(u.id), "
+                    "max(u.wall_time), w.static IS NOT NULL FROM workers w LEFT JOIN updates u "
+                    "ON u.wid = w.id GROUP BY w.id ORDER BY w.worker")
+#: 27 tensors' statistics (9 each) and 7 scalars: 250 series of one worker
+TARGETS = [f"{k}/layer{i}.weight" for i in range(9) for k in KINDS]
+SCALARS = ["score"] + [f"lr/{g}" for g in range(6)]
+
+
+def fill_long(path: str, n: int) -> None:
+    """Worker "0": ``n`` updates of 250 series (a random walk of scores among them);
+    workers "1" and "2": ``n`` scores each."""
     store = embedviz.open_store(path)
+    store.yield_gil = False
     store.create_session("long")
     rng = np.random.default_rng(1)
     scores = np.cumsum(rng.normal(0, 1, n))
-    one = Summary(count=10, mean=0, stdev=1, mean_magnitude=1, min=-1, max=1)
-    for i in tqdm(range(0, n, 5000), desc="filling 100k iterations", leave=False):
-        store.write([Update("long", "0", j, score=float(scores[j]),
-                            summaries={"update/fc.weight": one}) for j in range(i, i + 5000)])
+    for i in tqdm(range(0, n, 2000), desc=f"filling {n:,} updates of 250 series", leave=False):
+        batch = []
+        for j in range(i, min(n, i + 2000)):
+            v = rng.normal(size=3)
+            one = Summary.trusted(None, count=100, mean=float(v[0]), stdev=float(abs(v[1])),
+                                  mean_magnitude=float(abs(v[2])), min=float(v[0]) - 1,
+                                  max=float(v[0]) + 1, nan_count=0, inf_count=0, zero_fraction=0.0)
+            batch.append(Update.trusted("long", "0", j, float(scores[j]), None,
+                                        {k: 0.1 for k in SCALARS[1:]}, dict.fromkeys(TARGETS, one)))
+        store.write(batch)
+    for worker in ("1", "2"):
+        for i in range(0, n, 20_000):
+            store.write([Update.trusted("long", worker, j, float(scores[j]), None, {}, {})
+                         for j in range(i, min(n, i + 20_000))])
     store.close()
-    timings = {}
-    for key in ("score", "update/fc.weight/mean_magnitude"):
-        reader = embedviz.open_store(path, readonly=True)  # a fresh dashboard connection
-        best = float("inf")
-        for _ in range(5):
-            t0 = time.perf_counter()
-            s = reader.read_series("long", key, max_points=1000)
-            best = min(best, time.perf_counter() - t0)
-        timings[key] = best
-        if key == "score":
-            npts = len(s)
-        reader.close()
-    return timings["score"] * 1000, timings["update/fc.weight/mean_magnitude"] * 1000, npts
+
+
+def best_ms(fn: Callable[[], object], repeat: int = 5) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def statements(store: embedviz.Store, fn: Callable[[], object]) -> int:
+    """How many SQL statements ``fn()`` runs on this thread's connection."""
+    seen: list[str] = []
+    conn = store._conn()  # type: ignore[attr-defined]
+    conn.set_trace_callback(seen.append)
+    try:
+        fn()
+    finally:
+        conn.set_trace_callback(None)
+    return len(seen)
+
+
+def first_sessions(path: str) -> float:
+    """ms of the first sessions() of a new store object (it counts every update once)."""
+    store = embedviz.open_store(path, readonly=True)
+    store.changes()  # (opens the connection outside the timing)
+    t0 = time.perf_counter()
+    store.sessions()
+    elapsed = time.perf_counter() - t0
+    store.close()
+    return elapsed * 1000
+
+
+def bench_reads(path: str, n: int) -> dict[str, float]:
+    """Read figures (ms, best of 5 unless said) on a fresh read-only connection."""
+    reader = embedviz.open_store(path, readonly=True)
+    stat = "update/layer0.weight/mean_magnitude"
+    keys = SCALARS + [f"{t}/{s}" for t in TARGETS for s in STATS]
+    mid, zoom = n // 2, max(n // 100, 1)
+    out = {}
+    for name, key in (("score", "score"), ("stat", stat)):
+        out[f"whole {name}"] = best_ms(lambda k=key: reader.read_series("long", k, worker="0", max_points=1000))
+        out[f"zoom {name}"] = best_ms(lambda k=key: reader.read_series(
+            "long", k, worker="0", start=mid, stop=mid + zoom - 1, max_points=1000))
+        out[f"half {name}"] = best_ms(lambda k=key: reader.read_series(
+            "long", k, worker="0", start=mid, max_points=1000))
+    many = lambda **kw: reader.read_many("long", keys, worker="0", **kw)  # noqa: E731
+    loop = lambda **kw: {k: reader.read_series("long", k, worker="0", **kw) for k in keys}  # noqa: E731
+    since = reader.read_series("long", "score", worker="0", stop=n - 101).cursor
+    for name, kw in (("downsampled", {"max_points": 200}), ("tick", {"since": since})):
+        out[f"many {name}"] = best_ms(lambda kw=kw: many(**kw), 3)
+        out[f"loop {name}"] = best_ms(lambda kw=kw: loop(**kw), 3)
+        out[f"many {name} statements"] = statements(reader, lambda kw=kw: many(**kw))
+        out[f"loop {name} statements"] = statements(reader, lambda kw=kw: loop(**kw))
+    conn = reader._conn()  # type: ignore[attr-defined]
+    out["sessions before"] = best_ms(lambda: conn.execute(OLD_SESSIONS_SQL).fetchall())
+    out["sessions first"] = min(first_sessions(path) for _ in range(5))
+    out["sessions"] = best_ms(reader.sessions)
+    out["changes"] = best_ms(reader.changes)
+    reader.close()
+    return out
+
+
+def report_reads(r: dict[str, float], n: int) -> None:
+    print(f"reads of a {n:,}-update worker with 250 series, to 1,000 points (score: a random walk):")
+    for what, label in (("whole", "whole series"), ("zoom", f"zoom into 1% (iterations {n // 2:,}+)"),
+                        ("half", "last half")):
+        print(f"  {label:<48} {r[f'{what} score']:7.1f} ms (score) {r[f'{what} stat']:7.1f} ms "
+              "(a layer statistic)")
+    print(f"  target: whole <= 100 ms, zoom <= 20 ms: "
+          f"{'met' if max(r['whole score'], r['whole stat']) <= 100 and max(r['zoom score'], r['zoom stat']) <= 20 else 'MISSED'}")
+    print("250 series of that worker at once, read_many against a loop of read_series:")
+    for name, label in (("downsampled", "each downsampled to 200 points"),
+                        ("tick", "a live tick: the last 100 updates of each")):
+        print(f"  {label:<48} {r[f'many {name}']:7.1f} ms ({r[f'many {name} statements']:.0f} "
+              f"statements) against {r[f'loop {name}']:7.1f} ms ({r[f'loop {name} statements']:.0f})")
+    print(f"sessions() of 3 workers x {n:,} updates:")
+    print(f"  {'before (min, max, count over every update)':<48} {r['sessions before']:7.2f} ms")
+    print(f"  {'now, a new store object (counts every update)':<48} {r['sessions first']:7.2f} ms")
+    print(f"  {'now, each later call (counts the new ones)':<48} {r['sessions']:7.2f} ms")
+    print(f"  {'changes()':<48} {r['changes']:7.3f} ms")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=300)
+    parser.add_argument("--read-updates", type=int, default=100_000,
+                        help="updates of the worker read back (default 100,000)")
     args = parser.parse_args()
     updates = realistic_updates(args.updates, "bench")
     with tempfile.TemporaryDirectory() as folder:
         ours_1 = bench_ours(updates, folder, 1)
         ours_10 = bench_ours(updates, folder, 10)
         tb = bench_tensorboard(updates, folder)
-        read_ms, read_stat_ms, npts = bench_read(folder)
+        path = os.path.join(folder, "long.db")
+        fill_long(path, args.read_updates)
+        reads = bench_reads(path, args.read_updates)
     print(f"\nwrite rate, {args.updates} updates of a 10-layer model "
           "(70 summaries x 9 statistics + 20-bin histogram each):")
     print(f"  {'embedviz SQLite, one transaction per update':<48} {ours_1:10.1f} updates/s")
@@ -125,11 +223,7 @@ def main() -> None:
     print(f"  {'TensorBoard SummaryWriter (same content)':<48} {tb:10.1f} updates/s")
     print(f"  ratio embedviz (one per transaction) / TensorBoard: {ours_1 / tb:.1f}x "
           f"(target >= 1.0x: {'met' if ours_1 >= tb else 'MISSED'})")
-    print("read of a 100,000-iteration series downsampled to 1,000 points "
-          f"({npts} points kept for score, a random walk):")
-    print(f"  {'score':<48} {read_ms:10.1f} ms")
-    print(f"  {'update/fc.weight/mean_magnitude':<48} {read_stat_ms:10.1f} ms")
-    print(f"  target <= 100 ms: {'met' if max(read_ms, read_stat_ms) <= 100 else 'MISSED'}")
+    report_reads(reads, args.read_updates)
 
 
 if __name__ == "__main__":

@@ -3,36 +3,50 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sqlite3
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 
 from embedviz.errors import EmbedvizError
-from embedviz.store import WorkerInfo, open_store
+from embedviz.store import SessionInfo, open_store
 
 
 def _when(t: float | None) -> str:
     return "-" if t is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> None:
+    """Print ``rows`` under ``header``, each column as wide as its widest cell (nothing cut)."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    print(line(header))
+    for r in rows:
+        print(line(r))
+
+
 def cmd_sessions(args: argparse.Namespace) -> int:
     with open_store(args.store, readonly=True) as store:
         sessions = store.sessions()
-        if not sessions:
-            print(f"{args.store}: no sessions yet")
-            return 0
-        print(f"{'session':<28} {'name':<16} {'worker':<10} {'iterations':>17} {'updates':>8}  last update")
-        for s in sessions:
-            rows: list[WorkerInfo | None] = list(s.workers) or [None]
-            for i, w in enumerate(rows):
-                head = f"{s.id:<28} {(s.name or '-')[:16]:<16}" if i == 0 else " " * 45
-                if w is None:
-                    print(f"{head} {'-':<10} {'-':>17} {0:>8}  -")
-                    continue
-                its = ("-" if w.first_iteration is None
-                       else f"{w.first_iteration}..{w.last_iteration}")
-                print(f"{head} {w.worker[:10]:<10} {its:>17} {w.n_updates:>8}  {_when(w.last_update)}")
+    if not sessions:
+        print(f"{args.store}: no sessions yet")
+        return 0
+    rows: list[tuple[str, ...]] = []
+    for s in sessions:
+        for i, w in enumerate(list(s.workers) or [None]):
+            head = (s.id, s.name or "-") if i == 0 else ("", "")
+            if w is None:
+                rows.append((*head, "-", "-", "0", "-"))
+                continue
+            its = "-" if w.first_iteration is None else f"{w.first_iteration}..{w.last_iteration}"
+            rows.append((*head, w.worker, its, str(w.n_updates), _when(w.last_update)))
+    _table(("session", "name", "worker", "iterations", "updates", "last update"), rows, right=(3, 4))
     return 0
 
 
@@ -53,13 +67,22 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels(sessions: Sequence[SessionInfo]) -> dict[str, str]:
+    """How to name each session to a person: its name, with its id where another session
+    has the same name; its id when it has no name."""
+    names = Counter(s.name for s in sessions if s.name)
+    return {s.id: s.id if not s.name else s.name if names[s.name] == 1 else f"{s.name} [{s.id}]"
+            for s in sessions}
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     import json
 
     from embedviz.health import SEVERITY_RANK, check_session
 
     with open_store(args.store, readonly=True) as store:
-        sessions = [store.session(args.session)] if args.session else store.sessions()
+        every = store.sessions()
+        sessions = [store.session(args.session)] if args.session else every
         found = []
         for s in sessions:
             stored = [f for _, f in store.findings(s.id)]
@@ -71,12 +94,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     elif not found:
         print(f"{args.store}: no findings in {len(sessions)} session(s): nothing to worry about")
     else:
+        label = _labels(every)
+        width = max(len(label.get(f.session, f.session)) for f in found)
         for f in found:
             value = f.detail.get("value")
             shown = f"{value:.3g}" if isinstance(value, float) else value
-            print(f"{f.severity.upper():<8}{f.check:<22}{f.session}  {f.layer or '-'}  iteration "
-                  f"{f.iteration}" + (f"  value {shown} (healthy: {f.detail['band']})"
-                                      if "band" in f.detail else ""))
+            print(f"{f.severity.upper():<8}{f.check:<22}{label.get(f.session, f.session):<{width}}  "
+                  f"worker {f.worker}  {f.layer or '-'}  iteration {f.iteration}"
+                  + (f"  value {shown} (healthy: {f.detail['band']})" if "band" in f.detail else ""))
             print(f"        {f.message}")
     return 1 if any(f.severity == "error" for f in found) else 0
 
@@ -85,7 +110,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from embedviz.demo import run
 
     with open_store(args.store) as store:
-        run(store, html=args.html)
+        try:
+            run(store, html=args.html, again=args.again)
+        except KeyboardInterrupt:
+            print(f"\nembedviz demo: interrupted; `embedviz demo --store {args.store}` completes it",
+                  file=sys.stderr)
+            return 130  # (128 + SIGINT, as a shell reports it)
     if args.no_serve:
         print(f"\nlook at it: embedviz serve {args.store}")
         return 0
@@ -149,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
     p.add_argument("--html", default="vocab.html", help="t-SNE page of the word2vec vocabulary")
     p.add_argument("--no-serve", action="store_true", help="record, then exit (do not serve the app)")
+    p.add_argument("--again", action="store_true",
+                   help="record a new set of the demo's sessions even if the store holds one")
     p.add_argument("--port", type=int, default=5006)
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("serve", help="serve the app (training pages and embedding explorer)")
@@ -210,7 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # (so that a reader gone away shows here, not at exit)
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except (EmbedvizError, OSError, sqlite3.DatabaseError) as exc:
         if args.debug:
             raise
@@ -220,6 +256,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                    "recover what is left with `sqlite3 FILE .recover`")
         print(f"embedviz {args.command}: error: {why} (--debug shows where)", file=sys.stderr)
         return 2
+
+
+def _reader_gone() -> int:
+    """Our output's reader has exited (``| head``): what is left has nowhere to go. Point
+    stdout at the null device, or Python complains again when it flushes it at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # (a stdout without a file descriptor: nothing to flush)
+        pass
+    return 141  # (128 + SIGPIPE: what a shell reports for a writer whose reader left)
 
 
 if __name__ == "__main__":

@@ -9,22 +9,27 @@ long enough to not be noise, dated to the report where it began. The listener ru
 its background path; :func:`check_session` replays a stored session through a new one, so
 it gives the same findings.
 
-Every threshold is a named parameter of its check (``CHECKS``), with the seeds' values as
-defaults: ``Checker(num_classes=10, options={"dead_units": {"threshold": 0.95}})``.
+Each check is declared once, where its function is: its severity, its parameters with the
+seeds' values as defaults, and its message in English and Japanese (``CHECKS`` lists them:
+``Checker(num_classes=10, options={"dead_units": {"threshold": 0.95}})``). A finding keeps
+its message's arguments (``detail["args"]``, ``detail["value"]`` among them: the number the
+message shows), so :func:`describe` renders it in either language.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import string
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from embedviz.errors import InvalidRecordError
+from embedviz.layers import forward_order, layer_table, sort_tensors, weight_names
 from embedviz.records import Finding, Metric, Record, Static, Update
 
 #: how many reports of each series a checker keeps
@@ -33,40 +38,91 @@ RELU_TYPES = ("ReLU", "ReLU6", "Threshold", "Hardtanh")
 TANH_TYPES = ("Tanh", "Hardtanh", "Softsign")
 SIGMOID_TYPES = ("Sigmoid", "Hardsigmoid")
 WEIGHT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Bilinear", "LazyLinear")
-
-#: each check, its severity and its parameters with their defaults
-CHECKS: dict[str, tuple[str, dict[str, Any]]] = {
-    "nan": ("error", {}),
-    "loss_diverging": ("error", {"jump": 10.0, "rise": 3.0, "reports": 4}),
-    "loss_flat": ("warning", {"window": 20, "min_fall": 0.01, "min_progress": 0.1}),
-    "loss_noisy": ("info", {"window": 20, "ratio": 0.5}),
-    "initial_loss": ("warning", {"tolerance": 0.5}),
-    "update_ratio_high": ("warning", {"above": -1.0, "reports": 5, "warmup": 2}),
-    "update_ratio_low": ("warning", {"below": -4.0, "reports": 5, "annealed": 0.5}),
-    "exploding_gradients": ("error", {"spike": 100.0, "growth": 1000.0, "window": 10}),
-    "vanishing_gradients": ("warning", {"orders": 3.0, "reports": 5}),
-    "dead_units": ("warning", {"threshold": 0.9, "reports": 5}),
-    "saturation": ("warning", {"threshold": 0.9, "reports": 5}),
-    "activation_scale": ("info", {"low": 0.5, "high": 2.0, "warmup": 10, "reports": 5}),
-    "parameters_diverging": ("warning", {"growth": 10.0, "still": 0.1, "reports": 5}),
-    "bias_growing": ("info", {"growth": 2.0, "reports": 10}),
-    "overfitting": ("warning", {"rise": 0.05, "points": 2}),
-}
+LANGUAGES = ("en", "ja")
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
+#: the severities in each language
+SEVERITY_TEXT = {"en": {"error": "error", "warning": "warning", "info": "info"},
+                 "ja": {"error": "エラー", "warning": "警告", "info": "情報"}}
 #: reports a check's condition must be absent before its episode ends (and a new one may begin)
 CLEAR = 3
 
 
 @dataclass
 class Hit:
-    """A check's condition holding now: where, since which iteration, the value and band."""
+    """A check's condition holding now: where, since which iteration, the value (the number
+    its message shows), the healthy band, the message's other arguments and which of the
+    check's messages (``variant``: "" for its main one)."""
 
     layer: str | None
     began: int
     value: float
     band: str
-    message: str
-    episode: str | None = field(default=None)  # (None: the layer)
+    args: dict[str, Any] = field(default_factory=dict)
+    variant: str = ""
+    episode: str | None = None  # (None: the layer)
+
+
+class Check(NamedTuple):
+    """One health check: the severity of its findings, its parameters with their defaults,
+    the function that looks for it (``find(history, **params) -> list[Hit]``) and its
+    message templates, ``text[lang][variant]``, with named arguments (``{value:.3g}``)."""
+
+    severity: str
+    params: dict[str, Any]
+    find: Callable[..., list[Hit]]
+    text: dict[str, dict[str, str]]
+
+
+#: every check by name, in the order they run: ``CHECKS["dead_units"].params`` are its defaults
+CHECKS: dict[str, Check] = {}
+
+
+def check(severity: str, params: dict[str, Any], *, en: str | dict[str, str],
+          ja: str | dict[str, str]) -> Callable[[Callable[..., list[Hit]]], Callable[..., list[Hit]]]:
+    """Declare the function below as a check (named after it) with its severity, parameters
+    and messages (one template, or ``{variant: template}`` with "" the main one)."""
+    def declare(find: Callable[..., list[Hit]]) -> Callable[..., list[Hit]]:
+        text = {lang: t if isinstance(t, dict) else {"": t} for lang, t in (("en", en), ("ja", ja))}
+        CHECKS[find.__name__] = Check(severity, params, find, text)
+        return find
+    return declare
+
+
+class _Formatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        # (NaN and Inf are stored as text, JSON having no literal for them: read them back)
+        if isinstance(value, str) and format_spec[-1:] in tuple("eEfFgG%"):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        return super().format_field(value, format_spec)
+
+
+_FORMATTER = _Formatter()
+
+
+def render(name: str, args: dict[str, Any], lang: str = "en", variant: str = "") -> str:
+    """Check ``name``'s message ``variant`` in ``lang`` with ``args`` (KeyError when it has
+    no such message or an argument is missing)."""
+    return _FORMATTER.format(CHECKS[name].text[lang][variant], **args)
+
+
+def describe(finding: Finding, lang: str = "en") -> str:
+    """A stored finding's message in ``lang`` ("en" or "ja"); its stored English message
+    when it has no arguments to render (a finding written by hand, imported, or by a check
+    this version does not have)."""
+    if lang not in LANGUAGES:
+        raise ValueError(f"describe: no language {lang!r}: findings are described in "
+                         f"{', '.join(LANGUAGES)}")
+    args = finding.detail.get("args")
+    variant = finding.detail.get("variant", "")
+    if finding.check not in CHECKS or not isinstance(args, dict) or not isinstance(variant, str):
+        return finding.message
+    try:
+        return render(finding.check, args, lang, variant)
+    except (KeyError, IndexError, ValueError, TypeError):  # (arguments of another version)
+        return finding.message
 
 
 class History:
@@ -82,7 +138,7 @@ class History:
         self.all_scores: list[tuple[int, float]] = []  # (few: one per report)
         self.values: dict[tuple[str, str], deque] = {}
         self.first: dict[tuple[str, str], float] = {}
-        self.layers: list[dict] = []
+        self.static: dict = {}  # (the worker's static info: its layer table)
         self.order: list[str] = []  # modules in forward order
         self.metrics: dict[str, list[tuple[int, float]]] = {}
         self.reports = 0
@@ -90,12 +146,16 @@ class History:
         self.lr = math.nan  # (the first parameter group's, now and at most)
         self.max_lr = math.nan
         self.bad: set[str] = set()
-        self.memo: dict = {}  # (what the checks derive from this report's keys)
+        self.memo: dict = {}  # (what the checks derive from this report's values)
         self._by_name: dict[str, dict] = {}
+        self._names: dict[str, set[str]] = {}  # kind -> tensors with series
+        self._sorted: dict = {}  # (keys and weights, until a tensor or the model is new)
 
-    def set_model(self, layers: list[dict], order: list[str]) -> None:
-        self.layers, self.order = layers, order
-        self._by_name = {str(layer.get("name")): layer for layer in layers}
+    def set_model(self, static: dict) -> None:
+        self.static = static
+        self.order = forward_order(static)
+        self._by_name = {str(layer.get("name")): layer for layer in layer_table(static)}
+        self._sorted = {}
         self.memo = {}
 
     def add(self, u: Update) -> None:
@@ -123,12 +183,18 @@ class History:
                 if q is None:
                     q = self.values[k] = deque([math.nan] * (len(self.iterations) - 1), maxlen=WINDOW)
                     self.first[k] = value
+                    self._new_tensor(key)
                 q.append(value)
                 seen.add(k)
         if len(seen) != len(self.values):
             for k, q in self.values.items():
                 if k not in seen:
                     q.append(math.nan)
+
+    def _new_tensor(self, key: str) -> None:
+        kind, _, name = key.partition("/")
+        self._names.setdefault(kind, set()).add(name)
+        self._sorted = {}
 
     def matrix(self, kind: str, stat: str) -> tuple[list[str], np.ndarray]:
         """Every tensor of ``kind``: their names and a (tensors, reports) array of ``stat``."""
@@ -148,23 +214,19 @@ class History:
         return a if n is None else a[-n:]
 
     def keys(self, kind: str) -> list[str]:
-        """Tensor names of ``kind`` that have series, in forward order where known."""
-        got = self.memo.get(("keys", kind))
+        """Tensor names of ``kind`` that have series, in forward order (embedviz.layers)."""
+        got = self._sorted.get(kind)
         if got is None:
-            got = self.memo[("keys", kind)] = self._keys(kind)
+            got = self._sorted[kind] = sort_tensors(self._names.get(kind, ()), kind, self.order,
+                                                    self.static)
         return got
 
-    def _keys(self, kind: str) -> list[str]:
-        prefix = kind + "/"
-        names = {k[0][len(prefix):] for k in self.values
-                 if k[1] == "mean_magnitude" and k[0].startswith(prefix)}
-        rank = {m: i for i, m in enumerate(self.order)}
-
-        def where(name: str) -> tuple[int, str]:
-            module = name if kind == "activation" else name.rpartition(".")[0]
-            return (rank.get(module, len(rank)), name)
-
-        return sorted(names, key=where)
+    def weights(self) -> list[str]:
+        """The parameters that are weight matrices or kernels (embedviz.layers), in forward order."""
+        got = self._sorted.get(("weights",))
+        if got is None:
+            got = self._sorted[("weights",)] = weight_names(self.keys("param"), self.static)
+        return got
 
     def layer(self, module: str) -> dict:
         return self._by_name.get(module, {})
@@ -188,29 +250,40 @@ def _trailing(held: np.ndarray, n: int) -> bool:
 
 
 # ---------------------------------------------------------------------------- the checks
+_NAN_ADVICE_EN = ("Lower the learning rate, clip gradients (torch.nn.utils.clip_grad_norm_), look for "
+                  "NaN in the inputs, and use a stable loss (CrossEntropyLoss on logits, not log of a "
+                  "softmax).")
+_NAN_ADVICE_JA = ("学習率を下げる、勾配をクリッピングする (torch.nn.utils.clip_grad_norm_)、入力に NaN "
+                  "がないか確認する、数値的に安定な損失関数を使う (softmax の log ではなくロジットに "
+                  "CrossEntropyLoss) といった対策を試してください。")
+
+
+@check("error", {},
+       en={"": "NaN or Inf first appeared in {where} (score {value:.3g}). " + _NAN_ADVICE_EN,
+           "loss": "NaN or Inf first appeared in the loss (score {value:.3g}). " + _NAN_ADVICE_EN},
+       ja={"": "NaN または Inf が最初に {where} に現れました (スコア {value:.3g})。" + _NAN_ADVICE_JA,
+           "loss": "NaN または Inf が最初に損失に現れました (スコア {value:.3g})。" + _NAN_ADVICE_JA})
 def nan(h: History) -> list[Hit]:
     if not h.bad and math.isfinite(h.scores[-1]):
         return []
-    bad = [k for k in h.keys("activation") if _bad(h, f"activation/{k}")]
-    where = [f"activation/{k}" for k in bad]
-    for kind in ("param", "gradient", "update"):
-        where += [f"{kind}/{k}" for k in h.keys(kind) if _bad(h, f"{kind}/{k}")]
+    where = []
+    for kind in ("activation", "param", "gradient", "update"):
+        where += [f"{kind}/{k}" for k in h.keys(kind) if f"{kind}/{k}" in h.bad]
     score = h.scores[-1]
     if not where and math.isfinite(score):
         return []
-    first = where[0] if where else "the loss"
-    layer = first.split("/", 1)[1] if where else None
-    return [Hit(layer, h.iterations[-1], score, "finite",
-                f"NaN or Inf first appeared in {first} (score {_fmt(score)}). Lower the learning "
-                "rate, clip gradients (torch.nn.utils.clip_grad_norm_), look for NaN in the "
-                "inputs, and use a stable loss (CrossEntropyLoss on logits, not log of a softmax).",
+    if not where:
+        return [Hit(None, h.iterations[-1], score, "finite", variant="loss", episode="")]
+    return [Hit(where[0].split("/", 1)[1], h.iterations[-1], score, "finite", {"where": where[0]},
                 episode="")]
 
 
-def _bad(h: History, key: str) -> bool:
-    return key in h.bad
-
-
+@check("error", {"jump": 10.0, "rise": 3.0, "reports": 4},
+       en="The score is diverging: {value:.3g} against a best of {best:.3g}. Lower the learning "
+          "rate (try 10x lower), clip gradients, check the loss for a sign error.",
+       ja="スコアが発散しています: 最良値 {best:.3g} に対して {value:.3g} です。学習率を下げる "
+          "(まず 1/10 に)、勾配をクリッピングする、損失関数の符号の誤りを確認する、といった対策を"
+          "試してください。")
 def loss_diverging(h: History, jump: float, rise: float, reports: int) -> list[Hit]:
     s = np.array(h.scores)
     finite = s[np.isfinite(s)]
@@ -231,11 +304,18 @@ def loss_diverging(h: History, jump: float, rise: float, reports: int) -> list[H
         k -= 1
     since = h.iterations[min(k + 1, len(s) - 1)]
     return [Hit(None, since, float(now), f"< {_fmt(jump)}x the recent median, < {_fmt(rise)}x the best",
-                f"The score is diverging: {_fmt(now)} against a best of {_fmt(best)}. Lower "
-                "the learning rate (try 10x lower), clip gradients, check the loss for a sign error.",
-                episode="")]
+                {"best": best}, episode="")]
 
 
+@check("warning", {"window": 20, "min_fall": 0.01, "min_progress": 0.1},
+       en="The score is not falling: over the last {window} reports it changed by {value:+.3g}% "
+          "of its level, and by {since_start:+.3g}% since it started ({score:.3g} now). Try a 10x "
+          "higher learning rate; check that gradients reach the parameters (the update:param "
+          "ratio) and that labels match inputs.",
+       ja="スコアが下がっていません: 直近 {window} 回のレポートでの変化は水準の {value:+.3g}%、"
+          "開始時からの変化は {since_start:+.3g}% です (現在 {score:.3g})。学習率を 10 倍に上げて"
+          "みてください。勾配がパラメータに届いているか (更新量:パラメータ比)、ラベルが入力と対応"
+          "しているかも確認してください。")
 def loss_flat(h: History, window: int, min_fall: float, min_progress: float) -> list[Hit]:
     s = np.array(h.scores)[-window:]
     if len(s) < window or not np.isfinite(s).all():
@@ -248,14 +328,18 @@ def loss_flat(h: History, window: int, min_fall: float, min_progress: float) -> 
     progress = (start - np.median(s[-third:])) / abs(start) if start else 0.0
     if fall > max(2 * noise, min_fall * level) or progress > min_progress:
         return []
-    return [Hit(None, h.iterations[-window], fall / level if level else fall,
-                f"a fall of > {_fmt(min_fall)} of the level per {window} reports",
-                f"The score is not falling: {_fmt(float(s[-1]))}, {_fmt(100 * float(progress))}% "
-                f"below where it started. Try a 10x higher learning rate; check that gradients "
-                "reach the parameters (the update:param ratio) and that labels match inputs.",
+    return [Hit(None, h.iterations[-window], -100 * (fall / level if level else fall),
+                f"a change of < -{100 * min_fall:g}% of the level per {window} reports, or of < "
+                f"-{100 * min_progress:g}% since the start",
+                {"window": window, "since_start": -100 * float(progress), "score": float(s[-1])},
                 episode="")]
 
 
+@check("info", {"window": 20, "ratio": 0.5},
+       en="The score is noisy: its scatter is {value:.3g}% of its level. A larger batch or a "
+          "lower learning rate steadies it.",
+       ja="スコアのノイズが大きく、ばらつきが水準の {value:.3g}% あります。バッチサイズを大きく"
+          "するか学習率を下げると安定します。")
 def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
     s = np.array(h.scores)[-window:]
     if len(s) < window or not np.isfinite(s).all():
@@ -266,11 +350,17 @@ def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
     r = float(np.std(s - s.mean() - slope * x)) / level if level else 0.0
     if r <= ratio:
         return []
-    return [Hit(None, h.iterations[-window], r, f"noise / level <= {_fmt(ratio)}",
-                f"The score is noisy: its scatter is {_fmt(100 * r)}% of its level. A larger "
-                "batch or a lower learning rate steadies it.", episode="")]
+    return [Hit(None, h.iterations[-window], 100 * r, f"scatter <= {100 * ratio:g}% of the level",
+                episode="")]
 
 
+@check("warning", {"tolerance": 0.5},
+       en="The first score is {value:.3g}; at chance a {classes}-class cross-entropy is "
+          "ln({classes}) = {chance:.2f}. Initial weights too large or a biased last layer: use a "
+          "standard initialisation, zero the last layer's bias.",
+       ja="最初のスコアは {value:.3g} です。{classes} クラスの交差エントロピーはチャンスレベルで "
+          "ln({classes}) = {chance:.2f} になります。初期の重みが大きすぎるか、最後の層のバイアスが"
+          "偏っています。標準的な重み初期化を使い、最後の層のバイアスを 0 にしてください。")
 def initial_loss(h: History, tolerance: float, num_classes: int | None = None) -> list[Hit]:
     if not num_classes or num_classes < 2 or h.reports != 1 or not math.isfinite(h.scores[0]):
         return []
@@ -279,27 +369,7 @@ def initial_loss(h: History, tolerance: float, num_classes: int | None = None) -
     if abs(s0 / chance - 1) <= tolerance:
         return []
     return [Hit(None, h.iterations[0], s0, f"ln({num_classes}) = {chance:.3f} +/- {_fmt(100 * tolerance)}%",
-                f"The first score is {_fmt(s0)}; at chance a {num_classes}-class cross-entropy is "
-                f"ln({num_classes}) = {chance:.2f}. Initial weights too large or a biased last layer: "
-                "use a standard initialisation, zero the last layer's bias.", episode="")]
-
-
-def _weights(h: History) -> list[str]:
-    """Parameters with a weight matrix (2 or more dimensions where the layer table says)."""
-    got = h.memo.get("weights")
-    if got is None:
-        got = h.memo["weights"] = _find_weights(h)
-    return got
-
-
-def _find_weights(h: History) -> list[str]:
-    out = []
-    for p in h.keys("param"):
-        module, _, own = p.rpartition(".")
-        shape = h.layer(module).get("params", {}).get(own)
-        if (shape is not None and len(shape) >= 2) or (shape is None and own == "weight"):
-            out.append(p)
-    return out
+                {"classes": int(num_classes), "chance": chance}, episode="")]
 
 
 def _ratio(h: History, p: str) -> np.ndarray:
@@ -317,38 +387,60 @@ def _log_ratio(h: History, p: str) -> np.ndarray:
         return np.log10(u[len(u) - n:] / w[len(w) - n:])
 
 
+def _ratio_held(h: History, held_where: Callable[[np.ndarray], np.ndarray], band: str,
+                reports: int) -> list[Hit]:
+    out = []
+    for p in h.weights():
+        r = _ratio(h, p)
+        held = held_where(r)
+        if _trailing(held, reports):
+            out.append(Hit(p, h.began(held), float(np.median(r[-reports:])), band,
+                           {"param": p, "reports": reports}))
+    return out
+
+
+@check("warning", {"above": -1.0, "reports": 5, "warmup": 2},
+       en="Updates of {param} are large against its values (log10 update:param ratio {value:.2f}, "
+          "the median of the last {reports} reports; about -3 is healthy): lower the learning rate.",
+       ja="{param} の更新量がパラメータの値に対して大きすぎます (更新量:パラメータ比の log10 が直近 "
+          "{reports} 回のレポートの中央値で {value:.2f}、-3 前後が健全)。学習率を下げてください。")
 def update_ratio_high(h: History, above: float, reports: int, warmup: int) -> list[Hit]:
     # (the seeds' "about -3, worry above -2": every healthy run of the zoo, SGD and Adam
     # alike, spends its first hundred iterations between -2 and -1.5; the broken one is
     # above -1, so -1 is the default)
     if h.reports <= warmup:
         return []
-    out = []
-    for p in _weights(h):
-        r = _ratio(h, p)
-        held = r > above
-        if _trailing(held, reports):
-            out.append(Hit(p, h.began(held), float(np.median(r[-reports:])), f"log10 ratio <= {above:g}",
-                           f"Updates of {p} are large against its values (log10 update:param "
-                           f"{r[-1]:.2f}, about -3 is healthy): lower the learning rate."))
-    return out
+    return _ratio_held(h, lambda r: r > above, f"log10 ratio <= {above:g}", reports)
 
 
+@check("warning", {"below": -4.0, "reports": 5, "annealed": 0.5},
+       en="Updates of {param} are tiny against its values (log10 update:param ratio {value:.2f}, "
+          "the median of the last {reports} reports; about -3 is healthy): raise the learning "
+          "rate, or check that this parameter is meant to learn.",
+       ja="{param} の更新量がパラメータの値に対して小さすぎます (更新量:パラメータ比の log10 が直近 "
+          "{reports} 回のレポートの中央値で {value:.2f}、-3 前後が健全)。学習率を上げるか、この"
+          "パラメータが学習する設定になっているか確認してください。")
 def update_ratio_low(h: History, below: float, reports: int, annealed: float) -> list[Hit]:
     if h.max_lr > 0 and h.lr < annealed * h.max_lr:
         return []  # (a schedule lowered the learning rate: small updates are its purpose)
-    out = []
-    for p in _weights(h):
-        r = _ratio(h, p)
-        held = r < below
-        if _trailing(held, reports):
-            out.append(Hit(p, h.began(held), float(np.median(r[-reports:])), f"log10 ratio >= {below:g}",
-                           f"Updates of {p} are tiny against its values (log10 update:param "
-                           f"{r[-1]:.2f}, about -3 is healthy): raise the learning rate, or check "
-                           "that this parameter is meant to learn."))
-    return out
+    return _ratio_held(h, lambda r: r < below, f"log10 ratio >= {below:g}", reports)
 
 
+_CLIP_EN = ("Clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, normalize "
+            "the inputs.")
+_CLIP_JA = ("勾配をクリッピングする (torch.nn.utils.clip_grad_norm_)、学習率を下げる、入力を正規化"
+            "する、といった対策を試してください。")
+
+
+@check("error", {"spike": 100.0, "growth": 1000.0, "window": 10},
+       en={"": "The gradient of {param} exploded: mean |gradient| {value:.3g}, {factor:.3g}x its "
+               "recent median. " + _CLIP_EN,
+           "first": "The gradient of {param} exploded: mean |gradient| {value:.3g}, {factor:.3g}x "
+                    "its first report. " + _CLIP_EN},
+       ja={"": "{param} の勾配が爆発しました: 平均 |勾配| が {value:.3g} で、直近の中央値の "
+               "{factor:.3g} 倍です。" + _CLIP_JA,
+           "first": "{param} の勾配が爆発しました: 平均 |勾配| が {value:.3g} で、最初のレポートの "
+                    "{factor:.3g} 倍です。" + _CLIP_JA})
 def exploding_gradients(h: History, spike: float, growth: float, window: int) -> list[Hit]:
     names, g = h.matrix("gradient", "mean_magnitude")
     if g.shape[1] < 4:
@@ -367,20 +459,25 @@ def exploding_gradients(h: History, spike: float, growth: float, window: int) ->
         finite = before[i][np.isfinite(before[i])]
         med = float(np.median(finite)) if finite.size else math.nan
         if med > 0 and now[i] > spike * med:
-            why = f"{_fmt(now[i] / med)}x its recent median"
+            factor, variant = now[i] / med, ""
         elif grown[i]:
-            why = f"{_fmt(now[i] / first[i])}x its first report"
+            factor, variant = now[i] / first[i], "first"
         else:
             continue
         out.append(Hit(p, h.iterations[-1], float(now[i]), f"< {_fmt(spike)}x the recent median",
-                       f"The gradient of {p} exploded: mean |gradient| {_fmt(now[i])}, {why}. Clip "
-                       "gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, "
-                       "normalize the inputs."))
+                       {"param": p, "factor": float(factor)}, variant))
     return out
 
 
+@check("warning", {"orders": 3.0, "reports": 5},
+       en="Gradients vanish on the way back: {param} gets 10^{value:.1f} of the gradient {last} "
+          "gets. Use ReLU-family activations, normalization layers, residual connections or a "
+          "better initialisation.",
+       ja="勾配が逆伝播の途中で消失しています: {param} の勾配は {last} の 10^{value:.1f} しか"
+          "ありません。ReLU 系の活性化関数、正規化層、残差接続、より良い重み初期化を使って"
+          "ください。")
 def vanishing_gradients(h: History, orders: float, reports: int) -> list[Hit]:
-    ws = [p for p in _weights(h) if (f"gradient/{p}", "mean_magnitude") in h.values]
+    ws = [p for p in h.weights() if (f"gradient/{p}", "mean_magnitude") in h.values]
     if len(ws) < 3:
         return []
     first = h.series(f"gradient/{ws[0]}", "mean_magnitude")
@@ -391,9 +488,7 @@ def vanishing_gradients(h: History, orders: float, reports: int) -> list[Hit]:
     if not _trailing(held, reports):
         return []
     return [Hit(ws[0], h.began(held), float(gap[-1]), f"log10(first / last layer) >= -{orders:g}",
-                f"Gradients vanish on the way back: {ws[0]} gets 10^{gap[-1]:.1f} of the gradient "
-                f"{ws[-1]} gets. Use ReLU-family activations, normalization layers, residual "
-                "connections or a better initialisation.")]
+                {"param": ws[0], "last": ws[-1]})]
 
 
 def _named(h: History, module: str) -> str:
@@ -405,19 +500,29 @@ def _typed(h: History, types: tuple[str, ...]) -> list[str]:
     return [m for m in h.keys("activation") if h.layer(m).get("type") in types]
 
 
+@check("warning", {"threshold": 0.9, "reports": 5},
+       en="{value:.3g}% of {layer}'s outputs are 0 and stay 0 (dying ReLUs). Lower the learning "
+          "rate, check for large negative biases, or use LeakyReLU.",
+       ja="{layer} の出力の {value:.3g}% が 0 のままです (ReLU が死んでいます)。学習率を下げる、"
+          "大きな負のバイアスがないか確認する、LeakyReLU を使う、といった対策を試してください。")
 def dead_units(h: History, threshold: float, reports: int) -> list[Hit]:
     out = []
     for m in _typed(h, RELU_TYPES):
         z = h.series(f"activation/{m}", "zero_fraction")
         held = z >= threshold
         if _trailing(held, reports):
-            out.append(Hit(m, h.began(held), float(z[-1]), f"zero fraction < {threshold:g}",
-                           f"{_fmt(100 * z[-1])}% of {_named(h, m)}'s outputs are 0 and stay 0 (dying ReLUs). "
-                           "Lower the learning rate, check for large negative biases, or use "
-                           "LeakyReLU."))
+            out.append(Hit(m, h.began(held), 100 * float(z[-1]), f"< {100 * threshold:g}% of outputs 0",
+                           {"layer": _named(h, m)}))
     return out
 
 
+@check("warning", {"threshold": 0.9, "reports": 5},
+       en="{layer}'s outputs are piled at their bounds (saturated: their gradients vanish), on "
+          "average {value:.3g} of the way from the centre to a bound. Scale the inputs, use a "
+          "smaller initialisation, or ReLU.",
+       ja="{layer} の出力が上下限に張り付いています (飽和しているため勾配が消失します)。中心から"
+          "上下限までの平均 {value:.3g} の位置にあります。入力をスケーリングする、より小さな重み"
+          "初期化を使う、ReLU を使う、といった対策を試してください。")
 def saturation(h: History, threshold: float, reports: int) -> list[Hit]:
     out = []
     for m in _typed(h, TANH_TYPES + SIGMOID_TYPES):
@@ -428,12 +533,17 @@ def saturation(h: History, threshold: float, reports: int) -> list[Hit]:
             piled = h.series(f"activation/{m}", "mean_magnitude")
         held = piled >= threshold
         if _trailing(held, reports):
-            out.append(Hit(m, h.began(held), float(piled[-1]), f"mean distance from the centre < {threshold:g}",
-                           f"{_named(h, m)}'s outputs are piled at their bounds (saturated: their gradients "
-                           "vanish). Scale the inputs, use a smaller initialisation, or ReLU."))
+            out.append(Hit(m, h.began(held), float(piled[-1]),
+                           f"mean distance from the centre < {threshold:g} of the way to a bound",
+                           {"layer": _named(h, m)}))
     return out
 
 
+@check("info", {"low": 0.5, "high": 2.0, "warmup": 10, "reports": 5},
+       en="{layer}'s outputs have a stdev of {value:.3g}, outside [{low:g}, {high:g}]: consider "
+          "normalization or another initialisation.",
+       ja="{layer} の出力の標準偏差が {value:.3g} で、[{low:g}, {high:g}] の範囲外です。正規化層"
+          "か別の重み初期化を検討してください。")
 def activation_scale(h: History, low: float, high: float, warmup: int, reports: int) -> list[Hit]:
     if h.reports <= warmup:
         return []
@@ -443,14 +553,18 @@ def activation_scale(h: History, low: float, high: float, warmup: int, reports: 
         held = (sd < low) | (sd > high)
         if _trailing(held, reports):
             out.append(Hit(m, h.began(held), float(sd[-1]), f"stdev in [{low:g}, {high:g}]",
-                           f"{_named(h, m)}'s outputs have a stdev of {_fmt(sd[-1])}, outside [{low:g}, "
-                           f"{high:g}]: consider normalization or another initialisation."))
+                           {"layer": _named(h, m), "low": low, "high": high}))
     return out
 
 
+@check("warning", {"growth": 10.0, "still": 0.1, "reports": 5},
+       en="{param} keeps growing: its mean |value| is {value:.3g}x what it was. Add weight decay, "
+          "lower the learning rate.",
+       ja="{param} が増大し続けています: 平均 |値| が最初の {value:.3g} 倍になりました。重み減衰を"
+          "加えるか、学習率を下げてください。")
 def parameters_diverging(h: History, growth: float, still: float, reports: int) -> list[Hit]:
     out = []
-    for p in _weights(h):  # (a bias starts at 0: any growth is "without bound")
+    for p in h.weights():  # (a bias starts at 0: any growth is "without bound")
         w = h.series(f"param/{p}", "mean_magnitude")
         first = h.first.get((f"param/{p}", "mean_magnitude"), math.nan)
         if len(w) <= reports or not first > 0:
@@ -458,11 +572,16 @@ def parameters_diverging(h: History, growth: float, still: float, reports: int) 
         held = (w > growth * first) & np.r_[False, np.diff(w) > 0]
         if _trailing(held, reports) and w[-1] > (1 + still) * w[-reports - 1]:
             out.append(Hit(p, h.began(held), float(w[-1] / first), f"< {_fmt(growth)}x its first value",
-                           f"{p} keeps growing: its mean |value| is {_fmt(w[-1] / first)}x what it "
-                           "was. Add weight decay, lower the learning rate."))
+                           {"param": p}))
     return out
 
 
+@check("info", {"growth": 2.0, "reports": 10},
+       en="The output layer's bias {param} keeps growing ({value:.3g}x in {reports} reports): the "
+          "classes may be imbalanced; reweight the loss or resample.",
+       ja="出力層のバイアス {param} が増大し続けています (レポート {reports} 回で {value:.3g} 倍)。"
+          "クラスの分布が偏っている可能性があります。損失に重みを付けるか、リサンプリングして"
+          "ください。")
 def bias_growing(h: History, growth: float, reports: int) -> list[Hit]:
     biases = [p for p in h.keys("param") if p.endswith("bias")]
     if not biases:
@@ -474,10 +593,16 @@ def bias_growing(h: History, growth: float, reports: int) -> list[Hit]:
     if not (np.all(np.diff(b) > 0) and b[-1] > growth * b[0]):
         return []
     return [Hit(p, h.iterations[-reports - 1], float(b[-1] / b[0]), f"< {_fmt(growth)}x in {reports} reports",
-                f"The output layer's bias {p} keeps growing ({_fmt(b[-1] / b[0])}x in {reports} "
-                "reports): the classes may be imbalanced; reweight the loss or resample.")]
+                {"param": p, "reports": reports})]
 
 
+@check("warning", {"rise": 0.05, "points": 2},
+       en="{metric} has risen {value:.3g}% since iteration {best_iteration} while the training "
+          "score fell: the model is overfitting. Stop early (keep the weights of its best), add "
+          "regularization (weight decay, dropout) or more data.",
+       ja="訓練スコアが下がる一方で、{metric} はイテレーション {best_iteration} から {value:.3g}% "
+          "上昇しました。モデルが過学習しています。早期終了する (最良時点の重みを残す)、正則化 "
+          "(重み減衰、ドロップアウト) を加える、データを増やす、といった対策を試してください。")
 def overfitting(h: History, rise: float, points: int) -> list[Hit]:
     out = []
     for name, pts in h.metrics.items():
@@ -496,22 +621,10 @@ def overfitting(h: History, rise: float, points: int) -> list[Hit]:
         after = [v for _, v in h.all_scores[-3:] if math.isfinite(v)] if cut < len(h.all_scores) else []
         if not at or not after or np.mean(after) >= np.mean(at):
             continue
-        out.append(Hit(None, int(its[best]), float(vals[-1] / vals[best]),
-                       f"< {_fmt(1 + rise)}x its best", f"{name} has risen {_fmt(100 * (vals[-1] / vals[best] - 1))}% "
-                       f"since iteration {its[best]} while the training score fell: the model "
-                       "is overfitting. Stop early (keep the weights of its best), add "
-                       "regularization (weight decay, dropout) or more data.", episode=name))
+        out.append(Hit(None, int(its[best]), 100 * float(vals[-1] / vals[best] - 1),
+                       f"< {_fmt(100 * rise)}% above its best",
+                       {"metric": name, "best_iteration": int(its[best])}, episode=name))
     return out
-
-
-RULES: dict[str, Callable[..., list[Hit]]] = {
-    "nan": nan, "loss_diverging": loss_diverging, "loss_flat": loss_flat, "loss_noisy": loss_noisy,
-    "initial_loss": initial_loss, "update_ratio_high": update_ratio_high,
-    "update_ratio_low": update_ratio_low, "exploding_gradients": exploding_gradients,
-    "vanishing_gradients": vanishing_gradients, "dead_units": dead_units, "saturation": saturation,
-    "activation_scale": activation_scale, "parameters_diverging": parameters_diverging,
-    "bias_growing": bias_growing, "overfitting": overfitting,
-}
 
 
 class Checker:
@@ -529,15 +642,15 @@ class Checker:
             if name not in CHECKS:
                 raise InvalidRecordError(f"no health check named {name!r}: the checks are "
                                          f"{', '.join(CHECKS)}")
-        for name, (_, defaults) in CHECKS.items():
+        for name, c in CHECKS.items():
             given = options.get(name, {})
             if given is False:
                 continue
-            unknown = set(given) - set(defaults)
+            unknown = set(given) - set(c.params)
             if unknown:
                 raise InvalidRecordError(f"health check {name!r} has no parameter "
-                                         f"{sorted(unknown)[0]!r}: it takes {', '.join(defaults) or 'none'}")
-            self.params[name] = {**defaults, **given}
+                                         f"{sorted(unknown)[0]!r}: it takes {', '.join(c.params) or 'none'}")
+            self.params[name] = {**c.params, **given}
         self.history: dict[tuple[str, str], History] = {}
         #: (session, worker, check, episode) -> reports since the condition last held
         self.active: dict[tuple, int] = {}
@@ -553,11 +666,7 @@ class Checker:
         found: list[Finding] = []
         for r in records:
             if isinstance(r, Static):
-                h = self._history(r.session, r.worker)
-                model = r.info.get("model", {}) if isinstance(r.info, dict) else {}
-                layers = list(model.get("layers", []))
-                order = model.get("graph", {}).get("execution_order") or []
-                h.set_model(layers, list(order) or [layer.get("name") for layer in layers])
+                self._history(r.session, r.worker).set_model(r.info if isinstance(r.info, dict) else {})
             elif isinstance(r, Metric):
                 self._history(r.session, r.worker).metrics.setdefault(r.name, []).append(
                     (r.iteration, float(r.value)))
@@ -575,18 +684,14 @@ class Checker:
             if name == "initial_loss":
                 kw["num_classes"] = self.num_classes
             try:
-                hits = RULES[name](h, **kw)
+                hits = CHECKS[name].find(h, **kw)
             except (ValueError, FloatingPointError, ZeroDivisionError):
                 continue  # (a degenerate window: the next report decides)
             for hit in hits:
                 key = (session, worker, name, hit.layer if hit.episode is None else hit.episode)
                 holding.add(key)
                 if key not in self.active:
-                    out.append(Finding(session, name, hit.message, iteration=int(hit.began),
-                                       worker=worker, severity=CHECKS[name][0], layer=hit.layer,
-                                       detail={"value": _json(hit.value), "band": hit.band,
-                                               "found_at": int(h.iterations[-1])},
-                                       wall_time=wall_time))
+                    out.append(_finding(session, worker, name, hit, int(h.iterations[-1]), wall_time))
                 self.active[key] = 0
         for key in list(self.active):
             if key[:2] == (session, worker) and key not in holding:
@@ -596,7 +701,27 @@ class Checker:
         return out
 
 
-def _json(x: float) -> float | str:
+def _finding(session: str, worker: str, name: str, hit: Hit, found_at: int,
+             wall_time: float) -> Finding:
+    """A hit as a stored finding: its message in English, its arguments kept to render it
+    in another language."""
+    args = {k: _json(v) for k, v in {"value": hit.value, **hit.args}.items()}
+    detail: dict[str, Any] = {"value": args["value"], "band": hit.band, "found_at": found_at,
+                              "args": args}
+    if hit.variant:
+        detail["variant"] = hit.variant
+    return Finding(session, name, render(name, args, "en", hit.variant), iteration=int(hit.began),
+                   worker=worker, severity=CHECKS[name].severity, layer=hit.layer, detail=detail,
+                   wall_time=wall_time)
+
+
+def _json(x: Any) -> Any:
+    """``x`` as JSON holds it: NaN and Inf as text, numpy numbers as Python's."""
+    if isinstance(x, (bool, str)) or x is None:
+        return x
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    x = float(x)
     return x if math.isfinite(x) else str(x)
 
 
@@ -619,3 +744,7 @@ def check_session(store: Any, session: str, num_classes: int | None = None,
     timed: list[Record] = [r for r in records if isinstance(r, (Update, Metric))]
     timed.sort(key=lambda r: (r.worker, r.iteration, isinstance(r, Metric)))  # type: ignore[union-attr]
     return check_records(stream + timed, num_classes, options)
+
+
+__all__ = ["CHECKS", "CLEAR", "Check", "Checker", "History", "Hit", "LANGUAGES", "SEVERITY_RANK",
+           "SEVERITY_TEXT", "WINDOW", "check", "check_records", "check_session", "describe", "render"]

@@ -406,13 +406,14 @@ def make_estimator(method: str, **params: Any) -> Any:
 def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: Any = None,
             session: str | None = None, iteration: int | None = None, reuse: bool = True,
             stream_every: int | None = 50, quality_sample: int = 1000,
-            **load: Any) -> ProjectionResult:
+            projection_id: str | None = None, **load: Any) -> ProjectionResult:
     """Load (see load_vocabulary, ``**load``), project, measure, and record in ``store``.
 
     With a store: the embedding set and the projection are saved; while it runs the
     projection's coordinates and progress are written every ``stream_every`` iterations (so
     a viewer can watch it converge); the same vectors with the same parameters return the
-    stored result without recomputing (``reuse=False`` to force).
+    stored result without recomputing (``reuse=False`` to force). ``projection_id`` names
+    the record up front, so whoever stops a worker running this can still settle its record.
     """
     from embedviz.store import open_store
 
@@ -431,6 +432,8 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
                 log.info("embedviz: reusing stored projection %s", found.id)
                 return ProjectionResult(vocab, found.coords, found, est, reused=True)
     record = Projection(key, method, params, state="running")
+    if projection_id is not None:
+        record.id = projection_id
     if store is not None:
         store.put_projection(record)
     user_callback = getattr(est, "callback", None)
@@ -463,8 +466,11 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
     if hasattr(est, "kl_divergence_"):
         record.quality["kl_divergence"] = est.kl_divergence_
     record.coords = coords
-    record.state = "interrupted" if getattr(est, "interrupted_", False) else "done"
-    record.progress, record.iteration = 1.0, int(getattr(est, "n_iter_", 0))
+    interrupted = bool(getattr(est, "interrupted_", False))
+    record.state = "interrupted" if interrupted else "done"
+    record.iteration = int(getattr(est, "n_iter_", 0))
+    # (a map stopped early says how far it got, not 100%)
+    record.progress = min(1.0, record.iteration / total) if interrupted else 1.0
     if store is not None:
         store.put_projection(record)
     log.info("embedviz: %s of %d points: kNN preservation %.3f, trustworthiness %.3f",

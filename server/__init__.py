@@ -1,15 +1,15 @@
 """embedviz.server: the Bokeh server app over one stats store.
 
 ``embedviz serve runs.db`` (or ``bokeh serve server/app --args runs.db`` from a checkout)
-serves it; ``embedviz.show(store)`` embeds it in a Jupyter notebook. The store is opened
-once per server process and shared by every page; pages only read it, and the embeddings
-page's projection form writes its results.
+serves it; ``embedviz.show(store)`` embeds it in a Jupyter notebook. Each server owns one
+:class:`AppState` (its store, the read layer every tab shares, the projection jobs), kept
+on the Bokeh server context: opened when the server loads, closed when it stops, so two
+servers in one process never share or close each other's store.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,28 +17,52 @@ from embedviz.errors import EmbedvizError
 
 APP_DIR = Path(__file__).parent / "app"
 
-_lock = threading.Lock()
-_shared: dict[str, Any] = {}
+
+class AppState:
+    """What one app server owns: its store, the read layer over it (``provider``) and
+    the pool that runs projections from the embeddings page (``jobs``; None for a store
+    opened read-only). ``close()`` is idempotent."""
+
+    def __init__(self, target: Any, *, lang: str | None = None, jobs: bool = True) -> None:
+        from embedviz.server.provider import Provider
+
+        from embedviz.store import open_store
+
+        self.store = open_store(target)
+        self.own_store = self.store is not target
+        self.provider = Provider(self.store)
+        self.lang = lang
+        self.jobs: Any = None
+        if jobs and not getattr(self.store, "readonly", False):
+            from embedviz.server.jobs import Jobs
+
+            self.jobs = Jobs(self.store)
+        self._closed = False
+
+    def __enter__(self) -> AppState:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.jobs is not None:
+            self.jobs.close()
+        if self.own_store:
+            self.store.close()
 
 
-def open_shared(target: str) -> Any:
-    """The server process's one store for ``target`` (opened on first use)."""
-    from embedviz.store import open_store
-
-    with _lock:
-        store = _shared.get(target)
-        if store is None:
-            store = _shared[target] = open_store(target)
-        return store
-
-
-def close_shared() -> None:
-    """Close every shared store (the server is unloading); idempotent."""
-    with _lock:
-        stores = list(_shared.values())
-        _shared.clear()
-    for s in stores:
-        s.close()
+def state_of(doc: Any) -> AppState:
+    """The AppState of the server serving ``doc`` (set by the app's on_server_loaded)."""
+    ctx = getattr(doc, "session_context", None)
+    state = getattr(getattr(ctx, "server_context", None), "embedviz", None)
+    if state is None:
+        raise EmbedvizError("the embedviz app runs inside its server: start it with "
+                            "`embedviz serve STORE` or `bokeh serve server/app --args STORE`")
+    return state
 
 
 def app_settings(argv: list[str]) -> dict:
@@ -102,4 +126,4 @@ def show(store: Any = "runs.db", *, port: int | None = None, lang: str | None = 
     return server
 
 
-__all__ = ["APP_DIR", "app_settings", "close_shared", "make_server", "open_shared", "show"]
+__all__ = ["APP_DIR", "AppState", "app_settings", "make_server", "show", "state_of"]

@@ -1,226 +1,640 @@
-"""The pieces every page uses: a line chart whose lines follow the store live, the x-axis
-switch (iteration, relative time, wall time), CSV downloads and escaped text."""
+"""Live line charts: the machinery every training page shares.
+
+A :class:`Chart` is a figure whose lines follow the store. Its lines of one session's
+worker that come from the same reports (the score, learning rates, per-layer statistics)
+share one ColumnDataSource, one column triple (``i<k>`` iteration, ``t<k>`` wall time in ms,
+``y<k>`` value) per line, so a tick streams one message per chart and session, not one
+per line (each Bokeh message costs ~2 ms of the server's one event loop, times every open
+tab). A logged metric, written on its own clock, has a source of its own.
+
+Lines are read downsampled to what the chart can show (:data:`CHART_POINTS` across its
+lines); zooming in replaces the points inside the visible window with the store's points
+there (a range read), keeping the overview outside it, so reset returns to the whole run.
+
+What a value cannot be drawn as is marked, never drawn as 0: a stored NaN or Inf breaks
+the line with a red cross where it broke off; an exact 0 on a log chart (log10 0 = -inf)
+is a marker on the chart's floor, stated in its hover.
+"""
 
 from __future__ import annotations
 
-import html
+import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from bokeh.events import RangesUpdate
 from bokeh.layouts import column
 from bokeh.models import (  # type: ignore[attr-defined]
+    BasicTicker,
     BasicTickFormatter,
     Button,
+    CDSView,
     ColumnDataSource,
     CustomJS,
+    CustomJSTransform,
+    DataRange1d,
+    DatetimeTicker,
     DatetimeTickFormatter,
-    Div,
     HoverTool,
-    InlineStyleSheet,
     Legend,
+    LegendItem,
+    MultiLine,
+    NumeralTickFormatter,
+    Range1d,
+    Scatter,
 )
-from bokeh.palettes import Category10_10
+from bokeh.models import Line as LineGlyph  # type: ignore[attr-defined]
+from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
-from embedviz.server.data import MAX_POINTS, Tail
-from embedviz.server.messages import Messages
+from bokeh.transform import transform
 
-from embedviz.store import Store
-from embedviz.store.series import downsample_index
+from embedviz.store import Series, SessionInfo, downsample_index
 
-PALETTE = list(Category10_10)
-X_FIELDS = ("iteration", "relative", "wall")
-TOOLS = "pan,box_zoom,wheel_zoom,reset,save"
+X_MODES = ("iteration", "relative", "wall")
+TOOLS = "xpan,box_zoom,xwheel_zoom,reset,save"
+#: points a chart's lines are read with, shared among its lines (a 1,500-pixel chart shows
+#: about a min and a max per two pixels)
+CHART_POINTS = 4000
+LINE_POINTS = (150, 1000)
+#: lines beyond which a chart drops its legend for its hover (colours then run by depth)
+LEGEND_MAX = 12
+FLOOR_Y = 0.04  # a floor marker's height on the floor range (0..1 of the frame)
+BAD_COLOR = "#d62728"
+#: a line is never selected or muted: no extra glyphs for those states (in the browser each
+#: is a view more per line)
+BARE = {"selection_glyph": None, "nonselection_glyph": None, "muted_glyph": None}
 
-
-#: Bokeh draws each Div in a shadow root: page CSS does not reach it, so the Divs carry this
-CSS = """
-  .ev-head { font-size: 15px; padding: 4px 0 8px; border-bottom: 1px solid #ddd; }
-  .ev-note { color: #555; font-size: 14px; padding: 16px; background: #f6f6f6; margin: 8px 0; }
-  .ev-info { border-collapse: collapse; font-size: 12px; }
-  .ev-info td { padding: 1px 6px; border-bottom: 1px solid #eee; }
-  .ev-sec { color: #888; }
+#: TensorBoard's smoothing, in the browser (a slider moves it without a round trip): an
+#: exponential moving average debiased at the start; a NaN stays a gap
+EMA_JS = """
+const w = weight, out = new Float64Array(xs.length);
+let last = 0, n = 0;
+for (let i = 0; i < xs.length; i++) {
+  const v = xs[i];
+  if (!Number.isFinite(v)) { out[i] = NaN; continue; }
+  last = last * w + (1 - w) * v; n += 1;
+  out[i] = w > 0 ? last / (1 - Math.pow(w, n)) : v;
+}
+return out;
 """
 
 
-def div(text: str, **kw: Any) -> Div:
-    """A Div of trusted HTML (escape what comes from the store with :func:`esc`)."""
-    return Div(text=text, stylesheets=[InlineStyleSheet(css=CSS)], **kw)  # (one per document)
+def palette(n: int) -> list[str]:
+    """``n`` colours: Category10 up to 10, else a sweep (early layers blue, late red)."""
+    if n <= 10:
+        return list(Category10_10[:max(n, 1)])
+    return [Turbo256[int(20 + 215 * i / max(n - 1, 1))] for i in range(n)]
 
 
-def esc(text: Any) -> str:
-    """Text from the store (words, session names, finding messages) made safe for HTML."""
-    return html.escape(str(text), quote=True)
+def session_color(i: int) -> str:
+    """The colour of the ``i``-th picked session, the same on every chart."""
+    return Category10_10[i % 10]
 
 
-def note(text: str) -> Div:
-    """A plain sentence where a chart would be (no data, no sessions)."""
-    return div(f'<p class="ev-note">{esc(text)}</p>', sizing_mode="stretch_width")
+@dataclass(eq=False)
+class Line:
+    """One drawn line: the stored series ``keys`` of a session's worker, combined by
+    ``combine`` (one key and no combine: the series itself). ``log``: the values are
+    log10s, so an exact 0 in a stored part becomes a floor marker."""
+
+    label: str
+    keys: tuple[str, ...]
+    combine: Callable[..., np.ndarray] | None = None
+    color: str = "#1f77b4"
+    dash: str = "solid"
+    width: float = 1.6
+    alpha: float = 1.0
+    log: bool = False
+    legend: str | None = None
+    smooth: bool = False  # also draw TensorBoard's smoothed line over it
+    col: int = 0
+    renderers: list[Any] = field(default_factory=list)
 
 
-class Lines:
-    """The live lines of one page: each a :class:`Tail` feeding a ColumnDataSource.
+def line_columns(line: Line, got: dict[str, Series], log_axis: bool = False) -> dict[str, Any]:
+    """A line's points from its series: iteration ``i``, wall time ``t`` (ms), value ``y``
+    (NaN where it cannot be drawn), and the rows to mark: ``bad`` (a stored NaN/Inf,
+    drawn at the last finite height before it) and ``zero`` (log10 of an exact 0, or a
+    value <= 0 on a log axis)."""
+    first = got[line.keys[0]]
+    its = np.asarray(first.iterations, dtype=np.int64)
+    wall = np.asarray(first.wall_times, dtype=float) * 1000.0
+    parts = [np.asarray(first.values, dtype=float)]
+    parts += [_at(got[k], its) for k in line.keys[1:]]
+    bad = ~np.logical_and.reduce([np.isfinite(p) for p in parts])
+    if line.combine is None:
+        values = parts[0]
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.asarray(line.combine(*parts), dtype=float)
+    zero = ~bad & (values == -np.inf) if line.log else np.zeros(len(values), bool)
+    if log_axis:
+        zero |= ~bad & np.isfinite(values) & (values <= 0)
+    finite = np.isfinite(values) & ~zero
+    y = np.where(finite, values, np.nan)
+    idx = np.where(finite, np.arange(len(y)), -1)
+    held = np.maximum.accumulate(idx) if idx.size else idx
+    first_ok = int(np.argmax(finite)) if finite.any() else -1
+    height = (y[np.where(held >= 0, held, first_ok)] if first_ok >= 0
+              else np.full(len(y), 1.0 if log_axis else 0.0))
+    return {"i": its, "t": wall, "y": y, "bad": bad, "zero": zero, "height": height,
+            "raw": values}
 
-    ``poll`` streams what each tail gives since its last read: a point written to the store
-    appears at the next periodic callback. ``after`` hooks recompute derived columns
-    (smoothing) of the sources they name. A long line is read downsampled; zooming into it
-    re-reads the visible range at full resolution (:meth:`zoom`)."""
 
-    def __init__(self, store: Store, t: Messages) -> None:
-        self.store, self.t = store, t
-        self.items: list[tuple[Tail, ColumnDataSource]] = []
-        self._figure_of: dict[str, Any] = {}  # source id -> its chart
-        self._lines_of: dict[str, dict[str, ColumnDataSource]] = {}  # chart id -> its lines
-        self.after: dict[str, Callable[[ColumnDataSource], None]] = {}  # source id -> hook
-        self.figures: list[Any] = []
-        self._hover: dict[str, HoverTool] = {}  # (one per chart, over all its lines)
+def _at(s: Series, iterations: np.ndarray) -> np.ndarray:
+    """Series ``s`` at ``iterations``: its own value where it has a point there, else
+    its line between its neighbours (a read downsampled elsewhere), NaN outside it."""
+    if len(s) == 0:
+        return np.full(len(iterations), np.nan)
+    pos = np.clip(np.searchsorted(s.iterations, iterations), 0, len(s) - 1)
+    exact = s.iterations[pos] == iterations
+    finite = np.isfinite(s.values)
+    out = np.full(len(iterations), np.nan)
+    if finite.any():
+        out = np.interp(iterations, s.iterations[finite], s.values[finite], left=np.nan,
+                        right=np.nan)
+    return np.where(exact, s.values[pos], out)
 
-    def source(self, tail: Tail) -> ColumnDataSource:
-        src = ColumnDataSource(tail.read(self.store, max_points=MAX_POINTS))
-        self.items.append((tail, src))
-        return src
 
+class Group:
+    """The lines of one chart from one session's worker that share a source."""
+
+    def __init__(self, chart: Chart, session: SessionInfo, worker: str) -> None:
+        self.chart, self.session, self.worker = chart, session, worker
+        self.lines: list[Line] = []
+        self.cursors: dict[str, int] = {}
+        self.source = ColumnDataSource({})
+        self.marks = ColumnDataSource({"i": [], "t": [], "y": [], "line": [], "kind": []})
+        self.floor = ColumnDataSource({"i": [], "t": [], "y": [], "line": [], "kind": []})
+        #: relative time: seconds since the session began, computed in the browser
+        self.relative = CustomJSTransform(args={"start": session.created * 1000.0},
+                                          v_func="return xs.map((x) => (x - start) / 1000);")
+        #: each line's points as read whole (downsampled), grown by each tick (the ticks'
+        #: points kept apart until asked for: joining arrays every tick costs each tab): a
+        #: zoom replaces what is inside its window with the store's points there
+        self._overview: list[dict[str, np.ndarray]] = []
+        self._added: list[list[dict[str, np.ndarray]]] = []
+        self.held = 0  # (points of the longest line held)
+        self.window: tuple[int, int] | None = None
+        self.extra: list[Any] = []  # (the marker renderers, drawn against x too)
+        #: many lines (a layer each) are one MultiLine of a row each, its arrays kept
+        #: longer than their points (NaN after ``fill``) so that new points are patched in
+        self.multi = False
+        self.thin_at = 0
+        self.multi_renderer: Any = None
+        self.fill: list[int] = []
+        self.relative_rows = CustomJSTransform(
+            args={"start": session.created * 1000.0},
+            v_func="return xs.map((a) => a.map((x) => (x - start) / 1000));")
+
+    @property
+    def keys(self) -> set[str]:
+        return {k for line in self.lines for k in line.keys}
+
+    @property
+    def overview(self) -> list[dict[str, np.ndarray]]:
+        if self._added:
+            chunks = [self._overview, *self._added]
+            self._overview = [{c: np.concatenate([ch[k][c] for ch in chunks]) for c in chunks[0][k]}
+                              for k in range(len(self._overview))]
+            self._added = []
+        return self._overview
+
+    @overview.setter
+    def overview(self, lines: list[dict[str, np.ndarray]]) -> None:
+        self._overview, self._added = lines, []
+        self.held = max((len(c["i"]) for c in lines), default=0)
+
+    def add(self, new: list[dict[str, np.ndarray]]) -> None:
+        self._added.append(new)
+        self.held += max((len(c["i"]) for c in new), default=0)
+
+    @property
+    def spec(self) -> tuple:
+        """What the group's lines are (the same for every tab showing them)."""
+        return tuple((line.keys, line.combine, line.log) for line in self.lines)
+
+    def x(self, k: int | None, mode: str) -> Any:
+        i, t = ("i", "t") if k is None else (f"i{k}", f"t{k}")
+        if mode == "iteration":
+            return i
+        return t if mode == "wall" else transform(t, self.relative)
+
+    def xs(self, mode: str) -> Any:
+        """The x column of the MultiLine of a many-line group."""
+        if mode == "iteration":
+            return "xs"
+        return "ts" if mode == "wall" else transform("ts", self.relative_rows)
+
+
+class Chart:
+    """A live line chart (see the module docstring). Build it, :meth:`add` its lines,
+    then :meth:`load`; :meth:`poll` streams what is new."""
+
+    def __init__(self, provider: Any, t: Any, title: str, *, x_range: Any = None,
+                 y_label: str = "", height: int = 250, log_axis: bool = False,
+                 mode: str = "iteration", name: str | None = None) -> None:
+        self.provider, self.t, self.mode = provider, t, mode
+        self.log_axis = log_axis
+        self.groups: list[Group] = []
+        self.y_range = DataRange1d(renderers=[])
+        self.fig = figure(title=title, height=height, sizing_mode="stretch_width", tools=TOOLS,
+                          y_axis_type="log" if log_axis else "linear", y_axis_label=y_label,
+                          x_range=x_range if x_range is not None else DataRange1d(),
+                          y_range=self.y_range, output_backend="canvas", name=name)
+        self.fig.toolbar.logo = None
+        self.fig.extra_y_ranges = {"floor": Range1d(start=0, end=1)}
+        self.legend = Legend(click_policy="hide", label_text_font_size="8pt", spacing=0,
+                             padding=4, items=[])
+        self.fig.add_layout(self.legend, "right")
+        self.hover = HoverTool(renderers=[], line_policy="nearest", mode="vline")
+        self.fig.add_tools(self.hover)
+        self.mark_hover = HoverTool(renderers=[], tooltips=[("", "@line"), ("", "@kind")])
+        self.fig.add_tools(self.mark_hover)
+        self.rows_hover = HoverTool(renderers=[], line_policy="nearest")
+        self.fig.add_tools(self.rows_hover)
+        self.smoothing: CustomJSTransform | None = None
+        self.after_load: list[Callable[[], None]] = []
+        self._span: float | None = None
+        self._lo, self._hi = np.inf, -np.inf
+        self.set_mode(mode)
+
+    # ------------------------------------------------------------ building
+    def add(self, session: SessionInfo, worker: str, label: str, keys: Sequence[str], *,
+            combine: Callable[..., np.ndarray] | None = None, **style: Any) -> Line:
+        """A line of ``session``'s ``worker``: the series ``keys`` (combined)."""
+        line = Line(label, tuple(keys), combine, **style)
+        own = any(k.startswith("metric/") for k in line.keys)  # (on its own clock)
+        group = None if own else next(
+            (g for g in self.groups if g.session.id == session.id and g.worker == worker
+             and not any(k.startswith("metric/") for k in g.keys)), None)
+        if group is None:
+            group = Group(self, session, worker)
+            self.groups.append(group)
+        line.col = len(group.lines)
+        group.lines.append(line)
+        return line
+
+    @property
+    def lines(self) -> list[Line]:
+        return [line for g in self.groups for line in g.lines]
+
+    def budget(self) -> int:
+        lo, hi = LINE_POINTS
+        return int(min(max(CHART_POINTS // max(len(self.lines), 1), lo), hi))
+
+    def load(self) -> None:
+        """Read every line (downsampled) and draw it."""
+        for g in self.groups:
+            got = self.provider.read(g.session.id, g.worker, g.keys, max_points=self.budget())
+            g.cursors = {k: s.cursor for k, s in got.items()}
+            g.overview = [line_columns(line, got, self.log_axis) for line in g.lines]
+            g.multi = len(g.lines) > LEGEND_MAX
+            # (a live line is thinned once it holds 4-5x what it was read with; each tab
+            # at its own point, so that twenty tabs do not all send their charts anew at once)
+            g.thin_at = int(self.budget() * (4 + random.random()))
+            self._draw_group(g)
+        self._legend()
+        self._fit_span()
+        for hook in self.after_load:
+            hook()
+
+    def _draw_group(self, g: Group, lines: list[dict[str, np.ndarray]] | None = None) -> None:
+        """Put ``lines`` (the group's overview) into its sources."""
+        lines = g.overview if lines is None else lines
+        if g.multi:
+            g.source.data, g.fill = _rows_of(g.lines, lines, g.thin_at + self.budget())
+        else:
+            g.source.data = _pad(lines)
+        g.marks.data, g.floor.data = _marks(g.lines, lines)
+        if g.lines and not g.lines[0].renderers:
+            self._renderers(g)
+
+    def _renderers(self, g: Group) -> None:
+        drawn: list[Any] = []
+        view = CDSView()  # (one for the group's lines: a view a line would be ~450 models more)
+        if g.multi:
+            rows = self.fig.add_glyph(g.source, MultiLine(
+                xs=g.xs(self.mode), ys="ys", line_color="color", line_dash="dash",
+                line_width=1.4), view=view, **BARE)
+            g.multi_renderer = rows
+            for line in g.lines:
+                line.renderers.append(rows)
+            self.rows_hover.renderers = [*self.rows_hover.renderers, rows]
+            drawn.append(rows)
+        for line in [] if g.multi else g.lines:
+            k = line.col
+            # (made bare: fig.line() would add four more glyphs a line, ~5 ms each)
+            r = self.fig.add_glyph(g.source, LineGlyph(
+                x=g.x(k, self.mode), y=f"y{k}", line_color=line.color, line_width=line.width,
+                line_dash=line.dash, line_alpha=line.alpha * (0.35 if line.smooth else 1.0)),
+                name=line.label, view=view, **BARE)
+            line.renderers.append(r)
+            drawn.append(r)
+            if line.smooth:
+                if self.smoothing is None:
+                    self.smoothing = CustomJSTransform(args={"weight": 0.6}, v_func=EMA_JS)
+                s = self.fig.add_glyph(g.source, LineGlyph(
+                    x=g.x(k, self.mode), y=transform(f"y{k}", self.smoothing),
+                    line_color=line.color, line_width=2.2), name=line.label, view=view, **BARE)
+                line.renderers.append(s)
+        self.hover.renderers = [*self.hover.renderers, *(r for r in drawn if not g.multi)]
+        self.y_range.renderers = [*self.y_range.renderers, *drawn]  # type: ignore[misc]
+        bad = self.fig.add_glyph(g.marks, Scatter(x=g.x(None, self.mode), y="y", marker="x",
+                                                  line_color=BAD_COLOR, size=10, line_width=2))
+        low = self.fig.add_glyph(g.floor, Scatter(x=g.x(None, self.mode), y="y", marker="triangle",
+                                                  fill_color="#555555", line_color="#555555",
+                                                  size=8), y_range_name="floor")
+        self.mark_hover.renderers = [*self.mark_hover.renderers, bad, low]
+        g.extra += [bad, low]
+
+    def _legend(self) -> None:
+        items: dict[str, list[Any]] = {}
+        for line in self.lines:
+            items.setdefault((line.legend or line.label)[:40], []).extend(line.renderers)
+        if len(items) > LEGEND_MAX:  # (the hover names each line instead)
+            self.legend.visible = False
+            self.hover.mode = "mouse"
+            return
+        self.legend.items = [LegendItem(label=k, renderers=v) for k, v in items.items()]
+
+    # ------------------------------------------------------------ live
     def poll(self) -> int:
-        """Stream the new points of every line; returns how many came."""
+        """Stream the points written since the last read; returns how many came."""
         n = 0
-        for tail, src in self.items:
-            new = tail.read(self.store)
-            k = len(new["iteration"])
-            if not k:
+        for g in self.groups:
+            # (every tab at these cursors gets the same points: computed once a generation)
+            key = ("points", g.session.id, g.worker, g.spec, tuple(sorted(g.cursors.items())),
+                   self.log_axis)
+            cursors, new, rows, marks, floor = self.provider.memo(key, lambda g=g: self._new(g))
+            g.cursors.update(cursors)
+            if not rows["n"]:
                 continue
-            self._put(src, new, stream=True)
-            n += k
+            g.add(new)
+            if g.window is None and g.held > g.thin_at:
+                # (a long live run: thin what is held, keeping each bucket's extremes)
+                g.overview = [_thin(c, self.budget()) for c in g.overview]
+                self._draw_group(g)
+                n += rows["n"]
+                continue
+            if g.multi:
+                self._patch(g, new)
+            else:
+                # (as lists: each array would travel as a websocket frame of its own)
+                g.source.stream({c: np.asarray(v).tolist() for c, v in rows.items() if c != "n"})
+            self._span_of(new)
+            if len(marks["i"]):
+                g.marks.stream(marks)
+            if len(floor["i"]):
+                g.floor.stream(floor)
+            n += rows["n"]
         return n
 
-    def _put(self, src: ColumnDataSource, data: dict, stream: bool) -> None:
-        """Stream ``data`` into ``src`` or replace its data, then run its ``after`` hook
-        (which fills the derived columns, first as copies of ``y``)."""
-        hook = self.after.get(src.id)
-        if hook is not None:
-            data = dict(data, ys=data["y"])
-        if stream:
-            src.stream(data)
-        else:
-            src.data = data
-        if hook is not None:
-            hook(src)
+    def _new(self, g: Group) -> tuple:
+        """A group's points after its cursors: (new cursors, each line's columns, the rows
+        to stream, NaN crosses, floor markers)."""
+        got = self.provider.read(g.session.id, g.worker, g.keys, since=g.cursors)
+        cursors = {k: s.cursor for k, s in got.items()}
+        if not any(len(s) for s in got.values()):
+            return cursors, [], {"n": 0}, {}, {}
+        new = [line_columns(line, got, self.log_axis) for line in g.lines]
+        return (cursors, new, _rows(new), *_marks(g.lines, new))
 
-    def zoom(self, fig: Any, field: str, x0: float, x1: float) -> None:
-        """Show the lines of ``fig`` between ``x0`` and ``x1`` (of the x column ``field``)
-        at full resolution, downsampled again only if that range holds more than
-        MAX_POINTS points. Lines read whole at first are left alone."""
-        for tail, src in self.items:
-            if self._figure_of.get(src.id) is not fig or not tail.downsampled:
+    def _patch(self, g: Group, new: list[dict[str, np.ndarray]]) -> None:
+        """Write new points into the rows' spare room (one message); rows without room
+        are drawn again with more."""
+        if any(f + len(c["i"]) > len(g.source.data["xs"][k])
+               for k, (f, c) in enumerate(zip(g.fill, new))):
+            self._draw_group(g, [_merge(o, {}, 0, -1) for o in g.overview])
+            return
+        patches: dict[str, list] = {"xs": [], "ts": [], "ys": []}
+        for k, c in enumerate(new):
+            m = len(c["i"])
+            if not m:
                 continue
-            cols = tail.whole(self.store)
-            x = np.asarray(cols[field], dtype=float)
-            idx = np.flatnonzero((x >= x0) & (x <= x1))
-            if idx.size:  # (one point beyond each edge: the line runs to the border)
-                idx = np.arange(max(idx[0] - 1, 0), min(idx[-1] + 2, len(x)))
-            if idx.size > MAX_POINTS:
-                idx = idx[downsample_index(cols["iteration"][idx], cols["raw"][idx], MAX_POINTS)]
-            self._put(src, {k: np.asarray(v)[idx] for k, v in cols.items()}, stream=False)
+            at = slice(g.fill[k], g.fill[k] + m)
+            # (as lists: each array would travel as a websocket frame of its own)
+            patches["xs"].append(((k, at), c["i"].astype(float).tolist()))
+            patches["ts"].append(((k, at), c["t"].tolist()))
+            patches["ys"].append(((k, at), c["y"].tolist()))
+            g.fill[k] += m
+        g.source.patch(patches)
 
-    def drop(self, fig: Any) -> None:
-        """Forget the lines of a chart taken off the page."""
-        self.items = [(t_, src) for t_, src in self.items if self._figure_of.get(src.id) is not fig]
-        if fig in self.figures:
-            self.figures.remove(fig)
+    def zoom(self, x0: float, x1: float) -> None:
+        """Show the store's points inside [x0, x1] (in the chart's x units), the
+        overview outside; the whole overview when the window holds all of it."""
+        for g in self.groups:
+            if not g.overview or not len(g.overview[0]["i"]):
+                continue
+            its, xs = _x_of(g, self.mode)
+            lo, hi = np.interp([x0, x1], xs, its) if len(xs) > 1 else (its[0], its[-1])
+            start, stop = int(np.floor(lo)), int(np.ceil(hi))
+            if start <= its[0] and stop >= its[-1]:
+                if g.window is not None:
+                    g.window = None
+                    self._draw_group(g)
+                continue
+            got = self.provider.read(g.session.id, g.worker, g.keys, max_points=self.budget(),
+                                     start=start, stop=stop)
+            inside = [line_columns(line, got, self.log_axis) for line in g.lines]
+            g.window = (start, stop)
+            self._draw_group(g, [_merge(o, w, start, stop) for o, w in zip(g.overview, inside)])
 
-    def panel(self, fig: Any) -> Any:
+    def set_mode(self, mode: str) -> None:
+        """Draw every line against ``mode`` (one of X_MODES)."""
+        self.mode = mode
+        for g in self.groups:
+            if g.multi_renderer is not None:
+                g.multi_renderer.glyph.xs = g.xs(mode)
+            for line in [] if g.multi else g.lines:
+                for r in line.renderers:
+                    r.glyph.x = g.x(line.col, mode)
+            for r in g.extra:
+                r.glyph.x = g.x(None, mode)
+        x = {"iteration": "$snap_x{%d}", "relative": "$snap_x{%.1f} s",
+             "wall": "$snap_x{%F %T}"}[mode]
+        formatters: dict[str, Any] = {"$snap_x": "datetime" if mode == "wall" else "printf",
+                                      "$snap_y": "printf"}
+        for hover, name in ((self.hover, "$name"), (self.rows_hover, "@name")):
+            hover.tooltips = [("", name), (self.t(_X_LABELS[mode]), x),
+                              (self.t("value"), "$snap_y{%.4g}")]
+            hover.formatters = formatters
+        set_x_axis([self.fig], mode, self.t)
+
+    def _fit_span(self) -> None:
+        """A constant line gets a range around its value, not BokehJS's +/- 1."""
+        self._lo, self._hi = np.inf, -np.inf
+        self._span_of([c for g in self.groups for c in g.overview])
+
+    def _span_of(self, cols: list[dict[str, np.ndarray]]) -> None:
+        ys = [c["y"][np.isfinite(c["y"])] for c in cols if len(c["y"])]
+        ys = [y for y in ys if y.size]
+        if not ys or self.log_axis:
+            return
+        self._lo = min(self._lo, *(float(y.min()) for y in ys))
+        self._hi = max(self._hi, *(float(y.max()) for y in ys))
+        lo, hi = self._lo, self._hi
+        span = None if hi - lo > 1e-12 * max(abs(hi), 1e-300) else (abs(hi) * 0.5 or 1.0)
+        if span is not None and span != self._span:
+            self._span = self.y_range.default_span = span
+
+    def panel(self) -> Any:
         """The chart with a button that downloads its lines as CSV."""
-        title = getattr(fig.title, "text", "") or "chart"
-        name = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower()[:40] or "chart"
-        button = csv_button(self._lines_of.get(fig.id, {}), f"{name}.csv", self.t)
-        return column(fig, button, sizing_mode="stretch_width")
-
-    def chart(self, title: str, t: Messages, *, y_label: str = "", height: int = 250,
-              log_y: bool = False) -> Any:
-        fig = figure(title=title, height=height, sizing_mode="stretch_width", tools=TOOLS,
-                     y_axis_type="log" if log_y else "linear", x_axis_label=t("Iteration"),
-                     y_axis_label=y_label, output_backend="webgl")
-        fig.toolbar.logo = None
-        fig.add_layout(Legend(click_policy="hide", label_text_font_size="8pt",
-                              spacing=0, padding=4), "right")
-        # "vline": every line's value at the pointer's x, as TensorBoard lists its runs
-        hover = HoverTool(renderers=[], mode="vline",
-                          tooltips=[("", "$name"), ("x", "@iteration"), ("y", "@raw")])
-        fig.add_tools(hover)
-        self._hover[fig.id] = hover
-        self.figures.append(fig)
-
-        def zoomed(event: Any) -> None:  # (a RangesUpdate)
-            if event.x0 is not None and event.x1 is not None:
-                xs = [getattr(getattr(r, "glyph", None), "x", None) for r in fig.renderers]
-                field = next((x for x in xs if isinstance(x, str)), "iteration")
-                self.zoom(fig, field, float(event.x0), float(event.x1))
-        fig.on_event(RangesUpdate, zoomed)
-        return fig
-
-    def line(self, fig: Any, tail: Tail, label: str, color: str, *, y: str = "y",
-             width: float = 1.6, dash: str = "solid") -> tuple[ColumnDataSource, Any]:
-        """A line of ``tail`` on ``fig``, broken with a red cross where a value is NaN or
-        Inf (never drawn as 0)."""
-        src = self.source(tail)
-        self._figure_of[src.id] = fig
-        self._lines_of.setdefault(fig.id, {})[label] = src
-        r = fig.line("iteration", y, source=src, color=color, line_width=width,
-                     line_dash=dash, legend_label=label[:40], name=label[:40])
-        hover = self._hover.get(fig.id)
-        if hover is not None:
-            hover.renderers = [*hover.renderers, r]
-        fig.scatter("iteration", "mark", source=src, marker="x", color="#d62728", size=10,
-                    line_width=2)
-        return src, r
+        return column(self.fig, csv_button(self, self.t), sizing_mode="stretch_width")
 
 
-def set_x_axis(figures: list[Any], field: str, t: Messages) -> None:
-    """Every line of ``figures`` against ``field`` (one of X_FIELDS)."""
-    labels = {"iteration": t("Iteration"), "relative": t("Relative time (s)"), "wall": t("Wall time")}
+_X_LABELS = {"iteration": "Iteration", "relative": "Relative time (s)", "wall": "Wall time"}
+
+
+def _pad(lines: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The lines' columns in one table, each padded with NaN at the front to the longest
+    (a NaN before a line's first point draws nothing; rows streamed later line up)."""
+    n = max((len(c["i"]) for c in lines), default=0)
+    data: dict[str, np.ndarray] = {}
+    for k, c in enumerate(lines):
+        pad = n - len(c["i"])
+        data[f"i{k}"] = np.concatenate([np.full(pad, np.nan), c["i"].astype(float)])
+        data[f"t{k}"] = np.concatenate([np.full(pad, np.nan), c["t"]])
+        data[f"y{k}"] = np.concatenate([np.full(pad, np.nan), c["y"]])
+    return data
+
+
+def _rows_of(lines: list[Line], cols: list[dict[str, np.ndarray]], room: int) -> tuple[dict, list[int]]:
+    """A many-line group's MultiLine columns: a row a line, its arrays ``room`` long or
+    longer (NaN after its points: nothing drawn, room for new ones); and each row's fill."""
+    fill = [len(c["i"]) for c in cols]
+    size = max(room, max(fill, default=0) + 100)
+
+    def padded(a: np.ndarray) -> np.ndarray:
+        out = np.full(size, np.nan)
+        out[:len(a)] = a
+        return out
+    return ({"xs": [padded(c["i"].astype(float)) for c in cols], "ts": [padded(c["t"]) for c in cols],
+             "ys": [padded(c["y"]) for c in cols], "name": [line.label for line in lines],
+             "color": [line.color for line in lines], "dash": [line.dash for line in lines]}, fill)
+
+
+def _rows(new: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """New points of a group's lines as rows to stream: one row per report (matched by
+    iteration and wall time), NaN for a line without a point in it."""
+    keys = sorted({(float(t), int(i)) for c in new for i, t in zip(c["i"], c["t"])})
+    out: dict[str, Any] = {"n": len(keys)}
+    where = {k: j for j, k in enumerate(keys)}
+    for k, c in enumerate(new):
+        i, t, y = (np.full(len(keys), np.nan) for _ in range(3))
+        for it, wt, v in zip(c["i"], c["t"], c["y"]):
+            j = where[(float(wt), int(it))]
+            i[j], t[j], y[j] = it, wt, v
+        out[f"i{k}"], out[f"t{k}"], out[f"y{k}"] = i, t, y
+    return out
+
+
+def _marks(lines: list[Line], cols: list[dict[str, np.ndarray]]) -> tuple[dict, dict]:
+    """The NaN/Inf crosses and the floor markers of these lines' points."""
+    bad: dict[str, list] = {"i": [], "t": [], "y": [], "line": [], "kind": []}
+    low: dict[str, list] = {"i": [], "t": [], "y": [], "line": [], "kind": []}
+    for line, c in zip(lines, cols):
+        for j in np.flatnonzero(c["bad"]):
+            raw = c["raw"][j]
+            kind = "NaN" if np.isnan(raw) else ("+Inf" if raw > 0 else "-Inf")
+            bad["i"].append(int(c["i"][j]))
+            bad["t"].append(float(c["t"][j]))
+            bad["y"].append(float(c["height"][j]))
+            bad["line"].append(line.label)
+            bad["kind"].append(f"{kind} stored")
+        for j in np.flatnonzero(c["zero"]):
+            low["i"].append(int(c["i"][j]))
+            low["t"].append(float(c["t"][j]))
+            low["y"].append(FLOOR_Y)
+            low["line"].append(line.label)
+            low["kind"].append("0 (log10: -inf)" if line.log else f"{c['raw'][j]:.3g} (<= 0 on a log axis)")
+    return bad, low
+
+
+def _thin(c: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    if len(c["i"]) <= n:
+        return c
+    idx = downsample_index(c["i"], c["raw"], n)
+    return {k: v[idx] for k, v in c.items()}
+
+
+def _merge(whole: dict[str, np.ndarray], inside: dict[str, np.ndarray], start: int,
+           stop: int) -> dict[str, np.ndarray]:
+    """``whole`` outside [start, stop], ``inside`` within it (an empty window: ``whole``)."""
+    if start > stop:
+        return whole
+    keep_lo, keep_hi = whole["i"] < start, whole["i"] > stop
+    return {c: np.concatenate([whole[c][keep_lo], inside[c], whole[c][keep_hi]]) for c in whole}
+
+
+def _x_of(g: Group, mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iterations, x in ``mode``) of a group's first line, for mapping a window."""
+    c = g.overview[0]
+    its = c["i"].astype(float)
+    if mode == "iteration":
+        return its, its
+    xs = c["t"] if mode == "wall" else (c["t"] - g.session.created * 1000.0) / 1000.0
+    order = np.argsort(xs, kind="stable")
+    return its[order], xs[order]
+
+
+def set_x_axis(figures: list[Any], mode: str, t: Any) -> None:
+    """Label and format the x axis of ``figures`` for ``mode``: iterations as 20k, not
+    2.000e+4; wall times as clock times."""
     for fig in figures:
-        for r in fig.renderers:
-            glyph = r.glyph
-            if hasattr(glyph, "x") and isinstance(glyph.x, str) and glyph.x in X_FIELDS:
-                glyph.x = field
         for ax in fig.xaxis:
-            ax.axis_label = labels[field]
-            ax.formatter = (DatetimeTickFormatter(milliseconds="%H:%M:%S.%3N", seconds="%H:%M:%S",
-                                                  minsec="%H:%M:%S", minutes="%H:%M",
-                                                  hourmin="%H:%M", hours="%H:%M")
-                            if field == "wall" else BasicTickFormatter())
+            ax.axis_label = t(_X_LABELS[mode])
+            ax.ticker = DatetimeTicker() if mode == "wall" else BasicTicker()
+            if mode == "wall":
+                ax.formatter = DatetimeTickFormatter(
+                    milliseconds="%H:%M:%S.%3N", seconds="%H:%M:%S", minsec="%H:%M:%S",
+                    minutes="%H:%M", hourmin="%H:%M", hours="%H:%M", days="%m-%d %H:%M")
+            elif mode == "iteration":
+                ax.formatter = NumeralTickFormatter(format="0.[0]a")
+            else:
+                ax.formatter = BasicTickFormatter(use_scientific=False)
 
 
-def csv_button(sources: dict[str, ColumnDataSource], filename: str, t: Messages,
-               fields: tuple[str, ...] = ("iteration", "relative", "wall", "raw")) -> Button:
-    """A button that downloads every line of a chart as one CSV (line, x columns, value)."""
+CSV_JS = """
+const rows = ["line,iteration,wall_time,value"];
+const q = (s) => /[",\\n\\r]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
+const iso = (ms) => Number.isFinite(ms) ? new Date(ms).toISOString() : "";
+groups.forEach((g, n) => {
+  const d = g.data;
+  labels[n].forEach((label, k) => {
+    const I = d["i" + k] || [], T = d["t" + k] || [], Y = d["y" + k] || [];
+    for (let j = 0; j < I.length; j++)
+      if (Number.isFinite(I[j]) && Number.isFinite(Y[j]))
+        rows.push([q(label), I[j], iso(T[j]), Y[j]].join(","));
+  });
+  for (const m of [marks[n].data, floors[n].data])
+    for (let j = 0; j < m.i.length; j++)
+      rows.push([q(String(m.line[j])), m.i[j], iso(m.t[j]), q(String(m.kind[j]))].join(","));
+});
+const blob = new Blob([rows.join("\\n") + "\\n"], {type: "text/csv"});
+const a = document.createElement("a");
+a.href = URL.createObjectURL(blob); a.download = filename;
+document.body.appendChild(a); a.click(); a.remove();
+"""
+
+
+def csv_button(chart: Chart, t: Any) -> Button:
+    """A button that downloads every line of ``chart`` as CSV: line, iteration, wall time
+    (ISO 8601), value as drawn (a NaN, an Inf or a 0 on a log chart by name)."""
+    title = getattr(chart.fig.title, "text", "") or "chart"
+    name = re.sub(r"[^A-Za-z0-9]+", "_", title).strip("_").lower()[:40] or "chart"
     button = Button(label=t("Download CSV"), width=130, height=26, button_type="default",
                     styles={"font-size": "11px"})
     button.js_on_event("button_click", CustomJS(
-        args={"sources": list(sources.values()), "names": list(sources), "fields": list(fields),
-              "filename": filename},
-        code="""
-        const rows = [["line", ...fields].join(",")];
-        const q = (s) => /[",\\n]/.test(s) ? '"' + s.replace(/"/g, '""') + '"' : s;
-        sources.forEach((src, k) => {
-          const n = src.get_length() || 0;
-          for (let i = 0; i < n; i++)
-            rows.push([q(String(names[k])), ...fields.map((f) => {
-              const v = src.data[f][i]; return (v === null || Number.isNaN(v)) ? "" : String(v);
-            })].join(","));
-        });
-        const blob = new Blob([rows.join("\\n") + "\\n"], {type: "text/csv"});
-        const a = document.createElement("a");
-        a.href = URL.createObjectURL(blob); a.download = filename;
-        document.body.appendChild(a); a.click(); a.remove();
-        """))
+        args={"groups": [g.source for g in chart.groups],
+              "labels": [[line.label for line in g.lines] for g in chart.groups],
+              "marks": [g.marks for g in chart.groups], "floors": [g.floor for g in chart.groups],
+              "filename": f"{name}.csv"},
+        code=CSV_JS))
     return button
 
 
-def color(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
-
-
-__all__ = ["Lines", "div", "color", "csv_button", "esc", "note",
-           "set_x_axis"]
+__all__ = ["CHART_POINTS", "Chart", "Line", "X_MODES", "csv_button", "line_columns", "palette",
+           "session_color", "set_x_axis"]

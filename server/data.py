@@ -1,111 +1,10 @@
-"""What the pages show, read from the store: no Bokeh here, so it is tested on its own.
-
-A page holds :class:`Tail` objects: each knows one line of one chart (a stored series, or a
-ratio of two) and its cursor, and gives only the points written since its last read, so a
-periodic callback streams what is new instead of re-reading the whole series.
-"""
+"""What the pages compute from what they read: no Bokeh here, so it is tested on its own."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
-from embedviz.store import Store
-
-#: points a line is read with at first (the store keeps each bucket's min, max, first NaN
-#: and last point, so spikes and divergence stay visible)
-MAX_POINTS = 2000
-
-
-def columns(iterations: np.ndarray, values: np.ndarray, wall: np.ndarray, start: float,
-            stored_bad: np.ndarray | None = None) -> dict:
-    """A line's columns: ``y`` has NaN where the value is not finite (Bokeh draws a gap),
-    ``mark`` a height only there (a marker is drawn), ``raw`` the value as stored, and the
-    three x axes a user can pick. ``stored_bad``: for a value computed from stored ones (a
-    log, a ratio), where those were NaN or Inf; a log of 0 is a gap, not a marker."""
-    values = np.asarray(values, dtype=float)
-    finite = np.isfinite(values)
-    bad = ~finite if stored_bad is None else np.asarray(stored_bad, dtype=bool)
-    # a NaN/Inf point's marker sits at the last finite value before it (the first one after
-    # it at the start): where the line breaks off
-    idx = np.where(finite, np.arange(values.size), -1)
-    idx = np.maximum.accumulate(idx) if idx.size else idx
-    first = int(np.argmax(finite)) if finite.any() else -1
-    held = values[np.where(idx >= 0, idx, first)] if first >= 0 else np.ones_like(values)
-    return {"iteration": np.asarray(iterations, dtype=np.int64),
-            "relative": np.asarray(wall, dtype=float) - start,
-            "wall": np.asarray(wall, dtype=float) * 1000.0,  # (Bokeh's datetimes: ms)
-            "y": np.where(finite, values, np.nan),
-            "raw": values,
-            "mark": np.where(bad, held, np.nan)}
-
-
-@dataclass
-class Tail:
-    """One line of a chart: the stored series ``keys`` combined by ``combine`` (one key:
-    the series itself), read since its cursor."""
-
-    session: str
-    worker: str | None
-    keys: tuple[str, ...]
-    combine: Callable[..., np.ndarray] | None = None
-    start: float = 0.0  # the session's start (relative time)
-    cursors: list[int] = field(default_factory=list)
-    #: the first read was downsampled (so zooming in has more to show)
-    downsampled: bool = False
-
-    def whole(self, store: Store) -> dict:
-        """Every point written so far, at full resolution (the cursors stay as they are)."""
-        return Tail(self.session, self.worker, self.keys, self.combine, self.start).read(store)
-
-    def read(self, store: Store, max_points: int | None = None) -> dict:
-        """The columns of the points written since the last read (all of them, downsampled
-        to ``max_points``, the first time)."""
-        fresh = not self.cursors
-        if fresh:
-            self.cursors = [0] * len(self.keys)
-        got = []
-        for i, key in enumerate(self.keys):
-            s = store.read_series(self.session, key, worker=self.worker, since=self.cursors[i],
-                                  max_points=max_points)
-            self.cursors[i] = s.cursor
-            got.append(s)
-        first = got[0]
-        # (a downsampled read keeps about max_points of many more)
-        self.downsampled |= fresh and max_points is not None and len(first) >= max_points // 2
-        values, bad = first.values, None
-        if len(got) > 1:
-            # a ratio and the like, at the first series' points: each other series' own point
-            # where it has one there, else (downsampled, its extremes fall elsewhere) its line
-            # between its neighbours
-            parts = [first.values] + [_at(s, first.iterations) for s in got[1:]]
-            bad = ~np.logical_and.reduce([np.isfinite(p) for p in parts])
-            assert self.combine is not None
-            with np.errstate(divide="ignore", invalid="ignore"):
-                values = self.combine(*parts)
-        elif self.combine is not None:
-            bad = ~np.isfinite(values)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                values = self.combine(values)
-        return columns(first.iterations, values, first.wall_times, self.start, bad)
-
-
-def _at(s: Any, iterations: np.ndarray) -> np.ndarray:
-    """Series ``s``'s values at ``iterations``: its own where it has a point, interpolated
-    between its finite points elsewhere (NaN outside its range)."""
-    if len(s) == 0:
-        return np.full(len(iterations), np.nan)
-    pos = np.clip(np.searchsorted(s.iterations, iterations), 0, len(s) - 1)
-    exact = s.iterations[pos] == iterations
-    finite = np.isfinite(s.values)
-    out = np.full(len(iterations), np.nan)
-    if finite.any():
-        out = np.interp(iterations, s.iterations[finite], s.values[finite], left=np.nan, right=np.nan)
-    return np.where(exact, s.values[pos], out)
 
 
 def log10_ratio(update: np.ndarray, param: np.ndarray) -> np.ndarray:
@@ -115,49 +14,6 @@ def log10_ratio(update: np.ndarray, param: np.ndarray) -> np.ndarray:
 
 def log10(values: np.ndarray) -> np.ndarray:
     return np.log10(values)
-
-
-def ema(values: np.ndarray, weight: float) -> np.ndarray:
-    """TensorBoard's smoothing: an exponential moving average, debiased at the start; a
-    NaN or Inf point stays as it is and does not poison what follows."""
-    values = np.asarray(values, dtype=float)
-    if weight <= 0 or values.size == 0:
-        return values.copy()
-    out = np.empty_like(values)
-    last, n = 0.0, 0
-    for i, v in enumerate(values.tolist()):
-        if not math.isfinite(v):
-            out[i] = v
-            continue
-        last = last * weight + (1 - weight) * v
-        n += 1
-        out[i] = last / (1 - weight ** n)
-    return out
-
-
-def tensor_names(keys: list[str], kind: str, static: dict | None = None) -> list[str]:
-    """Names of the tensors of ``kind`` ("param", "activation", ...) that have series, in
-    the model's order when its layer table is known."""
-    names = {k.split("/", 1)[1].rsplit("/", 1)[0] for k in keys
-             if k.startswith(kind + "/") and k.endswith("/mean_magnitude")}
-    order: list[str] = []
-    for layer in (static or {}).get("model", {}).get("layers", []):
-        order.append(layer["name"])
-        order.extend(f"{layer['name']}.{p}" if layer["name"] else p for p in layer.get("params", {}))
-    rank = {n: i for i, n in enumerate(order)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
-
-
-def weight_names(params: list[str]) -> list[str]:
-    """The parameters whose update:param ratio is charted (biases start at zero: their
-    ratio says little), all of them when none is called a weight."""
-    weights = [p for p in params if not p.endswith("bias")]
-    return weights or params
-
-
-def layer_of(name: str) -> str:
-    """The module a parameter belongs to ("fc1.weight" -> "fc1")."""
-    return name.rsplit(".", 1)[0] if "." in name else ""
 
 
 def model_rows(static: dict) -> list[tuple[str, str, str]]:

@@ -107,20 +107,81 @@ JA: dict[str, str] = {
     "trustworthiness": "信頼性",
     "words": "語",
     "live": "ライブ",
+    "Cancel": "中止",
+    "No learning rate was recorded in the sessions picked.": "選択したセッションには学習率の記録がありません。",
+    "No series of this kind in the sessions picked.": "選択したセッションにはこの種類の系列がありません。",
+    "Pick a session above.": "上でセッションを選んでください。",
+    "Project this set (t-SNE)": "このセットを射影 (t-SNE)",
+    "Projection": "射影",
+    "Projections cannot be run from this page here (no job pool).":
+        "ここではこのページから射影を実行できません (ジョブプールがありません)。",
+    "all": "すべて",
+    "mean": "平均",
+    "zero fraction": "ゼロの割合",
+    "Mean magnitude of parameters and updates": "パラメータと更新量の平均の大きさ",
+    "Update:param ratio (log10)": "更新量:パラメータ比 (log10)",
+    "group": "グループ",
+    "iteration": "イテレーション",
+    "more": "件ほか",
+    "queued": "待機中",
+    "cancelled": "中止済み",
+    "interrupted": "中断",
+    "pending": "保留中",
+    "snapshots": "スナップショット",
+    "No update:param ratio: no parameter updates were recorded in the sessions picked.":
+        "更新量:パラメータ比はありません。選択したセッションにはパラメータの更新量が記録されていません。",
+    "Nothing recorded yet in the sessions picked: the pages fill as a training reports.":
+        "選択したセッションにはまだ記録がありません。訓練が報告するにつれてページが埋まります。",
+    "No per-layer statistics in the sessions picked (a word2vec run records its loss only): record a training with StatsListener.":
+        "選択したセッションにはレイヤーごとの統計がありません (word2vec の実行は損失のみを記録します)。StatsListener で訓練を記録してください。",
+    "No system series in the sessions picked: StatsListener records them with every report.":
+        "選択したセッションにはシステムの系列がありません。StatsListener は報告ごとにこれらを記録します。",
+    "No training sessions in this store: the Embeddings page shows its maps. Record a training with StatsListener, or run `embedviz demo`.":
+        "このストアには訓練セッションがありません。埋め込みページでマップを表示できます。StatsListener で訓練を記録するか、`embedviz demo` を実行してください。",
+    "No projection of this set yet: project it with the button below or the form.":
+        "このセットの射影はまだありません。下のボタンかフォームで射影してください。",
+    "No embedding sets in this store: plot_vocab(...) with store=, Word2VecListener or embedviz.project(...) adds them.":
+        "このストアには埋め込みセットがありません。store= を付けた plot_vocab(...)、Word2VecListener、embedviz.project(...) で追加できます。",
+    # the info table's sections and fields
+    "session": "セッション",
+    "worker": "ワーカー",
+    "model": "モデル",
+    "optimizer": "オプティマイザ",
+    "hyperparameters": "ハイパーパラメータ",
+    "software": "ソフトウェア",
+    "hardware": "ハードウェア",
+    "listener": "リスナー",
+    "layers": "レイヤー数",
+    "frequency": "頻度",
+    "background": "バックグラウンド",
+    "sample_limit": "サンプル上限",
+    # tensor kinds
+    "param": "パラメータ",
+    "gradient": "勾配",
+    "update": "更新量",
+    "activation": "活性化",
 }
 
 TABLES = {"en": {}, "ja": JA}
 
 
 class Messages:
-    """``t = Messages("ja"); t("Score")``: the string in the page's language."""
+    """``t = Messages("ja"); t("Score")``: the string in the page's language. Strings a
+    table lacks are shown in English and collected in ``missing`` (a test builds every
+    page in Japanese and expects none)."""
 
     def __init__(self, lang: str = "en") -> None:
         self.lang = lang if lang in TABLES else "en"
         self._table = TABLES[self.lang]
+        self.missing: set[str] = set()
 
     def __call__(self, text: str) -> str:
-        return self._table.get(text, text)
+        got = self._table.get(text)
+        if got is None:
+            if self.lang != "en":
+                self.missing.add(text)
+            return text
+        return got
 
     def when(self, t: float | None) -> str:
         """A wall time in the page's language."""

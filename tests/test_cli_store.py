@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import embedviz
+from embedviz import demo
 from embedviz.cli import main
-from embedviz.records import Update
+from embedviz.records import Finding, Session, Update
 from tests.conftest import make_update
 
 
@@ -35,6 +38,54 @@ def test_console_script_lists_sessions(filled):
     out = subprocess.run([exe, "sessions", str(filled)], capture_output=True, text=True, check=True)
     line = [x for x in out.stdout.splitlines() if x.startswith("run-a")][0]
     assert "baseline" in line and "0..40" in line and " 5 " in line
+
+
+def test_sessions_prints_whole_names_in_columns_as_wide_as_the_data(tmp_path, capsys):
+    path = tmp_path / "runs.db"
+    long_name = "resnet50-imagenet-lr0.1-cosine-warmup5"
+    with embedviz.open_store(path) as store:
+        store.create_session("a", name=long_name)
+        store.create_session("b", name="short")
+        store.write([Update("a", "rank-0-of-many-workers", 10, score=1.0), Update("b", "0", 5, score=1.0)])
+    assert main(["sessions", str(path)]) == 0
+    header, first, second = capsys.readouterr().out.splitlines()
+    assert long_name in first and "rank-0-of-many-workers" in first
+    assert first.index(long_name) == header.index("name") == second.index("short")
+    assert first.index("rank-0") == header.index("worker") == second.index("0  ")
+
+
+def _doctor_store(path, findings=1):
+    with embedviz.open_store(path) as store:
+        for sid, name in (("id-1", "baseline"), ("id-2", "baseline"), ("id-3", "wide")):
+            store.create_session(sid, name=name)
+            store.write([Finding(sid, "dead_units", f"dead in {sid} #{k}", iteration=k, worker="rank-1",
+                                 layer="fc1", detail={"value": 95.0, "band": "< 90% of outputs 0"})
+                         for k in range(findings)])
+
+
+def test_doctor_names_each_session_and_its_worker(tmp_path, capsys):
+    path = tmp_path / "runs.db"
+    _doctor_store(path)
+    assert main(["doctor", str(path)]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("WARNING")]
+    assert [x.split("  worker")[0].split(None, 2)[2].strip() for x in lines] == [
+        "baseline [id-1]", "baseline [id-2]", "wide"]  # (the id only where a name is shared)
+    assert all("worker rank-1" in x for x in lines)
+
+
+@pytest.mark.parametrize("command", ["doctor", "doctor --json", "sessions"])
+def test_output_piped_into_head_ends_quietly(tmp_path, command):
+    path = tmp_path / "runs.db"
+    _doctor_store(path, findings=1000)  # (more than a pipe holds: the writer sees the reader go)
+    if command == "sessions":
+        with embedviz.open_store(path) as store:
+            store.write([Session(f"extra-{i}", name=f"run {i}") for i in range(2000)])
+    got = subprocess.run(["bash", "-c", f'"{sys.executable}" -m embedviz.cli {command} "{path}" | head -1;'
+                          ' echo "exit ${PIPESTATUS[0]}"'],
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    out = got.stdout.splitlines()
+    assert got.stderr == "" and len(out) == 2, got.stderr
+    assert out[1] in ("exit 0", "exit 141")
 
 
 def test_export_then_import_into_a_new_store(filled, tmp_path, capsys):
@@ -170,3 +221,93 @@ def test_a_store_damaged_mid_file_gets_one_line_not_a_traceback(tmp_path, capsys
     assert code == 2 and "damaged" in err and "Traceback" not in err
     with pytest.raises(sqlite3.DatabaseError):
         main(["--debug", "export", str(path), "-o", str(tmp_path / "x.jsonl")])
+
+
+TINY = {"digits-mlp-lr-too-high": 1, "digits-mlp": 2, "lee-word2vec": 2}
+
+
+def _demo_sessions(path):
+    with embedviz.open_store(path, readonly=True) as s:
+        return [(x.name, x.tags.get("demo"), x.tags.get("demo_state"), x.id) for x in s.sessions()]
+
+
+def test_the_demo_run_again_records_nothing_and_again_records_a_new_set(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(demo, "EPOCHS", TINY)
+    path, html = str(tmp_path / "demo.db"), str(tmp_path / "vocab.html")
+    assert main(["demo", "--store", path, "--html", html, "--no-serve"]) == 0
+    first = _demo_sessions(path)
+    assert sorted(x[:3] for x in first) == [(p, 1, "done") for p in sorted(demo.PARTS)]
+    capsys.readouterr()
+    assert main(["demo", "--store", path, "--html", html, "--no-serve"]) == 0
+    out = capsys.readouterr().out
+    assert "already holds the demo (set 1)" in out and "--again" in out and "recorded in" not in out
+    assert _demo_sessions(path) == first
+    assert main(["demo", "--store", path, "--html", html, "--no-serve", "--again"]) == 0
+    assert "kNN preservation" in capsys.readouterr().out
+    second = [x for x in _demo_sessions(path) if x not in first]
+    assert sorted(x[:3] for x in second) == [(p, 2, "done") for p in sorted(demo.PARTS)]
+    with embedviz.open_store(path, readonly=True) as s:  # (each set's snapshots are its own)
+        for name, _, _, sid in first + second:
+            assert (len(s.embeddings(sid)) > 0) == (name != "digits-mlp-lr-too-high"), name
+
+
+def test_the_demo_names_its_parts_when_given_another():
+    with pytest.raises(embedviz.EmbedvizError, match="no part 'mlp'.*digits-mlp-lr-too-high, digits-mlp"):
+        demo.run(embedviz.open_store(":memory:"), html=None, epochs={"mlp": 1})
+
+
+def test_a_demo_stopped_with_ctrl_c_says_how_to_complete_it(tmp_path, capsys, monkeypatch):
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(demo, "run", stopped)
+    assert main(["demo", "--store", str(tmp_path / "d.db"), "--no-serve"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and f"embedviz demo --store {tmp_path / 'd.db'}" in err
+
+
+def _interrupting(desc):
+    """tqdm that stops (as Ctrl+C does) after the first step of the bar called ``desc``."""
+    real = demo.tqdm
+
+    def bar(*args, **kwargs):
+        inner = real(*args, **kwargs)
+        if kwargs.get("desc") != desc:
+            return inner
+
+        def steps():
+            for i, x in enumerate(inner):
+                if i == 1:
+                    raise KeyboardInterrupt
+                yield x
+        return steps()
+    return bar
+
+
+@pytest.mark.parametrize("where", ["digits-mlp", "t-SNE of lee-word2vec"])
+def test_an_interrupted_demo_is_completed_without_duplicates(tmp_path, capsys, monkeypatch, where):
+    monkeypatch.setattr(demo, "EPOCHS", TINY)
+    store = embedviz.open_store(tmp_path / "demo.db")
+    monkeypatch.setattr(demo, "tqdm", _interrupting(where))
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(store, html=None)
+    before = {x.name: x for x in store.sessions()}
+    monkeypatch.undo()
+    monkeypatch.setattr(demo, "EPOCHS", TINY)
+    ids = demo.run(store, html=None)
+    assert "completing the interrupted demo (set 1)" in capsys.readouterr().out
+    after = {x.name: x for x in store.sessions()}
+    assert len(after) == len(store.sessions())  # (no name twice)
+    assert {n: x.tags["demo_state"] for n, x in after.items()} == {
+        **{p: "done" for p in demo.PARTS},
+        **({"digits-mlp (interrupted)": "interrupted"} if where == "digits-mlp" else {})}
+    assert ids["digits-mlp-lr-too-high"] == before["digits-mlp-lr-too-high"].id  # (kept, not again)
+    if where == "digits-mlp":  # (its training stopped: recorded anew, the stopped one set aside)
+        assert ids["digits-mlp"] != before["digits-mlp"].id
+        assert after["digits-mlp (interrupted)"].id == before["digits-mlp"].id
+    else:  # (trained, not yet projected: its maps were made)
+        assert ids["lee-word2vec"] == before["lee-word2vec"].id
+    for sid in (ids["digits-mlp"], ids["lee-word2vec"]):
+        assert all(p.state == "done" for e in store.embeddings(sid) for p in store.projections(e.key))
+        assert len([p for e in store.embeddings(sid)[-3:] for p in store.projections(e.key)]) == min(
+            3, len(store.embeddings(sid)))
+    store.close()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import string
 import subprocess
 import sys
 
@@ -15,8 +17,15 @@ import pytest
 
 import embedviz
 from embedviz.errors import InvalidRecordError
-from embedviz.health import CHECKS, Checker, check_records, check_session
-from embedviz.records import Metric, Static, Summary, Update
+from embedviz.health import (
+    CHECKS,
+    SEVERITY_TEXT,
+    Checker,
+    check_records,
+    check_session,
+    describe,
+)
+from embedviz.records import Finding, Metric, Static, Summary, Update
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -50,7 +59,7 @@ def test_each_planted_fault_is_found_by_its_check_at_its_layer(recorded, run):
     assert found, f"{run.name}: no {check} finding among " + str(
         [(f.check, f.layer, f.iteration) for _, f in store.findings(ids[run.name])])
     first = found[0]
-    assert first.layer == layer and first.severity == CHECKS[check][0]
+    assert first.layer == layer and first.severity == CHECKS[check].severity
     planted = _planted_iteration(store, ids[run.name], run)
     assert abs(first.iteration - planted) <= 2 * zoo.FREQUENCY, (first.iteration, planted)
     assert first.message and first.detail["band"]
@@ -70,6 +79,87 @@ def test_replaying_a_stored_session_gives_the_listeners_findings(recorded):
         live = [(f.check, f.layer, f.iteration, f.severity) for _, f in store.findings(ids[name])]
         again = [(f.check, f.layer, f.iteration, f.severity) for f in check_session(store, ids[name])]
         assert again == live, name
+
+
+#: three English words in a row: a sentence left untranslated
+ENGLISH = re.compile(r"[A-Za-z]{2,}(?: [A-Za-z]{2,}){2,}")
+
+
+def _fields(template):
+    return {f: spec for _, f, spec, _ in string.Formatter().parse(template) if f}
+
+
+def _zoo_findings(recorded):
+    store, ids, _ = recorded
+    return [f for sid in ids.values() for _, f in store.findings(sid)]
+
+
+def test_every_zoo_finding_shows_its_value_in_english_and_in_japanese(recorded):
+    found = _zoo_findings(recorded)
+    assert {f.check for f in found} >= {"nan", "loss_diverging", "loss_flat", "update_ratio_low",
+                                        "update_ratio_high", "saturation", "dead_units", "overfitting"}
+    for f in found:
+        template = CHECKS[f.check].text["en"][f.detail.get("variant", "")]
+        value = f.detail["value"]
+        shown = format(float(value), _fields(template)["value"])
+        assert f.detail["args"]["value"] == value
+        assert shown in f.message, (f.check, shown, f.message)
+        assert describe(f) == describe(f, "en") == f.message
+        ja = describe(f, "ja")
+        assert shown in ja and not ENGLISH.search(ja), (f.check, ja)
+        json.dumps(f.detail, allow_nan=False)  # (JSON-safe: NaN is stored as text)
+
+
+def test_a_ratio_finding_shows_the_median_it_stores_not_the_last_report():
+    layers = {"model": {"layers": [{"name": "fc", "type": "Linear", "params": {"weight": [4, 4]}}]}}
+    ratios = [-0.5] * 6 + [-0.9]  # (the last report below the median of the last five)
+    records = [Static("s", "0", layers)] + [
+        _update(i, 1.0, **{"param/fc.weight": {"mm": 1.0}, "update/fc.weight": {"mm": 10 ** r}})
+        for i, r in enumerate(ratios)]
+    found = [f for f in Checker(options={"update_ratio_high": {"warmup": 0}}).feed(records)
+             if f.check == "update_ratio_high"]
+    assert found and found[0].detail["value"] == pytest.approx(-0.5)
+    assert "-0.50" in found[0].message and "-0.90" not in found[0].message
+
+
+@pytest.mark.parametrize("name", list(CHECKS))
+def test_every_check_has_its_messages_in_both_languages_with_the_same_arguments(name):
+    c = CHECKS[name]
+    assert set(c.text) == {"en", "ja"} and set(c.text["en"]) == set(c.text["ja"])
+    assert set(c.params) == set(c.find.__code__.co_varnames[1:c.find.__code__.co_argcount]) - {
+        "num_classes"}
+    for variant, en in c.text["en"].items():
+        fields = _fields(en)
+        assert "value" in fields and set(_fields(c.text["ja"][variant])) == set(fields)
+        args = {k: 1.5 for k in fields}
+        f = Finding("s", name, "stored", 0, detail={"value": 1.5, "args": args,
+                                                    **({"variant": variant} if variant else {})})
+        ja = describe(f, "ja")
+        assert ja != "stored" and "1.5" in ja and not ENGLISH.search(ja), ja
+
+
+def test_describe_falls_back_to_the_stored_message():
+    mine = Finding("s", "my_check", "written by hand", 3)
+    assert describe(mine, "ja") == "written by hand"
+    old = Finding("s", "dead_units", "stored long ago", 3, detail={"value": 0.95})
+    assert describe(old, "ja") == "stored long ago"
+    other = Finding("s", "dead_units", "from another version", 3, detail={"args": {"ratio": 1}})
+    assert describe(other, "ja") == "from another version"
+    with pytest.raises(ValueError, match="no language 'fr'.*en, ja"):
+        describe(mine, "fr")
+    assert SEVERITY_TEXT["ja"] == {"error": "エラー", "warning": "警告", "info": "情報"}
+    assert set(SEVERITY_TEXT["en"]) == set(SEVERITY_TEXT["ja"])
+
+
+def test_the_checks_take_weights_by_the_shared_rule():
+    """A recurrent layer's weights (``weight_hh_l0``) are checked without a layer table; a
+    norm's 1-D scale is not, though it is called weight."""
+    tiny = {"param/rnn.weight_hh_l0": {"mm": 1.0}, "update/rnn.weight_hh_l0": {"mm": 1e-6},
+            "param/norm.weight": {"mm": 1.0}, "update/norm.weight": {"mm": 1e-6}}
+    layers = {"model": {"layers": [{"name": "norm", "type": "LayerNorm", "params": {"weight": [8]}}]}}
+    records = [Static("s", "0", layers)] + [_update(i, 1.0 - i / 100, **tiny) for i in range(8)]
+    found = [(f.check, f.layer) for f in check_records(records) if f.check == "update_ratio_low"]
+    assert found == [("update_ratio_low", "rnn.weight_hh_l0")]
 
 
 def _update(i, score, **summaries):

@@ -612,7 +612,8 @@ def test_outputs_changed_in_place_after_their_module_are_recorded_as_it_made_the
     X, y = digits
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     reports = list(range(0, 30, FREQ))
-    with StatsListener(store, FREQ, session="ip", sample_limit=None).attach(model, opt) as handle:
+    with StatsListener(store, FREQ, session="ip", sample_limit=None,
+                       max_pending=10_000).attach(model, opt) as handle:  # (none dropped)
         for i in range(30):
             model.bump = i in (10, 15, 16)
             loss = torch.nn.functional.cross_entropy(model(X[i * 32:(i + 1) * 32]), y[i * 32:(i + 1) * 32])

@@ -1,9 +1,10 @@
-"""The app in a real browser: `embedviz serve` on a recorded store, Debian's headless
+"""The app in a real browser: `embedviz serve` on recorded stores, Debian's headless
 Chromium driven by Selenium. Screenshots of every page go to the test's folder, and to
 ``$EMBEDVIZ_SCREENSHOTS`` when set (the README's pictures: docs/screenshots)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.recorded import record
@@ -31,7 +33,26 @@ const find = (root, sel, text) => {
     if (el.shadowRoot) { const got = find(el.shadowRoot, sel, text); if (got) return got; }
   return null;
 };
+const texts = (root, out = []) => {
+  const walk = document.createTreeWalker(root, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode())
+    if (n.parentElement && !["STYLE", "SCRIPT"].includes(n.parentElement.tagName)) out.push(n.data);
+  for (const el of root.querySelectorAll("*")) if (el.shadowRoot) texts(el.shadowRoot, out);
+  return out;
+};
+const view = (name) => Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name(name));
+const press = (name, k) => view(name).shadow_el.querySelectorAll("button")[k].click();
 """
+
+HELD = """
+let points = 0;
+for (const m of Bokeh.documents[0].all_models)
+  if (m.type === "ColumnDataSource" && m.data)
+    for (const col of Object.values(m.data))
+      if (col && col.length) { points += col.length; break; }
+return points;"""
+
+PAGE_ERROR = DEEP + "return find(document, '.ev-error', null)?.textContent || '';"
 
 
 def free_port() -> int:
@@ -40,17 +61,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("served")
-    path = folder / "runs.db"
-    ids = record(path)
+def serve(path: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "embedviz.cli", "serve", str(path), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     line = proc.stdout.readline()
     assert "serving" in line, line + proc.stdout.read()
-    yield {"url": f"http://localhost:{port}/", "path": path, "folder": folder, **ids}
+    return proc, f"http://localhost:{port}/"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("served")
+    path = folder / "runs.db"
+    ids = record(path)
+    proc, url = serve(path)
+    yield {"url": url, "path": path, "folder": folder, **ids}
     proc.terminate()
     proc.wait(30)
 
@@ -93,52 +119,65 @@ def errors(driver) -> list[str]:
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
-def shoot(driver, served, name: str) -> None:
+def shoot(driver, folder: Path, name: str) -> None:
     time.sleep(1.0)  # (WebGL draws after the document is idle)
-    driver.save_screenshot(str(served["folder"] / f"{name}.png"))
+    driver.save_screenshot(str(folder / f"{name}.png"))
     out = os.environ.get("EMBEDVIZ_SCREENSHOTS")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(out) / f"{name}.png"))
 
 
+def settle(driver, seconds: float = 0.6) -> None:
+    """Wait until the server's answer to a click has been applied (no pending messages)."""
+    time.sleep(seconds)
+    wait_for(driver, "return Bokeh.documents[0]._pending_messages == null || true", 5)
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+def test_every_page_in_every_x_mode_with_two_sessions_shows_data_and_no_error(served, browser, lang):
+    """The page and x-axis buttons clicked through, two sessions picked: every page holds
+    data, shows no Python error, and the browser logs none."""
+    open_page(browser, f"{served['url']}?session={served['mlp']}&session={served['bad']}&lang={lang}")
+    browser.get_log("browser")
+    for k, name in enumerate(PAGES):
+        browser.execute_script(DEEP + f"press('pages', {k});")
+        assert wait_for(browser, f"return new URLSearchParams(location.search).get('page') === {name!r}", 30), name
+        for mode in range(3 if name != "embeddings" else 1):
+            browser.execute_script(DEEP + f"press('x-axis', {mode});")
+            settle(browser)
+            held = wait_for(browser, HELD, 30)
+            assert held >= (2 if name == "health" else 20), (name, mode, held)
+            assert browser.execute_script(PAGE_ERROR) == "", (name, mode)
+            if mode:
+                want = ["iteration", "relative", "wall"][mode]
+                assert wait_for(browser, f"return location.search.includes('x={want}')", 10)
+        if lang == "en" or name in ("overview", "health"):
+            shoot(browser, served["folder"], f"{name}-{lang}")
+    assert errors(browser) == []
+    sessions = browser.execute_script("return new URLSearchParams(location.search).getAll('session')")
+    assert sessions == [served["mlp"], served["bad"]]
+
+
 @pytest.mark.parametrize("name", PAGES)
-def test_every_page_loads_without_errors_and_its_plots_hold_data(served, browser, name):
-    sessions = {"embeddings": served["w2v"], "health": f"{served['bad']},{served['mlp']}"}
+def test_the_readme_pictures(served, browser, name):
+    sessions = {"embeddings": served["w2v"], "health": f"{served['bad']}&session={served['mlp']}"}
     open_page(browser, f"{served['url']}?page={name}&session={sessions.get(name, served['mlp'])}")
-    held = wait_for(browser, """
-        const doc = Bokeh.documents[0];
-        let points = 0;
-        for (const m of doc.all_models) {
-          if (m.type === "ColumnDataSource" && m.data) {
-            const col = Object.values(m.data)[0];
-            if (col && col.length) points += col.length;
-          }
-        }
-        return points;""")
-    least = 2 if name == "health" else 20  # (the health page: a row per finding)
-    assert held and held >= least, f"the {name} page holds {held} data points"
+    assert wait_for(browser, HELD) >= (2 if name == "health" else 20)
     if name == "health":
         assert wait_for(browser, DEEP + "return find(document, '.slick-cell', 'NaN in the loss') !== null")
         assert wait_for(browser, DEEP + "return find(document, '.slick-cell', 'dead_units') !== null")
-    shoot(browser, served, name)
+    shoot(browser, served["folder"], name)
     assert errors(browser) == []
 
 
-def test_clicking_a_page_and_picking_sessions_redraw_what_is_shown(served, browser):
-    open_page(browser, f"{served['url']}?page=overview&session={served['mlp']}")
-    assert wait_for(browser, DEEP + "return find(document, 'button', 'Model') !== null")
-    browser.execute_script(DEEP + "find(document, 'button', 'Model').click();")
-    # the model page's layer table, drawn
-    assert wait_for(browser, DEEP + "return find(document, '.slick-cell', 'Linear') !== null", 30)
-    browser.execute_script(DEEP + "find(document, 'button', 'Overview').click();")
-    assert wait_for(browser, DEEP + "return find(document, 'button', 'Download CSV') !== null", 30)
-    browser.execute_script(f"""
-        Bokeh.documents[0].get_model_by_name('sessions').value = [{served['w2v']!r}, {served['mlp']!r}];""")
-    # the overview drawn again for both, the first picked first
-    assert wait_for(browser, "return 1", 1)
-    assert wait_for(browser, DEEP.replace("el.textContent.trim() === text", "el.textContent.includes(text)")
-                    + "return find(document, 'b', 'Model and training: lee-word2vec') !== null", 30)
+def test_a_link_reopens_the_view_it_was_copied_from(served, browser):
+    open_page(browser, f"{served['url']}?page=model&session={served['mlp']}")
+    browser.execute_script("Bokeh.documents[0].get_model_by_name('layer').value = '4';")
+    assert wait_for(browser, "return location.search.includes('layer=4')", 10)
+    link = browser.current_url
+    open_page(browser, link)
+    assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('layer').value === '4'", 20)
     assert errors(browser) == []
 
 
@@ -146,8 +185,9 @@ def test_a_record_written_by_another_process_shows_within_two_seconds(served, br
     open_page(browser, f"{served['url']}?page=overview&session={served['mlp']}")
     last = wait_for(browser, """
         for (const m of Bokeh.documents[0].all_models)
-          if (m.type === "ColumnDataSource" && m.data.ys && m.data.iteration.length)
-            return m.data.iteration[m.data.iteration.length - 1];
+          if (m.type === "ColumnDataSource" && m.data.y0 && m.data.i0.length) {
+            const i = m.data.i0; return i[i.length - 1];
+          }
         return 0;""")
     target = int(last) + 1000
     code = ("import embedviz, sys; from embedviz.records import Update; "
@@ -157,28 +197,33 @@ def test_a_record_written_by_another_process_shows_within_two_seconds(served, br
     written = time.monotonic()
     seen = wait_for(browser, f"""
         for (const m of Bokeh.documents[0].all_models)
-          if (m.type === "ColumnDataSource" && m.data.ys && m.data.iteration.length &&
-              m.data.iteration[m.data.iteration.length - 1] == {target}) return true;
+          if (m.type === "ColumnDataSource" && m.data.y0 && m.data.i0.length &&
+              m.data.i0[m.data.i0.length - 1] == {target}) return true;
         return false;""", timeout=10, every=0.05)
     latency = time.monotonic() - written
     assert seen, "the new point never reached the page"
     assert latency <= 2.0, f"it took {latency:.2f} s"
 
 
-def test_the_search_finds_a_word(served, browser):
+def test_the_search_answers_as_the_user_types(served, browser):
+    from selenium.webdriver.common.by import By
+
     open_page(browser, f"{served['url']}?page=embeddings&session={served['w2v']}")
-    assert wait_for(browser, DEEP + "return find(document, 'input[placeholder=\"Search words\"]', null) !== null")
-    browser.execute_script(DEEP + """
-        const box = find(document, 'input[placeholder="Search words"]', null);
-        box.value = "said"; box.dispatchEvent(new Event("change"));""")
+    box = wait_for(browser, DEEP + "return find(document, 'input[placeholder=\"Search words\"]', null)")
+    assert box is not None
+    del By
+    box.click()
+    box.send_keys("sai")  # (no Enter)
     assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('hits').data.x.length >= 1", 10)
     assert "match" in browser.execute_script("return Bokeh.documents[0].get_model_by_name('found').text")
+    assert wait_for(browser, "return location.search.includes('q=sai')", 10)
     assert errors(browser) == []
 
 
-def test_a_projection_started_from_the_form_completes_and_is_shown(served, browser):
+def test_a_projection_started_from_the_form_is_drawn_when_done(served, browser):
     open_page(browser, f"{served['url']}?page=embeddings&session={served['w2v']}")
     assert wait_for(browser, DEEP + "return find(document, 'button', 'Run') !== null")
+    snapshots = browser.execute_script("return Bokeh.documents[0].get_model_by_name('snapshot').end")
     browser.execute_script("""
         for (const m of Bokeh.documents[0].all_models) {
           if (m.type === "NumericInput" && m.title === "Top N words") m.value = 120;
@@ -188,10 +233,35 @@ def test_a_projection_started_from_the_form_completes_and_is_shown(served, brows
     browser.execute_script(DEEP + "find(document, 'button', 'Run').click();")
     status = wait_for(browser, """
         const s = Bokeh.documents[0].get_model_by_name('status').text;
-        return (s.startsWith('done') || s.startsWith('failed')) ? s : '';""", timeout=120, every=0.5)
+        return (s.startsWith('done') || s.startsWith('failed')) ? s : '';""", timeout=180, every=0.5)
     assert status.startswith("done"), status
+    # the final map, without a reload: 120 points, the run listed as a projection of its
+    # own set (a top-N set), the training's snapshot slider untouched
     assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('points').data.x.length == 120", 10)
-    shoot(browser, served, "embeddings-projected")
+    assert "done" not in browser.execute_script(
+        "return Bokeh.documents[0].get_model_by_name('quality').text")
+    assert browser.execute_script("return Bokeh.documents[0].get_model_by_name('projection').options.length") >= 1
+    assert "(top 120)" in browser.execute_script(
+        "const p = Bokeh.documents[0].get_model_by_name('set'); "
+        "return p.options.find((o) => o[0] === p.value)[1]")
+    browser.execute_script("const p = Bokeh.documents[0].get_model_by_name('set'); "
+                           f"p.value = {served['w2v']!r};")
+    assert wait_for(browser, f"return Bokeh.documents[0].get_model_by_name('snapshot').end == {snapshots}", 10)
+    shoot(browser, served["folder"], "embeddings-projected")
+    assert errors(browser) == []
+
+
+def test_a_zero_on_a_log_chart_keeps_the_chart_to_the_end_of_the_run(served, browser):
+    """The planted fault's gradients become exactly 0: markers on the floor, the x range
+    to the last report (not to where the line stopped)."""
+    open_page(browser, f"{served['url']}?page=overview&session={served['bad']}")
+    got = wait_for(browser, """
+        for (const m of Bokeh.documents[0].all_models)
+          if (m.type === "ColumnDataSource" && m.data.kind && m.data.kind.some((k) => k.startsWith("0 ")))
+            return [Math.max(...m.data.i), Bokeh.documents[0].get_model_by_name('score').x_range.end];
+        return null;""", 20)
+    assert got, "no floor markers for the zero gradients"
+    assert got[1] >= got[0]
     assert errors(browser) == []
 
 
@@ -221,3 +291,92 @@ def test_show_embeds_the_app_in_a_jupyter_notebook(served, browser):
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+# ---------------------------------------------------------------------------- hostile strings
+PAYLOADS = ['<img src=x onerror="window.__pwned=1">', "<script>window.__pwned=2</script>",
+            '" onmouseover="window.__pwned=3" x="', "javascript:window.__pwned=4",
+            "<b>bold</b> &amp; <i>x</i>", "<svg onload=window.__pwned=5>"]
+
+
+def hostile_store(path: Path) -> dict:
+    """Every stored text field holds one of PAYLOADS: session name, tag keys and values,
+    worker, metric, layer and parameter names, static info, finding check, layer and
+    message, embedding set name, words, metadata column names and values."""
+    import embedviz
+    from embedviz.records import EmbeddingSet, Finding, Histogram, Projection, Summary, Update
+
+    p = PAYLOADS
+    rng = np.random.default_rng(0)
+    layer = p[0]
+    weight = f"{layer}.weight"
+    with embedviz.open_store(path) as store:
+        s = store.create_session(name=p[0], tags={p[1]: p[2], "lr": p[4]})
+        worker = p[5]
+        store.put_static(s.id, worker, {
+            "model": {"type": p[1], "n_params": 10, "layers": [
+                {"name": layer, "type": p[2], "n_params": 10, "params": {"weight": [2, 5]}}]},
+            "optimizer": {"type": p[3], "defaults": {"lr": 0.1}},
+            "hyperparameters": {p[4]: p[0], p[0]: p[5]}})
+
+        def summ(scale: float) -> Summary:
+            v = rng.normal(0, scale, 100)
+            counts, edges = np.histogram(v, bins=10)
+            return Summary(count=100, mean=v.mean(), stdev=v.std(), mean_magnitude=np.abs(v).mean(),
+                           min=v.min(), max=v.max(), zero_fraction=0.0, histogram=Histogram(edges, counts))
+        store.write([Update(s.id, worker, i, score=2.0 / (1 + i), scalars={f"lr/{p[1]}": 0.1},
+                            summaries={f"param/{weight}": summ(1.0), f"gradient/{weight}": summ(0.1),
+                                       f"update/{weight}": summ(0.001), f"activation/{layer}": summ(1.0)})
+                     for i in range(0, 200, 10)])
+        for i in range(3):
+            store.log_metric(s.id, p[2], 1.0 / (i + 1), iteration=50 * i, worker=worker)
+        store.add_finding(Finding(s.id, p[3], p[0], iteration=20, worker=worker, severity="warning",
+                                  layer=weight))
+        store.add_finding(Finding(s.id, "nan", p[1], iteration=40, worker=worker, severity="error",
+                                  layer=p[4]))
+        words = [p[i % len(p)] + f" {i}" for i in range(40)]
+        e = EmbeddingSet(p[4], words, rng.normal(size=(40, 8)),
+                         metadata={p[0]: [p[i % 3] for i in range(40)], "count": list(range(40))},
+                         session=s.id, iteration=100)
+        store.put_embedding(e)
+        store.put_projection(Projection(e.key, "pca", coords=rng.normal(size=(40, 2)), state="done"))
+        return {"session": s.id}
+
+
+def test_hostile_strings_from_the_store_stay_text_on_every_page(tmp_path, browser):
+    ids = hostile_store(tmp_path / "hostile.db")
+    proc, url = serve(tmp_path / "hostile.db")
+    try:
+        browser.get_log("browser")
+        for name in PAGES:
+            open_page(browser, f"{url}?page={name}&session={ids['session']}")
+            wait_for(browser, HELD, 20)
+            time.sleep(1.0)
+            if name == "embeddings":  # (hover a point, click one: tooltips, neighbours)
+                browser.execute_script("Bokeh.documents[0].get_model_by_name('points').selected.indices = [0];")
+                time.sleep(1.0)
+            if name == "health":
+                browser.execute_script("const t = Bokeh.documents[0].get_model_by_name('findings'); "
+                                       "t.selected.indices = [0];")
+                time.sleep(0.5)
+            assert browser.execute_script("return window.__pwned === undefined"), name
+            shown = browser.execute_script(DEEP + "return texts(document).join('\\n');")
+            assert PAYLOADS[0] in shown, name  # (as written: the session picker at least)
+            assert browser.execute_script(PAGE_ERROR) == "", name
+            shoot(browser, tmp_path, f"hostile-{name}")
+        # the strings in the widgets that show them, as written
+        open_page(browser, f"{url}?page=health&session={ids['session']}")
+        shown = wait_for(browser, DEEP + "const t = texts(document).join('\\n'); "
+                                         f"return t.includes({json.dumps(PAYLOADS[3])}) ? t : '';", 20)
+        for text in (PAYLOADS[0], PAYLOADS[1], PAYLOADS[3]):
+            assert text in shown
+        open_page(browser, f"{url}?page=overview&session={ids['session']}")
+        shown = wait_for(browser, DEEP + "const t = texts(document).join('\\n'); "
+                                         f"return t.includes({json.dumps(PAYLOADS[5])}) ? t : '';", 20)
+        for text in (PAYLOADS[0], PAYLOADS[2], PAYLOADS[4], PAYLOADS[5]):
+            assert text in shown
+        assert browser.execute_script("return window.__pwned === undefined")
+        assert errors(browser) == []
+    finally:
+        proc.terminate()
+        proc.wait(30)

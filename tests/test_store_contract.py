@@ -269,3 +269,194 @@ def test_zero_dim_tensors_and_numpy_scalars_are_accepted(store):
                  Session("s", tags={"t": 1})])
     assert store.read_series("s", "score").iterations.tolist() == [3]
     assert store.static("s") == {"n": 3, "x": 1.5}
+
+
+# ------------------------------------------------------------------ range, batched reads, changes
+def _same(a, b):
+    """Two reads of one series hold the same points and the same cursor."""
+    assert a.key == b.key and a.cursor == b.cursor
+    assert a.iterations.tolist() == b.iterations.tolist()
+    np.testing.assert_array_equal(a.values, b.values)  # (NaN equals NaN here)
+    np.testing.assert_array_equal(a.wall_times, b.wall_times)
+
+
+def test_a_range_read_keeps_the_iterations_from_start_to_stop(store):
+    store.create_session("s")
+    store.write([Update("s", "0", i * 10, score=float(i)) for i in range(50)])
+    s = store.read_series("s", "score", start=100, stop=200)
+    assert s.iterations.tolist() == list(range(100, 201, 10))
+    assert s.values.tolist() == [float(i) for i in range(10, 21)]
+    everything = store.read_series("s", "score")
+    head = store.read_series("s", "score", stop=95)
+    assert head.iterations.tolist() == list(range(0, 91, 10)) and head.cursor < everything.cursor
+    tail = store.read_series("s", "score", start=455)
+    assert tail.iterations.tolist() == [460, 470, 480, 490] and tail.cursor == everything.cursor
+    assert store.read_series("s", "score", start=None, stop=None).cursor == everything.cursor
+    # the cursor is the last point of the range: what came after it in the range comes next
+    store.write([Update("s", "0", 150, score=99.0), Update("s", "0", 999, score=1.0)])
+    new = store.read_series("s", "score", start=100, stop=200, since=s.cursor)
+    assert new.iterations.tolist() == [150] and new.values.tolist() == [99.0]
+    empty = store.read_series("s", "score", start=101, stop=109, since=7)
+    assert len(empty) == 0 and empty.cursor == 7
+    paged = store.read_series("s", "score", start=100, stop=200, limit=3)
+    assert paged.iterations.tolist() == [100, 110, 120]
+    rest = store.read_series("s", "score", start=100, stop=200, since=paged.cursor)
+    assert rest.iterations.tolist() == list(range(130, 201, 10)) + [150]
+
+
+def test_a_downsampled_range_keeps_its_spikes_and_its_last_point(store):
+    store.create_session("s")
+    n = 4000
+    values = np.sin(np.arange(n) / 50.0)
+    values[2100], values[2900], values[1000], values[2500] = 30.0, -20.0, 99.0, math.nan
+    store.write([Update("s", "0", i, score=float(v)) for i, v in enumerate(values)])
+    ds = store.read_series("s", "score", start=2000, stop=2999, max_points=100)
+    assert len(ds) <= 100 and ds.iterations.min() >= 2000 and ds.iterations[-1] == 2999
+    assert 30.0 in ds.values and -20.0 in ds.values and 99.0 not in ds.values
+    assert 2500 in ds.iterations[np.isnan(ds.values)]
+    assert ds.cursor == store.read_series("s", "score", start=2000, stop=2999).cursor
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"start": 10, "stop": 5}, r"start 10 is after stop 5: pass start <= stop"),
+    ({"start": 1.5}, r"start must be an iteration \(an integer >= 0\) or None \(got 1.5\)"),
+    ({"stop": -1}, r"stop must be an iteration.*got -1"),
+    ({"start": True}, r"start must be an iteration.*got True"),
+    ({"stop": "9"}, r"stop must be an iteration.*got '9'.*int\(stop\)"),
+    ({"since": 2**64}, r"since must be a cursor"),
+    ({"max_points": 1}, r"max_points must be an integer >= 2"),
+    ({"max_points": 10.0}, r"max_points must be an integer >= 2"),
+])
+def test_range_and_cursor_arguments_are_checked_by_name(store, kw, match):
+    store.create_session("s")
+    store.log_metric("s", "a", 1.0, 0)
+    with pytest.raises(embedviz.InvalidRecordError, match=match):
+        store.read_series("s", "metric/a", **kw)
+    with pytest.raises(embedviz.InvalidRecordError, match=match):
+        store.read_many("s", ["metric/a"], **kw)
+    with pytest.raises(embedviz.InvalidRecordError, match="limit must be an integer >= 0"):
+        store.read_series("s", "metric/a", limit=-1)
+
+
+def _mixed_store(store, n=600):
+    """A worker with scores (NaN and Inf among them), scalars, summaries and a metric."""
+    rng = np.random.default_rng(11)
+    store.create_session("s")
+    ups = [make_update("s", i * 3, rng, layers=2, score=float(rng.normal())) for i in range(n)]
+    ups[100].score, ups[200].score, ups[300].score = math.nan, math.inf, -math.inf
+    ups[400].summaries["update/fc1.weight"].mean = math.nan
+    store.write(ups[: n // 2])
+    store.write(ups[n // 2:])
+    for i in range(0, n * 3, 30):
+        store.log_metric("s", "val_loss", math.nan if i == 300 else 1.0 / (1 + i), i)
+
+
+KEYS = ["score", "lr/0", "timing/iteration_ms", "update/fc1.weight/mean",
+        "update/fc1.weight/stdev", "param/fc0.weight/count", "activation/fc1/zero_fraction",
+        "metric/val_loss", "metric/never_logged", "update/fc9.weight/mean"]
+
+
+@pytest.mark.parametrize("kw", [{}, {"max_points": 50}, {"max_points": 2}, {"start": 450, "stop": 1200},
+                                {"start": 450, "stop": 1200, "max_points": 40}, {"stop": 17},
+                                {"start": 1790, "max_points": 1000}])
+def test_read_many_is_read_series_of_each_key(store, kw):
+    _mixed_store(store)
+    got = store.read_many("s", KEYS, **kw)
+    assert list(got) == KEYS
+    for key in KEYS:
+        _same(got[key], store.read_series("s", key, **kw))
+    assert len(got["metric/never_logged"]) == 0 and got["metric/never_logged"].cursor == 0
+    assert len(got["score"]) and len(got["update/fc1.weight/mean"])
+    # one cursor for all, or one per key: each reads on from its own
+    again = store.read_many("s", KEYS, since=got["score"].cursor, **kw)
+    for key in KEYS:
+        _same(again[key], store.read_series("s", key, since=got["score"].cursor, **kw))
+    cursors = {k: s.cursor for k, s in got.items()}
+    cursors["update/fc1.weight/mean"] = 5
+    del cursors["lr/0"]
+    cursors["not/asked"] = 3
+    by_key = store.read_many("s", KEYS, since=cursors, **kw)
+    for key in KEYS:
+        _same(by_key[key], store.read_series("s", key, since=cursors.get(key, 0), **kw))
+    assert len(by_key["score"]) == 0 and by_key["score"].cursor == cursors["score"]
+
+
+def test_read_many_sees_nan_and_inf_and_what_comes_after_its_cursors(store):
+    _mixed_store(store)
+    got = store.read_many("s", ["score", "update/fc1.weight/mean", "metric/val_loss"])
+    score = got["score"].values
+    assert np.isnan(score[100]) and score[200] == math.inf and score[300] == -math.inf
+    assert np.isnan(got["update/fc1.weight/mean"].values[400])
+    assert np.isnan(got["metric/val_loss"].values[10])
+    store.write([Update("s", "0", 5000, score=0.5, summaries={
+        "update/fc1.weight": Summary(count=1, mean=2.0, stdev=0.0, mean_magnitude=2.0, min=2.0, max=2.0)})])
+    new = store.read_many("s", ["score", "update/fc1.weight/mean", "metric/val_loss"],
+                          since={k: s.cursor for k, s in got.items()})
+    assert new["score"].values.tolist() == [0.5]
+    assert new["update/fc1.weight/mean"].values.tolist() == [2.0]
+    assert len(new["metric/val_loss"]) == 0
+    assert new["metric/val_loss"].cursor == got["metric/val_loss"].cursor
+
+
+def test_read_many_names_its_mistakes(store):
+    store.create_session("s")
+    store.write([Update("s", "0", 0, score=1.0, scalars={"lr/0": 0.1})])
+    with pytest.raises(embedviz.InvalidRecordError, match=r"keys must be a list.*\['score'\]"):
+        store.read_many("s", "score")
+    with pytest.raises(embedviz.InvalidRecordError, match="series key must be a non-empty"):
+        store.read_many("s", ["score", ""])
+    with pytest.raises(embedviz.InvalidRecordError, match=r"since\['score'\] must be a cursor"):
+        store.read_many("s", ["score"], since={"score": -1})
+    with pytest.raises(embedviz.UnknownSessionError, match="unknown session 'nope'"):
+        store.read_many("nope", ["score"])
+    assert store.read_many("s", []) == {}
+    assert list(store.read_many("s", ["score", "lr/0", "score"])) == ["score", "lr/0"]
+
+
+def test_changes_tells_a_write_from_no_write(store):
+    first = store.changes()
+    assert store.changes() == first  # nothing written: no change
+    store.create_session("s")
+    after_session = store.changes()
+    assert after_session != first and store.changes() == after_session
+    store.log_metric("s", "m", 1.0, 0)
+    assert store.changes() != after_session
+    still = store.changes()
+    store.read_series("s", "metric/m")
+    store.sessions()
+    assert store.changes() == still  # reading is not a change
+    with pytest.raises(embedviz.UnknownSessionError):
+        store.log_metric("typo", "m", 1.0, 0)  # refused whole: nothing written
+    assert store.changes() == still
+
+
+def test_sessions_report_each_workers_last_update_and_count_what_came_since(store):
+    store.create_session("s")
+    store.write([Update("s", "0", i, score=1.0, wall_time=1000.0 + i) for i in (5, 9, 7)])
+    store.put_static("s", "1", {"model": {}})
+    (w0, w1), = [s.workers for s in store.sessions()]
+    assert (w0.first_iteration, w0.last_iteration, w0.n_updates, w0.last_update) == (5, 9, 3, 1007.0)
+    assert (w1.first_iteration, w1.last_iteration, w1.n_updates, w1.last_update) == (None, None, 0, None)
+    store.write([Update("s", "1", 2, wall_time=2000.0), Update("s", "0", 1, wall_time=3000.0)])
+    (w0, w1), = [s.workers for s in store.sessions()]
+    assert (w0.first_iteration, w0.n_updates, w0.last_update) == (1, 4, 3000.0)
+    assert (w1.first_iteration, w1.last_iteration, w1.n_updates, w1.last_update) == (2, 2, 1, 2000.0)
+    assert w1.has_static and not w0.has_static
+
+
+def test_a_plain_read_gives_the_cursor_after_each_point(store):
+    """A reader that keeps points answers any later cursor from them (the app's read layer
+    serves every tab this way): ``ids[k]`` read after is what comes after point k."""
+    s = store.create_session()
+    store.write([Update(s.id, "0", i, score=float(i)) for i in range(0, 50, 5)])
+    store.log_metric(s.id, "acc", 0.5, iteration=3)
+    store.log_metric(s.id, "acc", 0.6, iteration=8)
+    for key in ("score", "metric/acc"):
+        whole = store.read_series(s.id, key)
+        assert whole.ids is not None and list(whole.ids) == sorted(whole.ids)
+        assert whole.ids[-1] == whole.cursor
+        after = store.read_series(s.id, key, since=int(whole.ids[1]))
+        assert list(after.iterations) == list(whole.iterations[2:])
+        many = store.read_many(s.id, [key], since=int(whole.ids[0]))[key]
+        assert list(many.ids) == list(whole.ids[1:])
+    assert store.read_series(s.id, "score", max_points=4).ids is None  # (downsampled)

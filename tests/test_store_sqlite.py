@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import embedviz
+from embedviz.records import Update
 from embedviz.store.sqlite import APPLICATION_ID, SCHEMA_VERSION
 from tests.conftest import make_update
 
@@ -343,3 +344,215 @@ def test_a_store_in_a_read_only_folder_or_file_is_read_and_never_half_written(tm
         path.chmod(0o644)
     with embedviz.open_store(path) as store:  # nothing was lost or half-written
         assert len(store.read_series("s", "score")) == 5
+
+
+# ------------------------------------------------------------------ range and batched reads
+def _check_range(ds, values, first, last, max_points):
+    """What a full scan of iterations [first, last] keeps: real points of the range only, its
+    extremes, its first NaN, its last point."""
+    part = values[first:last + 1]
+    its = np.arange(first, last + 1)
+    assert 0 < len(ds) <= max_points
+    assert ds.iterations.min() >= first and ds.iterations[-1] == last
+    real = np.isnan(ds.values) | (ds.values == values[ds.iterations])
+    assert real.all() and np.isnan(values[ds.iterations[np.isnan(ds.values)]]).all()
+    assert np.nanmax(part) in ds.values and np.nanmin(part) in ds.values
+    if np.isnan(part).any():
+        assert its[np.isnan(part)][0] in ds.iterations[np.isnan(ds.values)]
+    assert np.all(np.diff(ds.iterations) > 0)
+
+
+@pytest.mark.parametrize("max_points", [1000, 200])
+def test_a_range_of_a_long_series_is_read_from_its_blocks_and_its_edges(long_store, max_points):
+    store, values = long_store
+    n = len(values)
+    for first, last in [(n // 2, n - 1), (n // 3 - 5, 2 * n // 3 + 7), (17, n // 100 + 17),
+                        (0, n - 1), (n - 40, n - 1), (123, 123)]:
+        whole = store.read_series("long", "score", start=first, stop=last)
+        assert whole.iterations.tolist() == list(range(first, last + 1))
+        for key in ("score", "update/fc.weight/stdev"):
+            ds = store.read_series("long", key, start=first, stop=last, max_points=max_points)
+            if last - first + 1 <= max_points:
+                _same_points(ds, whole)
+            else:
+                _check_range(ds, values, first, last, max_points)
+            assert ds.cursor == whole.cursor
+
+
+def _same_points(a, b):
+    assert a.iterations.tolist() == b.iterations.tolist() and a.cursor == b.cursor
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.wall_times, b.wall_times)
+
+
+def _steps(store, read) -> int:
+    """How much work SQLite does for ``read()`` (its virtual machine's steps, in hundreds)."""
+    steps = [0]
+
+    def count():
+        steps[0] += 1
+        return 0
+
+    conn = store._conn()
+    conn.set_progress_handler(count, 100)
+    try:
+        read()
+    finally:
+        conn.set_progress_handler(None, 100)
+    return steps[0]
+
+
+def test_a_zoom_reads_its_own_part_not_the_whole_series(long_store):
+    store, values = long_store
+    n = len(values)
+    if n < 10_000:
+        pytest.skip("a long series")
+    full = _steps(store, lambda: store.read_series("long", "score"))
+    zoom = _steps(store, lambda: store.read_series("long", "score", start=n // 2,
+                                                   stop=n // 2 + n // 100, max_points=1000))
+    half = _steps(store, lambda: store.read_series("long", "update/fc.weight/stdev",
+                                                   start=n // 2, max_points=1000))
+    plain = _steps(store, lambda: store.read_series("long", "score", start=n // 2,
+                                                    stop=n // 2 + n // 100))
+    assert zoom < full / 10 and plain < full / 10 and half < full / 4, (zoom, plain, half, full)
+
+
+def test_a_range_of_a_series_whose_iterations_went_back_reads_what_a_scan_reads(tmp_path):
+    """A run resumed from a checkpoint writes iterations it wrote before: a range holds rows
+    from both passes, and blocks straddle its edges anywhere."""
+    its = list(range(0, 12_000)) + list(range(4000, 12_000))
+    rng = np.random.default_rng(3)
+    values = rng.normal(size=len(its))
+    values[[500, 13_000]] = [np.nan, 40.0]
+    ups = [Update("s", "0", i, score=float(v)) for i, v in zip(its, values)]
+    memory, sqlite = embedviz.open_store(":memory:"), embedviz.open_store(tmp_path / "r.db")
+    for store in (memory, sqlite):
+        store.create_session("s")
+        for k in range(0, len(ups), 4000):
+            store.write(ups[k:k + 4000])
+    for kw in [{"start": 5000, "stop": 5999}, {"start": 5000, "stop": 5999, "max_points": 1000},
+               {"start": 300, "stop": 7000, "max_points": 3000}, {"start": 4000},
+               {"stop": 4200, "max_points": 9000}, {"start": 11_990, "max_points": 5}]:
+        _same_points(sqlite.read_series("s", "score", **kw), memory.read_series("s", "score", **kw))
+        _same_points(sqlite.read_many("s", ["score"], **kw)["score"], memory.read_series("s", "score", **kw))
+    ds = sqlite.read_series("s", "score", start=3000, stop=11_000, max_points=500)
+    assert len(ds) <= 500 and ds.iterations.min() >= 3000 and ds.iterations.max() <= 11_000
+    assert 40.0 in ds.values and ds.cursor == memory.read_series("s", "score", stop=11_000).cursor
+    assert np.nanmax(values[np.array(its) >= 3000]) in ds.values
+
+
+def _statements(store, *args, **kw) -> list[str]:
+    """The statements ``store.read_many(*args, **kw)`` runs."""
+    seen: list[str] = []
+    conn = store._conn()
+    conn.set_trace_callback(seen.append)
+    try:
+        store.read_many(*args, **kw)
+    finally:
+        conn.set_trace_callback(None)
+    return seen
+
+
+def test_read_many_takes_a_few_statements_whatever_the_number_of_keys(tmp_path):
+    store = embedviz.open_store(tmp_path / "many.db")
+    store.create_session("s")
+    rng = np.random.default_rng(0)
+    store.write([make_update("s", i, rng, layers=10) for i in range(200)])
+    keys = store.series_keys("s")
+    assert len(keys) > 300
+    for some in (keys[:5], keys):
+        store.read_many("s", some)  # (series ids are looked up once, then kept)
+        plain = _statements(store, "s", some, since=10)
+        ranged = _statements(store, "s", some, start=100, stop=300)
+        downsampled = _statements(store, "s", some, max_points=100)
+        # (the first statement of each resolves the worker, as read_series does)
+        assert (len(plain), len(ranged), len(downsampled)) == (2, 3, 4), (plain, ranged)
+
+
+# ------------------------------------------------------------------ changes, sessions, options
+def test_changes_sees_commits_of_other_connections_and_processes(tmp_path):
+    path = tmp_path / "c.db"
+    store = embedviz.open_store(path)
+    store.create_session("s")
+    token = store.changes()
+    assert store.changes() == token
+    other = embedviz.open_store(path)  # another connection of this process
+    other.log_metric("s", "m", 1.0, 0)
+    assert store.changes() != token
+    token = store.changes()
+    subprocess.run([sys.executable, "-c", "import sys, embedviz; embedviz.open_store(sys.argv[1])"
+                    ".log_metric('s', 'm', 2.0, 1)", str(path)], check=True, cwd=ROOT, timeout=60)
+    assert store.changes() != token
+    token = store.changes()
+    assert store.changes() == token
+    reader = embedviz.open_store(path, readonly=True)
+    seen = reader.changes()
+    store.log_metric("s", "m", 3.0, 2)
+    assert reader.changes() != seen
+    # a thread's own connection misses nothing either
+    import threading
+    box = []
+    thread = threading.Thread(target=lambda: box.append(store.changes()))
+    thread.start()
+    thread.join()
+    assert box[0] != token
+
+
+def test_sessions_count_updates_from_the_index_and_the_new_ids_only(tmp_path):
+    from embedviz.store.sqlite import _WORKERS_SQL
+    path = tmp_path / "w.db"
+    store = embedviz.open_store(path)
+    store.create_session("s")
+    store.write([Update("s", w, i, score=1.0) for i in range(300) for w in ("0", "1")])
+    assert [w.n_updates for w in store.session("s").workers] == [300, 300]
+    plan = " | ".join(r[3] for r in store._conn().execute(
+        "EXPLAIN QUERY PLAN " + _WORKERS_SQL.format(by_id="NOT INDEXED"), (1,)))
+    assert "SCAN updates " not in plan + " " and "rowid>?" in plan, plan
+    code = ("import sys, embedviz; from embedviz.records import Update; s = embedviz.open_store("
+            "sys.argv[1]); s.write([Update('s', '1', 1000 + i) for i in range(7)])")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=ROOT, timeout=60)
+    store.write([Update("s", "2", 5)])
+    workers = store.session("s").workers
+    assert [(w.worker, w.n_updates, w.last_iteration) for w in workers] == [
+        ("0", 300, 299), ("1", 307, 1006), ("2", 1, 5)]
+    fresh = embedviz.open_store(path, readonly=True)
+    assert [w.n_updates for w in fresh.session("s").workers] == [300, 307, 1]
+
+
+def test_a_plain_path_takes_options_after_a_question_mark(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    embedviz.open_store("runs.db").create_session("x")
+    ro = embedviz.open_store("runs.db?readonly=1")
+    assert ro.readonly and ro.path.name == "runs.db" and [s.id for s in ro.sessions()] == ["x"]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        ro.create_session("y")
+    assert not os.path.exists("runs.db?readonly=1")
+    full = embedviz.open_store(f"{tmp_path / 'runs.db'}?synchronous=full&readonly=0")
+    assert full.synchronous == "FULL" and not full.readonly
+    with pytest.raises(embedviz.StoreOpenError, match=r"unknown option 'readonyl'.*readonly, synchronous"):
+        embedviz.open_store("runs.db?readonyl=1")
+    with pytest.raises(embedviz.StoreOpenError, match=r"unknown option 'mode'.*readonly, synchronous"):
+        embedviz.open_store("sqlite:///runs.db?mode=ro")
+    with pytest.raises(embedviz.StoreOpenError, match=r"readonly='maybe'.*readonly=1"):
+        embedviz.open_store("runs.db?readonly=maybe")
+    # a file whose name holds the "?" itself is opened as it is, and so is any Path
+    literal = embedviz.open_store(tmp_path / "odd?readonly=1")
+    literal.create_session("z")
+    assert os.path.exists("odd?readonly=1")
+    again = embedviz.open_store("odd?readonly=1")
+    assert not again.readonly and [s.id for s in again.sessions()] == ["z"]
+
+
+def test_a_read_of_more_series_than_sqlite_takes_parameters_writes_them_in(tmp_path, monkeypatch):
+    from embedviz.store import blocks
+    store = embedviz.open_store(tmp_path / "p.db")
+    _long_series(store, 3000)
+    keys = ["score", "update/fc.weight/stdev", "update/fc.weight/mean", "absent"]
+    for kw in [{}, {"max_points": 100}, {"start": 500, "stop": 2500, "max_points": 300},
+               {"start": 1000, "stop": 1100}]:
+        with_parameters = store.read_many("long", keys, **kw)
+        monkeypatch.setattr(blocks, "MAX_PARAMETERS", 3)
+        written_in = store.read_many("long", keys, **kw)
+        monkeypatch.undo()
+        for key in keys:
+            _same_points(written_in[key], with_parameters[key])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from embedviz.errors import ImportFormatError, InvalidRecordError, UnknownSessionError
 from embedviz.records import (
+    INT64_MAX,
     RECORD_TYPES,
     EmbeddingSet,
     Finding,
@@ -37,7 +38,9 @@ from embedviz.store.series import Series
 
 @dataclass
 class WorkerInfo:
-    """One worker of a session: its iteration range and when it last reported."""
+    """One worker of a session: its iteration range, its number of updates and when it last
+    reported (``last_update``: the wall time of the update written last, seconds since the
+    epoch)."""
 
     worker: str
     first_iteration: int | None
@@ -194,23 +197,58 @@ class Store(ABC):
         return self._series_keys(session, self._resolve_worker(session, worker))
 
     def read_series(self, session: str, key: str, *, worker: str | None = None,
-                    since: int = 0, limit: int | None = None,
-                    max_points: int | None = None) -> Series:
+                    since: int = 0, limit: int | None = None, max_points: int | None = None,
+                    start: int | None = None, stop: int | None = None) -> Series:
         """Points of one series written after cursor ``since``, in write order.
 
-        ``max_points`` downsamples what is read (bucket min and max, first NaN, last point).
-        The returned ``cursor`` is the ``since`` of the next read.
+        ``start``/``stop`` keep the points at iterations in [start, stop] (either may be
+        None: unbounded); ``limit`` keeps the first ``limit`` of them; ``max_points``
+        (without ``limit``) downsamples them (bucket min and max, first NaN, last point).
+        The returned ``cursor`` is the ``since`` of the next read: the cursor of the last
+        point kept before downsampling (``since`` itself when none is).
         """
         worker = self._resolve_worker(session, worker)
-        if not isinstance(key, str) or not key:
-            raise InvalidRecordError(f"series key must be a non-empty string (got {key!r}): "
-                                     "store.series_keys(session) lists them")
-        if isinstance(since, bool) or not isinstance(since, (int, np.integer)) or since < 0:
-            raise InvalidRecordError(f"since must be a cursor >= 0 (got {since!r}): pass 0 "
-                                     "or the cursor of the previous read")
-        if max_points is not None and (isinstance(max_points, bool) or max_points < 2):
-            raise InvalidRecordError(f"max_points must be >= 2 (got {max_points!r})")
-        return self._read_series(session, worker, key, int(since), limit, max_points)
+        _check_key(key)
+        since = _check_cursor(since, "since")
+        if limit is not None and (not _is_int(limit) or limit < 0):
+            raise InvalidRecordError(f"limit must be an integer >= 0 or None (got {limit!r})")
+        start, stop = _check_range(start, stop)
+        return self._read_series(session, worker, key, since, None if limit is None else int(limit),
+                                 _check_max_points(max_points), start, stop)
+
+    def read_many(self, session: str, keys: Iterable[str], *, worker: str | None = None,
+                  since: int | Mapping[str, int] = 0, max_points: int | None = None,
+                  start: int | None = None, stop: int | None = None) -> dict[str, Series]:
+        """Several series of one worker at once: ``{key: read_series(session, key, ...)}``
+        with the same arguments, in the order of ``keys`` (a key stored nowhere reads as an
+        empty series, its cursor unchanged). ``since`` is one cursor for every key, or a
+        mapping key -> cursor (a key it lacks reads from 0; keys it has beyond ``keys`` are
+        ignored). The SQLite store reads them in a few statements whatever their number.
+        """
+        if isinstance(keys, str):
+            raise InvalidRecordError(f"keys must be a list of series keys (got the string "
+                                     f"{keys!r}): pass [{keys!r}], or use read_series")
+        keys = list(dict.fromkeys(keys))
+        for key in keys:
+            _check_key(key)
+        worker = self._resolve_worker(session, worker)
+        if isinstance(since, Mapping):
+            cursors = {k: _check_cursor(since.get(k, 0), f"since[{k!r}]") for k in keys}
+        else:
+            cursors = dict.fromkeys(keys, _check_cursor(since, "since"))
+        start, stop = _check_range(start, stop)
+        return self._read_many(session, worker, keys, cursors, _check_max_points(max_points),
+                               start, stop)
+
+    def changes(self) -> int:
+        """A number that differs from the one the previous call returned whenever anything
+        was committed to the store since (by this object, another one, another process).
+
+        It may also differ when nothing was (the first call from a new thread of an SQLite
+        store), never the other way round; one cheap statement. A dashboard calls it each
+        tick and reads again only when it changed.
+        """
+        return self._changes()
 
     def read_histograms(self, session: str, target: str, *, worker: str | None = None,
                         start: int | None = None, stop: int | None = None) -> list[HistogramRecord]:
@@ -397,9 +435,22 @@ class Store(ABC):
 
     @abstractmethod
     def _read_series(self, session: str, worker: str, key: str, since: int,
-                     limit: int | None, max_points: int | None) -> Series:
-        """Points after ``since`` (at most ``limit``), downsampled as :func:`downsample_index`
-        does when there are more than ``max_points`` and no limit."""
+                     limit: int | None, max_points: int | None, start: int | None,
+                     stop: int | None) -> Series:
+        """Points after ``since`` at iterations in [start, stop] (None: unbounded), at most
+        ``limit``, downsampled as :func:`downsample_index` does when there are more than
+        ``max_points`` and no limit; the cursor is the last such point's (before
+        downsampling), ``since`` when there is none."""
+
+    def _read_many(self, session: str, worker: str, keys: list[str], since: dict[str, int],
+                   max_points: int | None, start: int | None, stop: int | None) -> dict[str, Series]:
+        """:meth:`_read_series` of each key (a backend may read them together)."""
+        return {k: self._read_series(session, worker, k, since[k], None, max_points, start, stop)
+                for k in keys}
+
+    @abstractmethod
+    def _changes(self) -> int:
+        """See :meth:`changes`."""
 
     @abstractmethod
     def _read_histograms(self, session: str, worker: str, target: str, start: int | None,
@@ -432,6 +483,42 @@ class Store(ABC):
 
 
 _TYPE_NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str) or not key:
+        raise InvalidRecordError(f"series key must be a non-empty string (got {key!r}): "
+                                 "store.series_keys(session) lists them")
+
+
+def _check_cursor(value: Any, name: str) -> int:
+    if not _is_int(value) or not 0 <= value <= INT64_MAX:
+        raise InvalidRecordError(f"{name} must be a cursor >= 0 (got {value!r}): pass 0 or the "
+                                 "cursor of the previous read")
+    return int(value)
+
+
+def _check_max_points(value: Any) -> int | None:
+    if value is not None and (not _is_int(value) or value < 2):
+        raise InvalidRecordError(f"max_points must be an integer >= 2 or None (got {value!r})")
+    return None if value is None else int(value)
+
+
+def _check_range(start: Any, stop: Any) -> tuple[int | None, int | None]:
+    """``start`` and ``stop`` as ints (or None), checked: iterations, start <= stop."""
+    for name, value, end in (("start", start, "first"), ("stop", stop, "last")):
+        if value is not None and (not _is_int(value) or not 0 <= value <= INT64_MAX):
+            raise InvalidRecordError(
+                f"{name} must be an iteration (an integer >= 0) or None (got {value!r}): pass "
+                f"int({name}), or None to read from the series' {end} point")
+    if start is not None and stop is not None and start > stop:
+        raise InvalidRecordError(f"start {start!r} is after stop {stop!r}: pass start <= stop "
+                                 "(both iterations, both kept)")
+    return (None if start is None else int(start)), (None if stop is None else int(stop))
 
 
 def _fingerprint(record: Update | Metric | Finding) -> tuple:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from embedviz.records import (
+    INT64_MAX,
     KINDS,
     STATS,
     EmbeddingSet,
@@ -47,6 +48,7 @@ class MemoryStore(Store):
         self._finding_list: list[tuple[int, Finding]] = []
         self._embedding_map: dict[str, EmbeddingSet] = {}
         self._projection_map: dict[str, Projection] = {}
+        self._version = 0  # changes(): one more per batch written
 
     def _append(self, key: tuple[str, str, str], iteration: int, wall_time: float, value) -> None:
         ids, its, times, values = self._series.setdefault(key, ([], [], [], []))
@@ -58,6 +60,7 @@ class MemoryStore(Store):
     def _write(self, records: list[Record]) -> None:
         records = copy.deepcopy(records)  # the caller may reuse its objects
         with self._lock:
+            self._version += 1  # (first: a batch that fails half-way changed the store too)
             for r in records:
                 if isinstance(r, Session):
                     old = self._session_map.get(r.id)
@@ -113,7 +116,7 @@ class MemoryStore(Store):
                     its = [u.iteration for u in ups]
                     info.workers.append(WorkerInfo(
                         worker, min(its) if its else None, max(its) if its else None, len(ups),
-                        max(u.wall_time for u in ups) if ups else None, static is not None))
+                        ups[-1].wall_time if ups else None, static is not None))
                 out.append(info)
             return out
 
@@ -138,23 +141,29 @@ class MemoryStore(Store):
         return sorted(keys)
 
     def _read_series(self, session: str, worker: str, key: str, since: int,
-                     limit: int | None, max_points: int | None) -> Series:
+                     limit: int | None, max_points: int | None, start: int | None,
+                     stop: int | None) -> Series:
         stat = split_stat_key(key)
         with self._lock:
             ids, its, times, values = self._series.get(
                 (session, worker, stat[0] if stat else key), ([], [], [], []))
-            lo = bisect.bisect_right(ids, since)
-            hi = len(ids) if limit is None else min(len(ids), lo + limit)
-            vals = values[lo:hi]
+            sel = _selection(its, bisect.bisect_right(ids, since), limit, start, stop)
+            vals = _pick(values, sel)
             if stat is not None:
-                vals = [getattr(s, stat[1]) for s in vals]
-            series = Series(key, np.array(its[lo:hi], dtype=np.int64),
+                vals = [getattr(v, stat[1]) for v in vals]
+            picked_ids = _pick(ids, sel)
+            series = Series(key, np.array(_pick(its, sel), dtype=np.int64),
                             np.array(vals, dtype=np.float64),
-                            np.array(times[lo:hi], dtype=np.float64),
-                            ids[hi - 1] if hi > lo else since)
+                            np.array(_pick(times, sel), dtype=np.float64),
+                            picked_ids[-1] if picked_ids else since,
+                            np.array(picked_ids, dtype=np.int64))
         if limit is None and max_points is not None and len(series) > max_points:
             series = series.take(downsample_index(series.iterations, series.values, max_points))
+            series.ids = None
         return series
+
+    def _changes(self) -> int:
+        return self._version
 
     def _read_histograms(self, session: str, worker: str, target: str, start: int | None,
                          stop: int | None) -> list[HistogramRecord]:
@@ -219,3 +228,18 @@ class MemoryStore(Store):
         for p in self._projections(None):
             if p.embedding in keys:
                 yield p
+
+
+def _selection(its: list[int], first: int, limit: int | None, start: int | None,
+               stop: int | None) -> slice | np.ndarray:
+    """The points of a series from index ``first`` on, in [start, stop], at most ``limit``:
+    a slice, or (with a range) their indices."""
+    if start is None and stop is None:
+        return slice(first, len(its) if limit is None else min(len(its), first + limit))
+    it = np.array(its[first:], dtype=np.int64)
+    inside = (it >= (0 if start is None else start)) & (it <= (INT64_MAX if stop is None else stop))
+    return (first + np.flatnonzero(inside))[:limit]
+
+
+def _pick(seq: list, sel: slice | np.ndarray) -> list:
+    return seq[sel] if isinstance(sel, slice) else [seq[i] for i in sel]

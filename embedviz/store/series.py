@@ -13,7 +13,9 @@ class Series:
 
     ``iterations``: int64 ndarray of shape (n,); ``values``: float64 (NaN and Inf kept);
     ``wall_times``: float64, seconds since the epoch. ``cursor`` is what to pass as ``since``
-    to read only what arrived after this read.
+    to read only what arrived after this read. ``ids``: int64, the cursor after each point,
+    for a read of the points as stored (None when downsampled: a kept point then stands
+    for a bucket); a reader that keeps points answers a later cursor from them.
     """
 
     key: str
@@ -21,13 +23,22 @@ class Series:
     values: np.ndarray
     wall_times: np.ndarray
     cursor: int
+    ids: np.ndarray | None = None
+
+    @classmethod
+    def empty(cls, key: str, cursor: int) -> Series:
+        """No points; ``cursor`` unchanged."""
+        nothing = np.empty(0)
+        return cls(key, nothing.astype(np.int64), nothing, nothing.copy(), cursor,
+                   nothing.astype(np.int64))
 
     def __len__(self) -> int:
         return len(self.iterations)
 
     def take(self, index: np.ndarray) -> Series:
         return Series(self.key, self.iterations[index], self.values[index],
-                      self.wall_times[index], self.cursor)
+                      self.wall_times[index], self.cursor,
+                      None if self.ids is None else self.ids[index])
 
 
 def downsample_index(iterations: np.ndarray, values: np.ndarray, n_points: int) -> np.ndarray:

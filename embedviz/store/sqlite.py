@@ -95,8 +95,28 @@ CREATE TABLE projections (id TEXT PRIMARY KEY, embedding TEXT NOT NULL REFERENCE
 """ + blocks.schema()
 
 
+#: each worker's iteration range from the (wid, iteration) index, O(log n) each, and how many
+#: updates it has beyond update id ? with the last one's wall time: a pass over those only
+#: (by_id: "NOT INDEXED" to walk the ids after ?; the first count, of every update, walks
+#: the index, narrower than the table)
+_WORKERS_SQL = """
+SELECT w.id, w.session, w.worker,
+       (SELECT min(iteration) FROM updates WHERE wid = w.id),
+       (SELECT max(iteration) FROM updates WHERE wid = w.id),
+       c.n, c.last, (SELECT wall_time FROM updates WHERE id = c.last), w.static IS NOT NULL
+FROM workers w LEFT JOIN (SELECT wid, count(*) AS n, max(id) AS last FROM updates {by_id}
+                          WHERE id > ? GROUP BY wid) c ON c.wid = w.id
+ORDER BY w.worker"""
+
+
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
+
+
+def _where(key: str) -> tuple[str, str, str]:
+    """Where a series key's values are stored: (table, value column, key in ``series``)."""
+    stat = split_stat_key(key)
+    return ("points", "value", key) if stat is None else ("summaries", stat[1], stat[0])
 
 
 class SQLiteStore(Store):
@@ -126,6 +146,11 @@ class SQLiteStore(Store):
         #: rows this process wrote to a series since it last made that series' blocks
         self._unblocked: dict[tuple[str, int], int] = {}
         self._has_blocks = True
+        #: changes(): bumped by this object's commits and by other connections' commits seen
+        self._version = 0
+        #: sessions(): (the last update id counted, {worker id: (updates, last wall time)}),
+        #: so each call counts only the updates written since (ids only grow: no deletes)
+        self._counted: tuple[int, dict[int, tuple[int, float]]] = (0, {})
         self._immutable = False
         self._check_file()
         self._init_schema()
@@ -175,7 +200,7 @@ class SQLiteStore(Store):
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-            local.conn, local.pid = conn, os.getpid()
+            local.conn, local.pid, local.data_version = conn, os.getpid(), None
             with self._lock:
                 self._all.append((os.getpid(), conn))
         return local.conn
@@ -190,6 +215,8 @@ class SQLiteStore(Store):
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+        with self._lock:  # (data_version does not count a connection's own commits)
+            self._version += 1
 
     def _init_schema(self) -> None:
         try:
@@ -374,21 +401,56 @@ class SQLiteStore(Store):
     def _sessions(self) -> list[SessionInfo]:
         out = {r[0]: SessionInfo(r[0], r[1], r[2], codec.loads(r[3]), codec.loads(r[4]))
                for r in self._q("SELECT id, name, created, tags, info FROM sessions ORDER BY created, id")}
-        for r in self._q("SELECT w.session, w.worker, min(u.iteration), max(u.iteration), "
-                         "count(u.id), max(u.wall_time), w.static IS NOT NULL FROM workers w "
-                         "LEFT JOIN updates u ON u.wid = w.id GROUP BY w.id ORDER BY w.worker"):
-            out[r[0]].workers.append(WorkerInfo(r[1], r[2], r[3], r[4], r[5], bool(r[6])))
+        with self._lock:
+            mark, counted = self._counted
+        rows = self._q(_WORKERS_SQL.format(by_id="NOT INDEXED" if mark else ""), (mark,))
+        counted = self._count_updates(mark, counted, rows)
+        for wid, session, worker, first, last, _, _, _, static in rows:
+            n, wall = counted.get(wid, (0, None))
+            if session in out:  # (not a session created between the two statements)
+                out[session].workers.append(WorkerInfo(worker, first, last, n, wall, bool(static)))
         return list(out.values())
 
+    def _count_updates(self, mark: int, counted: dict[int, tuple[int, float]],
+                       rows: list[tuple]) -> dict[int, tuple[int, float]]:
+        """The counts kept (up to update id ``mark``) plus the updates beyond it in ``rows``
+        (of _WORKERS_SQL); kept for the next call."""
+        counted = dict(counted)
+        for wid, _, _, _, _, n_new, last_id, wall, _ in rows:
+            if n_new:
+                counted[wid] = (counted.get(wid, (0, 0.0))[0] + n_new, wall)
+                mark = max(mark, last_id)
+        with self._lock:  # (another thread may have counted further meanwhile: keep the further)
+            if mark > self._counted[0]:
+                self._counted = (mark, counted)
+        return counted
+
     def _worker_names(self, session: str) -> list[str] | None:
-        if not self._session_ids({session}):
-            return None
-        return [r[0] for r in self._q("SELECT worker FROM workers WHERE session = ? ORDER BY worker",
-                                      (session,))]
+        rows = self._q("SELECT w.worker FROM sessions s LEFT JOIN workers w ON w.session = s.id "
+                       "WHERE s.id = ? ORDER BY w.worker", (session,))
+        return None if not rows else [r[0] for r in rows if r[0] is not None]
 
     def _wid(self, session: str, worker: str) -> int:
+        """The worker's id, -1 if it has none (ids never change: a found one is kept)."""
+        cached = self._ids.get(("workers", session, worker))
+        if cached:
+            return cached
         rows = self._q("SELECT id FROM workers WHERE session = ? AND worker = ?", (session, worker))
-        return rows[0][0] if rows else -1
+        if not rows:
+            return -1
+        self._ids[("workers", session, worker)] = rows[0][0]
+        return rows[0][0]
+
+    def _series_ids(self, wid: int, keys: set[str]) -> dict[str, int]:
+        """Stored series ids of a worker's ``keys`` (one statement for those not seen before)."""
+        found = {k: self._ids[("series", wid, k)] for k in keys if ("series", wid, k) in self._ids}
+        todo = sorted(keys - set(found))
+        for i in range(0, len(todo), 500):
+            chunk = todo[i:i + 500]
+            for key, sid in self._q(f"SELECT key, id FROM series WHERE wid = ? AND key IN "
+                                    f"({','.join('?' * len(chunk))})", (wid, *chunk)):
+                found[key] = self._ids[("series", wid, key)] = sid
+        return found
 
     def _static(self, session: str, worker: str) -> dict | None:
         rows = self._q("SELECT static FROM workers WHERE id = ?", (self._wid(session, worker),))
@@ -404,52 +466,48 @@ class SQLiteStore(Store):
         return sorted(keys)
 
     def _read_series(self, session: str, worker: str, key: str, since: int,
-                     limit: int | None, max_points: int | None) -> Series:
-        stat = split_stat_key(key)
-        table, column, series_key = (("points", "value", key) if stat is None
-                                     else ("summaries", stat[1], stat[0]))
-        sid = self._q("SELECT id FROM series WHERE wid = ? AND key = ?",
-                      (self._wid(session, worker), series_key))
-        if not sid:
-            empty = np.empty(0)
-            return Series(key, empty.astype(np.int64), empty, empty, since)
-        if limit is None and max_points is not None and self._has_blocks:
-            got = blocks.read(self._conn(), table, sid[0][0], column, key, since, max_points)
-            if got is not None:
-                return got
-        where = f"FROM {table} WHERE {'sid' if table == 'points' else 'tid'} = ? AND id > ?"
-        args = (sid[0][0], since)
-        sql = f"SELECT id, iteration, wall_time, {column} {where} ORDER BY id"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        elif max_points is not None:
-            lo, hi, n, last, n_nan = self._q(
-                f"SELECT min(iteration), max(iteration), count(*), max(id), "
-                f"count(*) - count({column}) {where}", args)[0]
-            if n > max_points:
-                return self._downsampled(key, column, where, args, lo, hi, last, n_nan, max_points)
-        rows = self._q(sql, args)
+                     limit: int | None, max_points: int | None, start: int | None,
+                     stop: int | None) -> Series:
+        if limit is None:
+            return self._read_many(session, worker, [key], {key: since}, max_points, start,
+                                   stop)[key]
+        table, column, series_key = _where(key)
+        sid = self._series_ids(self._wid(session, worker), {series_key}).get(series_key)
+        if sid is None:
+            return Series.empty(key, since)
+        rows = self._q(f"SELECT id, iteration, wall_time, {column} FROM {table} WHERE "
+                       f"{blocks.TABLES[table][1]} = ? AND id > ? AND iteration >= ? AND "
+                       f"iteration <= ? ORDER BY id LIMIT {int(limit)}",
+                       (sid, since, blocks.LOWEST if start is None else start,
+                        blocks.HIGHEST if stop is None else stop))
         if not rows:
-            empty = np.empty(0)
-            return Series(key, empty.astype(np.int64), empty, empty, since)
+            return Series.empty(key, since)
         arr = np.array(rows, dtype=np.float64)  # NULL (a stored NaN) becomes NaN
-        return Series(key, arr[:, 1].astype(np.int64), arr[:, 3], arr[:, 2], int(rows[-1][0]))
+        return Series(key, arr[:, 1].astype(np.int64), arr[:, 3], arr[:, 2], int(rows[-1][0]),
+                      arr[:, 0].astype(np.int64))
 
-    def _downsampled(self, key: str, column: str, where: str, args: tuple, lo: int, hi: int,
-                     last: int, n_nan: int, max_points: int) -> Series:
-        """The bucketing of :func:`downsample_index`, done inside SQLite (one scan a part)."""
-        n_buckets = max(1, (max_points - 1) // (3 if n_nan else 2))
-        bucket = f"(iteration - {int(lo)}) * {n_buckets} / {int(hi) - int(lo) + 1}"
-        # with a single min() or max(), SQLite takes the other columns from that row
-        queries = [f"SELECT id, iteration, wall_time, {agg}({column}) {where} AND {column} "
-                   f"IS NOT NULL GROUP BY {bucket}" for agg in ("min", "max")]
-        if n_nan:
-            queries.append(f"SELECT min(id), iteration, wall_time, NULL {where} AND {column} "
-                           f"IS NULL GROUP BY {bucket}")
-        queries.append(f"SELECT id, iteration, wall_time, {column} {where} AND id = {int(last)}")
-        rows = sorted({r for q in queries for r in self._q(q, args) if r[0] is not None})
-        arr = np.array(rows, dtype=np.float64)
-        return Series(key, arr[:, 1].astype(np.int64), arr[:, 3], arr[:, 2], int(last))
+    def _read_many(self, session: str, worker: str, keys: list[str], since: dict[str, int],
+                   max_points: int | None, start: int | None, stop: int | None) -> dict[str, Series]:
+        """At most three statements for any number of keys (embedviz.store.blocks), and one
+        to look up the series ids this object has not seen before."""
+        where = {k: _where(k) for k in keys}
+        sids = self._series_ids(self._wid(session, worker), {w[2] for w in where.values()})
+        wants = [blocks.Want(k, table, sids[skey], column, since[k])
+                 for k, (table, column, skey) in where.items() if skey in sids]
+        got = blocks.read_many(self._conn(), wants, start=start, stop=stop,
+                               max_points=max_points, use_blocks=self._has_blocks)
+        return {k: got[k] if k in got else Series.empty(k, since[k]) for k in keys}
+
+    def _changes(self) -> int:
+        version = self._conn().execute("PRAGMA data_version").fetchone()[0]
+        with self._lock:
+            # another connection's commit (of this process or another) shows as a new
+            # data_version of this thread's connection; a connection seen the first time may
+            # have missed some, so it counts as a change too
+            if self._local.data_version != version:
+                self._local.data_version = version
+                self._version += 1
+            return self._version
 
     def _read_histograms(self, session: str, worker: str, target: str, start: int | None,
                          stop: int | None) -> list[HistogramRecord]:

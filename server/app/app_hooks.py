@@ -1,15 +1,18 @@
-"""Opens the store once when the server starts and closes it when it stops."""
+"""Opens the server's store, read layer and projection pool when it starts (on its
+context: every tab of this server shares them) and closes them when it stops."""
 
 import sys
 
-from embedviz.server import app_settings, close_shared, open_shared
+from embedviz.server import AppState, app_settings
 
 SETTINGS = app_settings(sys.argv[1:])  # (read while Bokeh runs this module with --args)
 
 
 def on_server_loaded(server_context):
-    open_shared(SETTINGS["store"])
+    server_context.embedviz = AppState(SETTINGS["store"], lang=SETTINGS["lang"])
 
 
 def on_server_unloaded(server_context):
-    close_shared()
+    state = getattr(server_context, "embedviz", None)
+    if state is not None:
+        state.close()

@@ -1,13 +1,11 @@
 """The Bokeh directory app: ``bokeh serve server/app --args runs.db [--lang ja]``.
 
-Each browser tab gets its own document over the store that app_hooks opened once for the
-server process (embedviz.server.app_doc builds it)."""
-
-import sys
+Each browser tab gets its own document over the state app_hooks opened once for the
+server (embedviz.server.app_doc builds it)."""
 
 from bokeh.io import curdoc
-from embedviz.server import app_settings, open_shared
+from embedviz.server import state_of
 from embedviz.server.app_doc import build_document
 
-settings = app_settings(sys.argv[1:])
-build_document(curdoc(), open_shared(settings["store"]), lang=settings["lang"])
+doc = curdoc()
+build_document(doc, state_of(doc))

@@ -1,0 +1,548 @@
+"""Embeddings: a stored projection as a WebGL scatter with labels spread over the map, a
+search that answers as you type, colours with their legend, the nearest neighbours of a
+clicked word (in the original space, cosine: see what the map distorts), the selection as
+TSV, a training's snapshots on a slider (each map aligned to the previous one), every
+projection of a set to pick from, and a form that runs a new one in the server's
+projection pool, drawn as it converges and cancellable."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from bokeh.layouts import column, row
+from bokeh.models import (  # type: ignore[attr-defined]
+    Button,
+    ColumnDataSource,
+    CustomJS,
+    DataTable,
+    Div,
+    HoverTool,
+    LabelSet,
+    NumericInput,
+    Range1d,
+    Select,
+    Slider,
+    TableColumn,
+    TextInput,
+)
+from bokeh.palettes import Category10_10, Category20_20, Viridis256
+from bokeh.plotting import figure
+from embedviz.server.page import Context, Page, Reactions, div, esc, note, stack
+
+from embedviz.plot import label_order, place_labels
+from embedviz.records import EmbeddingSet, Projection
+from embedviz.store import EmbeddingInfo
+
+log = logging.getLogger("embedviz.server")
+
+N_LABELS = 50
+WIDTH, HEIGHT = 820, 620
+EMPTY: dict[str, list] = {"x": [], "y": [], "word": [], "color": []}
+
+#: the search runs in the browser as the user types: a match is ringed and the view
+#: centred on the best one (an exact word before a part of one)
+SEARCH_JS = """
+const q = cb_obj.value_input.trim().toLowerCase();
+const words = src.data.word, xs = src.data.x, ys = src.data.y;
+const hx = [], hy = [];
+let best = -1, exact = -1;
+if (q) for (let i = 0; i < words.length; i++) {
+  const w = String(words[i]).toLowerCase();
+  if (!w.includes(q)) continue;
+  hx.push(xs[i]); hy.push(ys[i]);
+  if (best < 0) best = i;
+  if (exact < 0 && w === q) exact = i;
+}
+hits.data = {x: hx, y: hy};
+found.text = q ? hx.length + " " + matches : "";
+const at = exact >= 0 ? exact : best;
+if (at >= 0) {
+  const h = (yr.reset_end - yr.reset_start) / 6, w = (xr.reset_end - xr.reset_start) / 6;
+  xr.setv({start: xs[at] - w, end: xs[at] + w});
+  yr.setv({start: ys[at] - h, end: ys[at] + h});
+}
+"""
+
+TSV_JS = """
+const q = (s) => String(s).replace(/[\\t\\n\\r]/g, " ");
+const blob = new Blob(["word\\n" + src.data.word.map(q).join("\\n") + "\\n"],
+                      {type: "text/tab-separated-values"});
+const a = document.createElement("a"); a.href = URL.createObjectURL(blob);
+a.download = "selection.tsv"; document.body.appendChild(a); a.click(); a.remove();
+"""
+
+
+def families(infos: list[EmbeddingInfo]) -> dict[str, list[EmbeddingInfo]]:
+    """Embedding sets as the page lists them: a training session's snapshots together (by
+    iteration: the snapshot slider walks them), every other set alone."""
+    out: dict[str, list[EmbeddingInfo]] = {}
+    for e in infos:
+        name = e.session if e.session is not None and e.iteration is not None else e.key
+        out.setdefault(name, []).append(e)
+    for sets in out.values():
+        sets.sort(key=lambda e: (e.iteration if e.iteration is not None else -1, e.created))
+    return out
+
+
+def align(coords: np.ndarray, labels: list[str], ref: np.ndarray | None,
+          ref_labels: list[str] | None) -> np.ndarray:
+    """``coords`` rotated, reflected, scaled and moved onto ``ref`` (orthogonal Procrustes
+    over the words both hold), so that a snapshot's words move smoothly from the previous
+    one's instead of jumping; unchanged when fewer than 3 words are shared."""
+    if ref is None or ref_labels is None:
+        return coords
+    where = {w: i for i, w in enumerate(ref_labels)}
+    pairs = [(i, where[w]) for i, w in enumerate(labels) if w in where]
+    if len(pairs) < 3:
+        return coords
+    a = coords[[i for i, _ in pairs]].astype(float)
+    b = ref[[j for _, j in pairs]].astype(float)
+    ma, mb = a.mean(0), b.mean(0)
+    u, sv, vt = np.linalg.svd((a - ma).T @ (b - mb))
+    r = u @ vt
+    scale = sv.sum() / max(((a - ma) ** 2).sum(), 1e-12)
+    return (coords - ma) @ r * scale + mb
+
+
+def neighbours(vectors: np.ndarray, i: int, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest words to word ``i`` by cosine distance, and those distances."""
+    norms = np.linalg.norm(vectors, axis=1)
+    norms[norms == 0] = 1.0
+    sims = vectors @ vectors[i] / (norms * norms[i])
+    sims[i] = -np.inf
+    k = min(k, len(vectors) - 1)
+    idx = np.argpartition(-sims, k)[:k] if k < len(sims) - 1 else np.arange(len(sims))
+    idx = idx[np.argsort(-sims[idx])][:k]
+    return idx, 1.0 - sims[idx]
+
+
+def colours(values: list) -> tuple[list[str], list[tuple[str, str]]]:
+    """A colour per point from a column (categorical: a palette; numeric: viridis, log
+    where it spans orders) and the legend's (label, colour) pairs."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric and values:
+        a = np.asarray(values, dtype=float)
+        logged = bool(np.nanmin(a) > 0 and np.nanmax(a) / np.nanmin(a) > 100)
+        a = np.log10(a) if logged else a
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        idx = ((a - lo) / (hi - lo if hi > lo else 1) * 255).astype(int).clip(0, 255)
+        ends = [(f"{np.nanmin(values):.3g}", Viridis256[0]),
+                (f"{np.nanmax(values):.3g}" + (" (log)" if logged else ""), Viridis256[-1])]
+        return [Viridis256[i] for i in idx], ends
+    factors = sorted({str(v) for v in values})
+    base = Category10_10 if len(factors) <= 10 else Category20_20
+    pal = {f: base[i % len(base)] for i, f in enumerate(factors)}
+    return [pal[str(v)] for v in values], [(f, pal[f]) for f in factors]
+
+
+def colour_column(e: EmbeddingSet, by: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """The colours of ``e``'s points by a metadata column, by k-means "cluster", or none."""
+    if by == "cluster":
+        from sklearn.cluster import KMeans
+
+        k = max(1, min(8, e.n))
+        got = KMeans(k, n_init=4, random_state=0).fit_predict(e.vectors)
+        return colours([f"cluster {c}" for c in got])
+    if by in e.metadata:
+        return colours(list(e.metadata[by]))
+    return ["#1f77b4"] * e.n, []
+
+
+def legend_html(pairs: list[tuple[str, str]], t: Any, limit: int = 20) -> str:
+    """Swatches and labels (escaped: metadata values come from the user's files)."""
+    if not pairs:
+        return ""
+    items = "".join(f"<span class='ev-swatch' style='background:{c}'></span>{esc(label)}"
+                    for label, c in pairs[:limit])
+    more = f" &middot; {len(pairs) - limit} {esc(t('more'))}" if len(pairs) > limit else ""
+    return f"<div style='font-size:12px;line-height:20px'>{items}{more}</div>"
+
+
+class EmbeddingsPage(Reactions):
+    """One tab's embeddings page (see the module docstring)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx, self.t = ctx, ctx.t
+        self.provider = ctx.provider
+        self.fams = families(self.provider.embeddings())
+        self.set: EmbeddingSet | None = None
+        self.proj: Projection | None = None
+        self.coords: np.ndarray | None = None
+        self.drawn: tuple[str, float] | None = None
+        self.job: Any = None
+        self._palette: dict[tuple[str, str], tuple[list[str], list]] = {}
+        self._widgets()
+
+    # ------------------------------------------------------------ layout
+    def _widgets(self) -> None:
+        t = self.t
+        self.pick = Select(title=t("Embedding set"), width=340, options=[], name="set")
+        self.snap = Slider(title=t("Snapshot"), start=0, end=1, step=1, value=0, width=320,
+                           show_value=False, name="snapshot")
+        self.which = Select(title=t("Projection"), width=300, options=[], name="projection")
+        self.colour = Select(title=t("Colour by"), value="none", options=["none", "cluster"],
+                             width=160, name="colour")
+        self.search = TextInput(placeholder=t("Search words"), width=220, name="search")
+        self.found = Div(text="", width=200, name="found")
+        self.quality = div("", width=WIDTH, name="quality")
+        self.legend = div("", width=WIDTH, name="legend")
+        self.src = ColumnDataSource(dict(EMPTY), name="points")
+        self.labels = ColumnDataSource({"x": [], "y": [], "word": []})
+        self.hits = ColumnDataSource({"x": [], "y": []}, name="hits")
+        self.links = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": []})
+        # (explicit ranges: a search moves them to its match; a DataRange1d would not stay)
+        self.xr, self.yr = Range1d(start=0, end=1), Range1d(start=0, end=1)
+        fig = figure(width=WIDTH, height=HEIGHT, output_backend="webgl", x_range=self.xr,
+                     y_range=self.yr, active_scroll="wheel_zoom", name="map",
+                     tools="pan,wheel_zoom,box_zoom,box_select,lasso_select,tap,reset,save")
+        fig.toolbar.logo = None
+        fig.axis.visible = False
+        fig.grid.visible = False
+        fig.segment("x0", "y0", "x1", "y1", source=self.links, color="#d62728", alpha=0.6,
+                    line_width=1.5)
+        points = fig.scatter("x", "y", source=self.src, size=6, alpha=0.75, color="color",
+                             nonselection_alpha=0.25, selection_color="#d62728")
+        fig.scatter("x", "y", source=self.hits, size=14, fill_alpha=0, line_color="#d62728",
+                    line_width=2)
+        fig.add_layout(LabelSet(x="x", y="y", text="word", source=self.labels, x_offset=4,
+                                y_offset=-6, text_font_size="9pt", text_color="#333333"))
+        self.hover = HoverTool(renderers=[points], tooltips=[(t("word"), "@word")])
+        fig.add_tools(self.hover)
+        self.fig = fig
+        self.near_src = ColumnDataSource({"word": [], "cosine": [], "map": []}, name="neighbours")
+        self.near = DataTable(source=self.near_src, width=330, height=280, index_position=None,
+                              columns=[TableColumn(field="word", title=t("word")),
+                                       TableColumn(field="cosine", title=t("cosine distance")),
+                                       TableColumn(field="map", title=t("map distance"))])
+        self.near_title = div(f"<b>{esc(t('Nearest neighbours (cosine, original space)'))}</b>",
+                              width=330, name="neighbours-title")
+        self.sel_src = ColumnDataSource({"word": []}, name="selection")
+        self.sel = DataTable(source=self.sel_src, width=330, height=200, index_position=None,
+                             columns=[TableColumn(field="word", title=t("Selection"))])
+        self.tsv = Button(label=t("Download TSV"), width=130, height=26,
+                          styles={"font-size": "11px"})
+        self.tsv.js_on_event("button_click", CustomJS(args={"src": self.sel_src}, code=TSV_JS))
+        self.search.js_on_change("value_input", CustomJS(
+            args={"src": self.src, "hits": self.hits, "found": self.found, "xr": self.xr,
+                  "yr": self.yr, "matches": t("matches")}, code=SEARCH_JS))
+        self._form()
+
+    def _form(self) -> None:
+        t = self.t
+        self.method = Select(title=t("Method"), value="tsne", options=["tsne", "pca", "umap"],
+                             width=110, name="method")
+        self.perplexity = NumericInput(title=t("Perplexity"), value=30, low=2, high=200,
+                                       mode="float", width=110)
+        self.iterations = NumericInput(title=t("Iterations"), value=500, low=50, high=5000,
+                                       width=110)
+        self.top = NumericInput(title=t("Top N words"), value=None, low=10, high=1_000_000,
+                                width=110, placeholder=t("all"))
+        self.run = Button(label=t("Run"), button_type="primary", width=100, name="run")
+        self.cancel = Button(label=t("Cancel"), width=100, name="cancel", disabled=True)
+        self.status = Div(text="", width=420, name="status")
+        self.project_this = Button(label=t("Project this set (t-SNE)"), width=220,
+                                   name="project-this", visible=False)
+
+    def layout(self) -> Any:
+        t = self.t
+        side = column(self.near_title, self.near, div(f"<b>{esc(t('Selection'))}</b>"),
+                      self.sel, self.tsv,
+                      div(f"<i>{esc(t('Click a word to list its nearest neighbours; lasso or box-select to list a group.'))}</i>",
+                          width=330))
+        form = column(div(f"<b>{esc(t('New projection'))}</b>"),
+                      row(self.method, self.perplexity, self.iterations, self.top, self.run,
+                          self.cancel), self.status)
+        return stack(row(self.pick, self.snap, self.which, self.colour),
+                     row(self.search, self.found), self.quality, self.project_this,
+                     row(column(self.fig, self.legend), side), form)
+
+    # ------------------------------------------------------------ choosing what to show
+    def options(self) -> list[tuple[str, str]]:
+        names = {s.id: s.name or s.id for s in self.provider.sessions()}
+        out = []
+        for fam, sets in self.fams.items():
+            last = sets[-1]
+            label = names.get(fam, last.name) if fam in names else last.name
+            extra = f", {len(sets)} {self.t('snapshots')}" if len(sets) > 1 else ""
+            out.append((fam, f"{label} ({last.n} {self.t('words')}{extra})"))
+        return out
+
+    def open_family(self, fam: str, snapshot: int | None = None, proj: str | None = None) -> None:
+        """Show family ``fam`` at snapshot index ``snapshot`` (the last when None)."""
+        sets = self.fams[fam]
+        n = len(sets)
+        self.snap.end = max(n - 1, 1)
+        self.snap.visible = n > 1
+        self.coords = None
+        self.set = None
+        meta = self.provider.embedding(sets[-1].key).metadata
+        # (a few classes, such as a digit or a label, colour the map by default)
+        classes = [c for c, vals in meta.items() if 1 < len({str(x) for x in vals}) <= 20
+                   and not all(isinstance(x, (int, float)) for x in vals)]
+        self.colour.options = ["none", "cluster"] + list(meta)
+        wanted = self.ctx.state.get("colour")
+        self.colour.value = wanted if wanted in self.colour.options else (
+            classes[0] if classes else "cluster")
+        i = n - 1 if snapshot is None else max(0, min(snapshot, n - 1))
+        self.silently(self.snap, "value", i)
+        self.show_snapshot(i, proj)
+
+    def show_snapshot(self, i: int, proj: str | None = None) -> None:
+        info = self.fams[self.pick.value][i]
+        if info.iteration is not None and len(self.fams[self.pick.value]) > 1:
+            self.snap.title = (f"{self.t('Snapshot')}: {self.t('iteration')} {info.iteration:,} "
+                               f"({i + 1} / {len(self.fams[self.pick.value])})")
+        e = self.provider.embedding(info.key)
+        projs = [p for p in self.provider.projections(info.key) if p.coords is not None]
+        projs.sort(key=lambda p: p.created)
+        self.which.options = [(p.id, self._proj_label(p)) for p in projs]
+        chosen = next((p for p in projs if p.id == proj), None)
+        if chosen is None and projs:
+            done = [p for p in projs if p.state == "done"]
+            chosen = (done or projs)[-1]
+        self.silently(self.which, "value", chosen.id if chosen else "")
+        self.which.visible = bool(projs)
+        self.draw(e, chosen)
+        self.ctx.state.update({"set": self.pick.value, "snap": str(i),
+                               "proj": chosen.id if chosen else ""})
+        self.ctx.changed()
+
+    def _proj_label(self, p: Projection) -> str:
+        params = ", ".join(f"{k}={p.params[k]}" for k in ("perplexity", "max_iter") if k in p.params)
+        state = "" if p.state == "done" else f" [{self.t(p.state)}]"
+        return f"{p.method}{' (' + params + ')' if params else ''}{state}"
+
+    # ------------------------------------------------------------ drawing
+    def draw(self, e: EmbeddingSet, p: Projection | None, aligned: bool = True) -> None:
+        """Draw projection ``p`` of set ``e`` (aligned to what was shown, when it was a
+        snapshot of the same training); say so when the set has no projection yet."""
+        t = self.t
+        prev, prev_labels = self.coords, self.set.labels if self.set is not None else None
+        changed_set = self.set is None or self.set.key != e.key
+        self.set, self.proj = e, p
+        self.links.data = {"x0": [], "y0": [], "x1": [], "y1": []}
+        if changed_set:
+            self._clear_word()
+        if p is None or p.coords is None:
+            self.coords = None
+            self.src.data = dict(EMPTY)
+            self.labels.data = {"x": [], "y": [], "word": []}
+            self.hits.data = {"x": [], "y": []}
+            self.legend.text = ""
+            self.quality.text = esc(t("No projection of this set yet: project it with the "
+                                      "button below or the form."))
+            self.project_this.visible = True
+            return
+        self.project_this.visible = False
+        c = np.asarray(p.coords, dtype=float)[:, :2]
+        c = align(c, e.labels, prev, prev_labels) if aligned else c
+        self.coords = c
+        self._fit(c)
+        cols, pairs = self.colour_of(e, self.colour.value)
+        data: dict[str, Any] = {"x": c[:, 0], "y": c[:, 1], "word": e.labels, "color": cols}
+        for col, values in e.metadata.items():
+            data[f"m_{col}"] = [x if isinstance(x, (int, float, str)) else str(x) for x in values]
+        self.src.data = data
+        # (a tooltip's label is text; its @{field} values are escaped by Bokeh)
+        self.hover.tooltips = [(t("word"), "@word")] + [
+            (col, f"@{{m_{col}}}") for col in e.metadata]
+        self.legend.text = legend_html(pairs, t)
+        order = label_order(c, e.metadata.get("count"))
+        chosen = place_labels(c, e.labels, order, max_labels=N_LABELS, width_px=WIDTH - 60,
+                              height_px=HEIGHT - 60)
+        self.labels.data = {"x": c[chosen, 0], "y": c[chosen, 1],
+                            "word": [e.labels[i] for i in chosen]}
+        self.quality.text = self._quality(e, p)
+        self.hits.data = {"x": [], "y": []}
+        word = self.ctx.state.get("word")
+        if word and word in e.labels:
+            self.src.selected.indices = [e.labels.index(word)]
+
+    def _fit(self, c: np.ndarray) -> None:
+        lo, hi = c.min(axis=0), c.max(axis=0)
+        mid, span = (lo + hi) / 2, hi - lo
+        # one data unit is as long across as up (t-SNE distances have no direction)
+        h = max(span[1] / 2, span[0] / 2 * HEIGHT / WIDTH, 1e-9) * 1.08
+        for rng, m, half in ((self.xr, mid[0], h * WIDTH / HEIGHT), (self.yr, mid[1], h)):
+            rng.update(start=m - half, end=m + half, reset_start=m - half, reset_end=m + half)
+
+    def _quality(self, e: EmbeddingSet, p: Projection) -> str:
+        t, q = self.t, p.quality
+        names = {s.id: s.name or s.id for s in self.provider.sessions()}
+        name = (f"{names.get(e.session, e.name)}, {t('iteration')} {e.iteration:,}"
+                if e.session and e.iteration is not None else e.name)
+        bits = [f"{esc(name)}: {e.n:,} {esc(t('words'))}, {esc(p.method)}"]
+        if p.state != "done":
+            bits.append(f"{esc(t(p.state))} {p.progress:.0%}")
+        if "knn_preservation" in q:
+            bits.append(f"{esc(t('kNN kept'))} {q['knn_preservation']:.2f}")
+        if "trustworthiness" in q:
+            bits.append(f"{esc(t('trustworthiness'))} {q['trustworthiness']:.2f}")
+        params = ", ".join(f"{k}={p.params[k]}" for k in ("perplexity", "max_iter") if k in p.params)
+        bits.append(esc(params))
+        return " &middot; ".join(b for b in bits if b)
+
+    def colour_of(self, e: EmbeddingSet, by: str) -> tuple[list[str], list]:
+        """(cached: "cluster" runs k-means, and a running projection redraws every tick)"""
+        if (e.key, by) not in self._palette:
+            self._palette[(e.key, by)] = colour_column(e, by)
+        return self._palette[(e.key, by)]
+
+    def _clear_word(self) -> None:
+        self.near_src.data = {"word": [], "cosine": [], "map": []}
+        self.near_title.text = f"<b>{esc(self.t('Nearest neighbours (cosine, original space)'))}</b>"
+        self.sel_src.data = {"word": []}
+        self.src.selected.indices = []
+
+    # ------------------------------------------------------------ the user's moves
+    def on_select(self, attr: str, old: list[int], new: list[int]) -> None:
+        e, c = self.set, self.coords
+        if e is None or c is None:
+            return
+        new = [i for i in new if i < e.n]
+        self.sel_src.data = {"word": [e.labels[i] for i in new]}
+        if len(new) != 1:
+            self.near_src.data = {"word": [], "cosine": [], "map": []}
+            self.links.data = {"x0": [], "y0": [], "x1": [], "y1": []}
+            self.ctx.state.pop("word", None)
+            return
+        i = new[0]
+        idx, dist = neighbours(e.vectors, i)
+        mapd = np.linalg.norm(c[idx] - c[i], axis=1)
+        self.near_src.data = {"word": [e.labels[j] for j in idx],
+                              "cosine": [round(float(d), 3) for d in dist],
+                              "map": [round(float(d), 2) for d in mapd]}
+        self.near_title.text = (f"<b>{esc(self.t('Nearest neighbours (cosine, original space)'))}: "
+                                f"{esc(e.labels[i])}</b>")
+        self.links.data = {"x0": [c[i, 0]] * len(idx), "y0": [c[i, 1]] * len(idx),
+                           "x1": c[idx, 0].tolist(), "y1": c[idx, 1].tolist()}
+        self.ctx.state["word"] = e.labels[i]
+        self.ctx.changed()
+
+    def on_colour(self, attr: str, old: str, new: str) -> None:
+        if self.set is not None and self.coords is not None:
+            cols, pairs = self.colour_of(self.set, new)
+            self.src.data["color"] = cols
+            self.legend.text = legend_html(pairs, self.t)
+        self.ctx.state["colour"] = new
+        self.ctx.changed()
+
+    def on_which(self, attr: str, old: str, new: str) -> None:
+        if self.set is None or not new:
+            return
+        p = next((x for x in self.provider.projections(self.set.key) if x.id == new), None)
+        self.coords = None  # (another method's map: not aligned to this one)
+        self.draw(self.set, p, aligned=False)
+        self.ctx.state["proj"] = new
+        self.ctx.changed()
+
+    def on_query(self, attr: str, old: str, new: str) -> None:
+        self.ctx.state["q"] = new
+        self.ctx.changed()
+
+    # ------------------------------------------------------------ projections from the form
+    def start(self, method: str | None = None) -> None:
+        t, jobs = self.t, self.ctx.jobs
+        e = self.set
+        if e is None or jobs is None or (self.job is not None and self.job.state in ("queued", "running")):
+            return
+        method = method or self.method.value
+        params: dict[str, Any] = {}
+        if method == "tsne":
+            its = int(self.iterations.value or 500)
+            n = min(int(self.top.value or e.n), e.n)
+            params = {"perplexity": float(min(self.perplexity.value or 30, max(2, (n - 1) / 3))),
+                      "max_iter": its, "stop_lying_iteration": min(250, its // 4),
+                      "random_state": 0}
+        try:
+            self.job = jobs.submit(e.key, method=method, params=params,
+                                   top_n=int(self.top.value) if self.top.value else None,
+                                   owner=self.ctx.owner)
+        except Exception as exc:  # (bad parameters: say so, keep the page)
+            self.status.text = esc(f"{t('failed')}: {exc}")
+            return
+        self.run.disabled, self.cancel.disabled = True, False
+        self.status.text = f"{esc(t('queued'))}..."
+
+    def stop(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def poll(self) -> None:
+        """Follow the running job: its progress, its map as it converges, and its end."""
+        job, t = self.job, self.t
+        if job is None:
+            return
+        state = job.state
+        progress = f" {job.progress:.0%}" if state == "running" else ""
+        self.status.text = esc(f"{t(state)}{progress}" + (f": {job.message}" if job.message else ""))
+        if job.projection and state in ("running", "done", "cancelled"):
+            self._draw_job(job)
+        if state in ("done", "failed", "cancelled"):
+            self.job = None
+            self.run.disabled, self.cancel.disabled = False, True
+            if state != "failed":
+                self._finished(job)
+
+    def _draw_job(self, job: Any) -> None:
+        got = next((p for p in self.provider.projections(job.embedding) if p.id == job.projection), None)
+        if got is None or got.coords is None or self.drawn == (got.id, got.updated):
+            return
+        self.drawn = (got.id, got.updated)
+        self.coords = None  # (a moving map: not aligned)
+        self.draw(self.provider.embedding(job.embedding), got, aligned=False)
+
+    def _finished(self, job: Any) -> None:
+        """List the new projection (and the new set, for a top-N run) and show it."""
+        self.provider.refresh(force=True)
+        self.fams = families(self.provider.embeddings())
+        self.pick.options = self.options()
+        fam = next((f for f, sets in self.fams.items() if any(s.key == job.embedding for s in sets)),
+                   None)
+        if fam is None:
+            return
+        sets = self.fams[fam]
+        i = next(k for k, s in enumerate(sets) if s.key == job.embedding)
+        self.silently(self.pick, "value", fam)
+        self.open_family(fam, i, job.projection)
+
+    # ------------------------------------------------------------ plumbing
+    def wire(self) -> None:
+        guarded = self.guard
+        self.pick.on_change("value", guarded(lambda a, o, n: self.open_family(n)))
+        self.snap.on_change("value", guarded(lambda a, o, n: self.show_snapshot(int(n))))
+        self.which.on_change("value", guarded(self.on_which))
+        self.colour.on_change("value", guarded(self.on_colour))
+        self.search.on_change("value_input", self.on_query)
+        self.src.selected.on_change("indices", self.on_select)
+        self.run.on_click(lambda: self.start())
+        self.cancel.on_click(self.stop)
+        self.project_this.on_click(lambda: self.start("tsne"))
+
+
+def build(ctx: Context) -> Page:
+    t = ctx.t
+    page = EmbeddingsPage(ctx)
+    if not page.fams:
+        return Page(note(t("No embedding sets in this store: plot_vocab(...) with store=, "
+                           "Word2VecListener or embedviz.project(...) adds them.")))
+    names = list(page.fams)
+    picked = [s.id for s in ctx.sessions if s.id in page.fams]
+    fam = ctx.state.get("set")
+    fam = fam if fam in page.fams else (picked[0] if picked else names[-1])
+    page.pick.options = page.options()
+    page.pick.value = fam
+    snap = ctx.state.get("snap")
+    page.open_family(fam, int(snap) if snap and snap.isdigit() else None, ctx.state.get("proj"))
+    if ctx.state.get("q"):
+        page.search.value = page.search.value_input = ctx.state["q"]
+    page.wire()
+    if ctx.jobs is None:
+        page.run.disabled = True
+        page.status.text = esc(t("Projections cannot be run from this page here (no job pool)."))
+    return Page(page.layout(), polls=[page.poll], close=page.stop)
+
+
+__all__ = ["align", "build", "colours", "families", "neighbours"]
