@@ -10,8 +10,12 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from embedviz.errors import EmbedvizError
-from embedviz.store import SessionInfo, open_store
+from embedviz.errors import EmbedvizError, UnknownSessionError
+from embedviz.store import SessionInfo, SQLiteStore, Store, open_store
+from embedviz.store.base import check_output_path
+
+#: t-SNE's early exaggeration phase: openTSNE's 250 iterations, at most a third of the run
+EARLY_ITERATIONS = 250
 
 
 def _when(t: float | None) -> str:
@@ -51,20 +55,66 @@ def cmd_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    output = check_output_path(args.output)  # (before any work)
     with open_store(args.store, readonly=True) as store:
-        n = store.export_jsonl(args.output, session=args.session)
+        # (the session is checked first, and the file written whole or not at all: an
+        # existing one is replaced only once every record is written)
+        n = store.export_jsonl(output, session=args.session)
     print(f"wrote {n} records to {args.output}", file=sys.stderr)
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    with open_store(args.store) as store:
+    store = open_store(args.store)
+    try:
         report = store.import_jsonl(args.file, skip_bad=args.skip_bad)
+    except BaseException:
+        _remove_if_new(store)  # (an import that fails leaves no new empty store behind)
+        raise
+    finally:
+        store.close()
     parts = ", ".join(f"{n} {k}" for k, n in sorted(report.imported.items())) or "nothing"
     print(f"imported {parts} into {args.store}; {report.skipped_existing} already present")
     for line, reason in report.bad_lines:
         print(f"skipped line {line}: {reason}", file=sys.stderr)
     return 0
+
+
+def _remove_if_new(store: Store) -> None:
+    """Remove the file of an SQLite store this process has just created, if it is still
+    empty."""
+    if not isinstance(store, SQLiteStore) or not store.created:
+        return
+    try:
+        if store.sessions() or store.embeddings():
+            return
+    except Exception:  # (unreadable: leave it as it is)
+        return
+    store.close()
+    for end in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(f"{store.path}{end}")
+        except OSError:
+            pass
+
+
+def _pick_session(store: str, every: Sequence[SessionInfo], wanted: str) -> SessionInfo:
+    """The session ``wanted`` names: its id, or the name of one session."""
+    for s in every:
+        if s.id == wanted:
+            return s
+    named = [s for s in every if s.name == wanted]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        raise UnknownSessionError(f"{len(named)} sessions are named {wanted!r}: pass the id of "
+                                  "one: " + ", ".join(s.id for s in named))
+    shown = [f"{s.name} [{s.id}]" if s.name else s.id for s in every[-20:]]
+    more = (f" and {len(every) - 20} older (`embedviz sessions {store}` lists them)"
+            if len(every) > 20 else "")
+    raise UnknownSessionError(f"no session named {wanted!r} in {store}, and none with that id: "
+                              "pass a session's name or id; known sessions: "
+                              + (", ".join(shown) + more if shown else "none"))
 
 
 def _labels(sessions: Sequence[SessionInfo]) -> dict[str, str]:
@@ -79,10 +129,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     import json
 
     from embedviz.health import SEVERITY_RANK, check_session
+    from embedviz.store import codec
 
     with open_store(args.store, readonly=True) as store:
         every = store.sessions()
-        sessions = [store.session(args.session)] if args.session else every
+        sessions = [_pick_session(args.store, every, args.session)] if args.session else every
         found = []
         for s in sessions:
             stored = [f for _, f in store.findings(s.id)]
@@ -90,7 +141,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             found += stored or check_session(store, s.id)
     found.sort(key=lambda f: (SEVERITY_RANK[f.severity], f.session, f.iteration))
     if args.json:
-        print(json.dumps([f.to_dict() for f in found], indent=1))
+        print(json.dumps(codec.to_jsonable([f.to_dict() for f in found]), indent=1,
+                         allow_nan=False, ensure_ascii=False))
     elif not found:
         print(f"{args.store}: no findings in {len(sessions)} session(s): nothing to worry about")
     else:
@@ -106,12 +158,23 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(f.severity == "error" for f in found) else 0
 
 
+def _beside(store: str, name: str) -> str:
+    """A file in the store's folder (the current folder for a URL or an in-memory store)."""
+    import os
+
+    path = store.split("://", 1)[-1].partition("?")[0]
+    if store.startswith("sqlite://"):
+        path = path[1:] if path.startswith("/") else path
+    folder = os.path.dirname(path) if path and path != ":memory:" else ""
+    return os.path.join(folder, name)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from embedviz.demo import run
 
     with open_store(args.store) as store:
         try:
-            run(store, html=args.html, again=args.again)
+            run(store, html=args.html or _beside(args.store, "vocab.html"), again=args.again)
         except KeyboardInterrupt:
             print(f"\nembedviz demo: interrupted; `embedviz demo --store {args.store}` completes it",
                   file=sys.stderr)
@@ -125,9 +188,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    if "://" not in args.store and args.store != ":memory:" and not os.path.exists(args.store):
-        raise EmbedvizError(f"no store at {args.store}: record one first (`embedviz demo`, or "
-                            "a StatsListener in your training) or check the path")
+    path, _, query = args.store.partition("?")
+    if "://" not in args.store and path != ":memory:" and not os.path.exists(path):
+        if "readonly" in query or os.path.exists(args.store):
+            raise EmbedvizError(f"no store at {path}: record one first (`embedviz demo`, or a "
+                                "StatsListener in your training) or check the path")
+        # (as TensorBoard does on an empty logdir: the pages fill when a training records)
+        print(f"embedviz: {os.path.abspath(path)} is a new, empty store: its pages fill as "
+              "soon as a training records into it", flush=True)
     return _serve(args.store, port=args.port, host=args.host, origins=args.allow_websocket_origin,
                   lang=args.lang, show=args.show)
 
@@ -157,9 +225,16 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     from embedviz.plot import plot_vocab
     from embedviz.projection import BarnesHutTsne
 
+    check_output_path(args.output)  # (before the projection, not after it)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("embedviz").setLevel(logging.INFO)
+    early = (min(EARLY_ITERATIONS, max(args.max_iter, 0) // 3) if args.early_iter is None
+             else args.early_iter)
+    if early > args.max_iter:
+        raise EmbedvizError(f"--early-iter {early} is more than --max-iter {args.max_iter}: the "
+                            "early exaggeration iterations are the first of --max-iter")
     tsne = BarnesHutTsne(perplexity=args.perplexity, max_iter=args.max_iter,
+                         stop_lying_iteration=early,
                          learning_rate=args.learning_rate if args.learning_rate else "auto",
                          theta=args.theta, normalize=not args.no_normalize, use_pca=args.use_pca,
                          metric=args.metric, random_state=args.seed)
@@ -177,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("demo", help="train a small net and a word2vec model, record both")
     p.add_argument("--store", default="runs.db", help="store path or URL (default runs.db)")
-    p.add_argument("--html", default="vocab.html", help="t-SNE page of the word2vec vocabulary")
+    p.add_argument("--html", default=None,
+                   help="t-SNE page of the word2vec vocabulary (default: vocab.html beside the store)")
     p.add_argument("--no-serve", action="store_true", help="record, then exit (do not serve the app)")
     p.add_argument("--again", action="store_true",
                    help="record a new set of the demo's sessions even if the store holds one")
@@ -199,7 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="vocab.html", help="the HTML file to write")
     p.add_argument("--top", type=int, default=1000, help="the N most frequent words (default 1000)")
     p.add_argument("--perplexity", type=float, default=30.0)
-    p.add_argument("--max-iter", type=int, default=750)
+    p.add_argument("--max-iter", type=int, default=750,
+                   help="iterations in all, early exaggeration included (default 750)")
+    p.add_argument("--early-iter", type=int, default=None, metavar="N",
+                   help="iterations of early exaggeration (stop_lying_iteration), the first of "
+                   f"--max-iter (default: {EARLY_ITERATIONS}, or a third of --max-iter when that "
+                   "is fewer)")
     p.add_argument("--learning-rate", type=float, default=None, help="default: n/12 (openTSNE's auto)")
     p.add_argument("--theta", type=float, default=0.5)
     p.add_argument("--metric", default="euclidean")
@@ -221,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("doctor", help="the health findings of a store's sessions, worst first, "
                        "with advice (exit 1 if one is an error)")
     p.add_argument("store", nargs="?", default="runs.db", help="store path or URL (default runs.db)")
-    p.add_argument("--session", help="only this session")
+    p.add_argument("--session", metavar="NAME_OR_ID", help="only this session (its name or id)")
     p.add_argument("--json", action="store_true", help="a JSON list of findings (the export format)")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("export", help="write every record as JSON lines")

@@ -61,11 +61,11 @@ def train_digits_mlp(store: Store, *, epochs: int = 8, frequency: int = 10, lr: 
                              tags={"dataset": "sklearn digits", **(tags or {})},
                              hyperparameters={"lr": lr, "momentum": 0.9, "batch_size": 32,
                                               "epochs": epochs})
-    features: list[tuple[int, np.ndarray]] = []  # (stored once the session is)
+    features: list[tuple[int, int, np.ndarray]] = []  # (stored once the session is)
 
     def snapshot(epoch: int) -> None:
-        with torch.no_grad():
-            features.append((epoch, model[:4](Xva).numpy()))
+        with torch.no_grad():  # (at the iteration the charts show: the listener's count)
+            features.append((epoch, listener.iteration, model[:4](Xva).numpy()))
 
     with listener.attach(model, opt):
         if 0 in snapshots:
@@ -85,12 +85,12 @@ def train_digits_mlp(store: Store, *, epochs: int = 8, frequency: int = 10, lr: 
                 listener.log_metric("val_accuracy", (logits.argmax(1) == yva).float().mean())
             if epoch + 1 in snapshots:
                 snapshot(epoch + 1)
-    for epoch, f in features:
+    for epoch, iteration, f in features:
         store.put_embedding(EmbeddingSet(
             f"{name}: penultimate layer, epoch {epoch}",
             [f"{int(d)} (image {i})" for i, d in enumerate(yva)],
             f, metadata={"digit": [str(int(d)) for d in yva]}, session=listener.session,
-            iteration=epoch))
+            iteration=iteration))
     return listener.session
 
 

@@ -90,7 +90,7 @@ def check(severity: str, params: dict[str, Any], *, en: str | dict[str, str],
 
 class _Formatter(string.Formatter):
     def format_field(self, value: Any, format_spec: str) -> str:
-        # (NaN and Inf are stored as text, JSON having no literal for them: read them back)
+        # (NaN and Inf as text: how findings recorded by earlier versions hold them)
         if isinstance(value, str) and format_spec[-1:] in tuple("eEfFgG%"):
             try:
                 value = float(value)
@@ -716,13 +716,13 @@ def _finding(session: str, worker: str, name: str, hit: Hit, found_at: int,
 
 
 def _json(x: Any) -> Any:
-    """``x`` as JSON holds it: NaN and Inf as text, numpy numbers as Python's."""
+    """``x`` as the store keeps it: numpy numbers as Python's, NaN and Inf as floats (the
+    store's codec keeps them: ``{"$float": "NaN"}`` in an export)."""
     if isinstance(x, (bool, str)) or x is None:
         return x
     if isinstance(x, (int, np.integer)):
         return int(x)
-    x = float(x)
-    return x if math.isfinite(x) else str(x)
+    return float(x)
 
 
 def check_records(records: Iterable[Record], num_classes: int | None = None,

@@ -88,7 +88,11 @@ def is_weight(name: str, static: dict | None = None) -> bool:
     """A weight matrix or kernel: 2 or more dimensions where the layer table gives the
     shape; else a parameter whose own name starts with "weight" (``weight``,
     ``weight_ih_l0``). Biases and norm scales are not: their update:param ratio says
-    little (a bias starts at 0)."""
+    little (a bias starts at 0).
+
+    Without a layer table (``static`` None, or a parameter it does not list) only the name
+    is known, so a BatchNorm's or LayerNorm's ``weight`` (a 1-d scale) counts as a weight;
+    a worker that sends its static info (a StatsListener does) has it told apart."""
     shape = param_shape(name, static)
     if shape is not None:
         return len(shape) >= 2

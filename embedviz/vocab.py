@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from embedviz.errors import ProjectionError
+from embedviz.records import EmbeddingSet
 
 log = logging.getLogger("embedviz")
 
@@ -303,6 +304,9 @@ def load_vocabulary(source: Any, *, labels: Any = None, metadata: Any = None,
     notes: list[str] = []
     vocab: Vocabulary
     if isinstance(source, Vocabulary):
+        vocab = Vocabulary(list(source.labels), source.vectors, dict(source.metadata),
+                           source.name, notes)
+    elif isinstance(source, EmbeddingSet):  # (a set read back from a store)
         vocab = Vocabulary(list(source.labels), source.vectors, dict(source.metadata),
                            source.name, notes)
     elif hasattr(source, "wv") and hasattr(source.wv, "index_to_key"):

@@ -99,7 +99,8 @@ class Word2VecListener(_Base):  # type: ignore[misc]
                 words = [model.wv.index_to_key[i] for i in index]
                 vectors = np.array(model.wv.vectors[index], dtype=np.float32)
                 counts = [int(model.wv.get_vecattr(w, "count")) for w in words]
-                records.append(EmbeddingSet(f"{self.session} epoch {epoch}", words, vectors,
+                named = self._session_record.name or self.session
+                records.append(EmbeddingSet(f"{named}, epoch {epoch}", words, vectors,
                                             metadata={"count": counts}, session=self.session,
                                             iteration=epoch))
             if self._writer is not None:

@@ -232,6 +232,8 @@ class Tab(Reactions):
         if page is not None:
             self._zooming += 1
             self._steps(self._zooming, page.zoom_steps(*window))
+            if page.covers(*window):
+                self.zoom = None  # (reset: a link should follow the whole run)
         self.write_url()
 
     def _steps(self, zooming: int, steps: list[Callable[[], None]]) -> None:

@@ -2,10 +2,12 @@
 
 A :class:`Chart` is a figure whose lines follow the store. Its lines of one session's
 worker that come from the same reports (the score, learning rates, per-layer statistics)
-share one ColumnDataSource, one column triple (``i<k>`` iteration, ``t<k>`` wall time in ms,
-``y<k>`` value) per line, so a tick streams one message per chart and session, not one
-per line (each Bokeh message costs ~2 ms of the server's one event loop, times every open
-tab). A logged metric, written on its own clock, has a source of its own.
+share one ColumnDataSource, so a tick sends one message per chart and session, not one
+per line (every message costs the server's one event loop, times every open tab): a few
+lines as a column triple each (``i<k>`` iteration, ``t<k>`` wall time in ms, ``y<k>``
+value), streamed; many (a layer each) as the rows of one MultiLine, their arrays longer
+than their points so that new points are patched in (a renderer per line costs the
+browser more than its points). A logged metric, on its own clock, has a source of its own.
 
 Lines are read downsampled to what the chart can show (:data:`CHART_POINTS` across its
 lines); zooming in replaces the points inside the visible window with the store's points
@@ -40,6 +42,7 @@ from bokeh.models import (  # type: ignore[attr-defined]
     HoverTool,
     Legend,
     LegendItem,
+    LinearScale,
     MultiLine,
     NumeralTickFormatter,
     Range1d,
@@ -166,8 +169,8 @@ class Group:
         self.lines: list[Line] = []
         self.cursors: dict[str, int] = {}
         self.source = ColumnDataSource({})
-        self.marks = ColumnDataSource({"i": [], "t": [], "y": [], "line": [], "kind": []})
-        self.floor = ColumnDataSource({"i": [], "t": [], "y": [], "line": [], "kind": []})
+        self.marks = ColumnDataSource({c: [] for c in MARKS})
+        self.floor = ColumnDataSource({c: [] for c in MARKS})
         #: relative time: seconds since the session began, computed in the browser
         self.relative = CustomJSTransform(args={"start": session.created * 1000.0},
                                           v_func="return xs.map((x) => (x - start) / 1000);")
@@ -182,6 +185,7 @@ class Group:
         #: many lines (a layer each) are one MultiLine of a row each, its arrays kept
         #: longer than their points (NaN after ``fill``) so that new points are patched in
         self.multi = False
+        self.sparse = False  # (a line of fewer than 2 finite points)
         self.thin_at = 0
         self.multi_renderer: Any = None
         self.fill: list[int] = []
@@ -246,6 +250,7 @@ class Chart:
                           y_range=self.y_range, output_backend="canvas", name=name)
         self.fig.toolbar.logo = None
         self.fig.extra_y_ranges = {"floor": Range1d(start=0, end=1)}
+        self.fig.extra_y_scales = {"floor": LinearScale()}  # (on a log axis too)
         self.legend = Legend(click_policy="hide", label_text_font_size="8pt", spacing=0,
                              padding=4, items=[])
         self.fig.add_layout(self.legend, "right")
@@ -256,7 +261,6 @@ class Chart:
         self.rows_hover = HoverTool(renderers=[], line_policy="nearest")
         self.fig.add_tools(self.rows_hover)
         self.smoothing: CustomJSTransform | None = None
-        self.after_load: list[Callable[[], None]] = []
         self._span: float | None = None
         self._lo, self._hi = np.inf, -np.inf
         self.set_mode(mode)
@@ -298,8 +302,6 @@ class Chart:
             self._draw_group(g)
         self._legend()
         self._fit_span()
-        for hook in self.after_load:
-            hook()
 
     def _draw_group(self, g: Group, lines: list[dict[str, np.ndarray]] | None = None) -> None:
         """Put ``lines`` (the group's overview) into its sources."""
@@ -309,6 +311,7 @@ class Chart:
         else:
             g.source.data = _pad(lines)
         g.marks.data, g.floor.data = _marks(g.lines, lines)
+        g.sparse = _sparse(lines)
         if g.lines and not g.lines[0].renderers:
             self._renderers(g)
 
@@ -342,10 +345,11 @@ class Chart:
                 line.renderers.append(s)
         self.hover.renderers = [*self.hover.renderers, *(r for r in drawn if not g.multi)]
         self.y_range.renderers = [*self.y_range.renderers, *drawn]  # type: ignore[misc]
-        bad = self.fig.add_glyph(g.marks, Scatter(x=g.x(None, self.mode), y="y", marker="x",
-                                                  line_color=BAD_COLOR, size=10, line_width=2))
-        low = self.fig.add_glyph(g.floor, Scatter(x=g.x(None, self.mode), y="y", marker="triangle",
-                                                  fill_color="#555555", line_color="#555555",
+        bad = self.fig.add_glyph(g.marks, Scatter(x=g.x(None, self.mode), y="y", marker="marker",
+                                                  line_color="color", fill_color="color", size=8,
+                                                  line_width=2))
+        low = self.fig.add_glyph(g.floor, Scatter(x=g.x(None, self.mode), y="y", marker="marker",
+                                                  fill_color="color", line_color="color",
                                                   size=8), y_range_name="floor")
         self.mark_hover.renderers = [*self.mark_hover.renderers, bad, low]
         g.extra += [bad, low]
@@ -385,6 +389,11 @@ class Chart:
                 # (as lists: each array would travel as a websocket frame of its own)
                 g.source.stream({c: np.asarray(v).tolist() for c, v in rows.items() if c != "n"})
             self._span_of(new)
+            if g.sparse:  # (a line of one point so far: its dot may go, others come)
+                g.marks.data, g.floor.data = _marks(g.lines, g.overview)
+                g.sparse = _sparse(g.overview)
+                n += rows["n"]
+                continue
             if len(marks["i"]):
                 g.marks.stream(marks)
             if len(floor["i"]):
@@ -400,7 +409,7 @@ class Chart:
         if not any(len(s) for s in got.values()):
             return cursors, [], {"n": 0}, {}, {}
         new = [line_columns(line, got, self.log_axis) for line in g.lines]
-        return (cursors, new, _rows(new), *_marks(g.lines, new))
+        return (cursors, new, _rows(new), *_marks(g.lines, new, whole=False))
 
     def _patch(self, g: Group, new: list[dict[str, np.ndarray]]) -> None:
         """Write new points into the rows' spare room (one message); rows without room
@@ -441,6 +450,15 @@ class Chart:
             inside = [line_columns(line, got, self.log_axis) for line in g.lines]
             g.window = (start, stop)
             self._draw_group(g, [_merge(o, w, start, stop) for o, w in zip(g.overview, inside)])
+
+    def covers(self, x0: float, x1: float) -> bool:
+        """Whether [x0, x1] holds every line whole (a reset, not a zoom)."""
+        for g in self.groups:
+            if g.overview and len(g.overview[0]["i"]):
+                _, xs = _x_of(g, self.mode)
+                if xs.min() < x0 or xs.max() > x1:
+                    return False
+        return True
 
     def set_mode(self, mode: str) -> None:
         """Draw every line against ``mode`` (one of X_MODES)."""
@@ -531,10 +549,16 @@ def _rows(new: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     return out
 
 
-def _marks(lines: list[Line], cols: list[dict[str, np.ndarray]]) -> tuple[dict, dict]:
-    """The NaN/Inf crosses and the floor markers of these lines' points."""
-    bad: dict[str, list] = {"i": [], "t": [], "y": [], "line": [], "kind": []}
-    low: dict[str, list] = {"i": [], "t": [], "y": [], "line": [], "kind": []}
+MARKS = ("i", "t", "y", "line", "kind", "marker", "color")
+
+
+def _marks(lines: list[Line], cols: list[dict[str, np.ndarray]],
+           whole: bool = True) -> tuple[dict, dict]:
+    """The marks of these lines' points: a red cross where a stored NaN/Inf breaks a line,
+    a dot for a point with no finite neighbour (a line of one point draws nothing: only
+    known for ``whole`` lines), and the floor markers."""
+    bad: dict[str, list] = {c: [] for c in MARKS}
+    low: dict[str, list] = {c: [] for c in MARKS}
     for line, c in zip(lines, cols):
         for j in np.flatnonzero(c["bad"]):
             raw = c["raw"][j]
@@ -544,13 +568,41 @@ def _marks(lines: list[Line], cols: list[dict[str, np.ndarray]]) -> tuple[dict, 
             bad["y"].append(float(c["height"][j]))
             bad["line"].append(line.label)
             bad["kind"].append(f"{kind} stored")
+            bad["marker"].append("x")
+            bad["color"].append(BAD_COLOR)
+        for j in np.flatnonzero(_alone(c["y"])) if whole else ():
+            bad["i"].append(int(c["i"][j]))
+            bad["t"].append(float(c["t"][j]))
+            bad["y"].append(float(c["y"][j]))
+            bad["line"].append(line.label)
+            bad["kind"].append(f"{c['y'][j]:.6g}")
+            bad["marker"].append("circle")
+            bad["color"].append(line.color)
         for j in np.flatnonzero(c["zero"]):
             low["i"].append(int(c["i"][j]))
             low["t"].append(float(c["t"][j]))
             low["y"].append(FLOOR_Y)
             low["line"].append(line.label)
             low["kind"].append("0 (log10: -inf)" if line.log else f"{c['raw'][j]:.3g} (<= 0 on a log axis)")
+            low["marker"].append("triangle")
+            low["color"].append("#555555")
     return bad, low
+
+
+def _sparse(lines: list[dict[str, np.ndarray]]) -> bool:
+    """A line of one finite point (a dot that the next point turns into a line), or, early
+    in a run, of none yet."""
+    finite = [int(np.isfinite(c["y"]).sum()) for c in lines]
+    early = max((len(c["y"]) for c in lines), default=0) < 50
+    return any(f == 1 or (f == 0 and early) for f in finite)
+
+
+def _alone(y: np.ndarray) -> np.ndarray:
+    """Finite points whose neighbours are not (a line draws nothing there)."""
+    ok = np.isfinite(y)
+    before = np.r_[False, ok[:-1]]
+    after = np.r_[ok[1:], False]
+    return ok & ~before & ~after
 
 
 def _thin(c: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:

@@ -70,9 +70,9 @@ JA: dict[str, str] = {
     "Findings, worst first": "所見 (重い順)",
     "No findings in the store for these sessions: the health checks have not run, or found nothing.":
         "このセッションには所見がありません。ヘルスチェックが実行されていないか、何も見つかっていません。",
-    "severity": "重大度",
-    "check": "チェック",
-    "message": "内容",
+    "Severity": "重大度",
+    "Check": "チェック",
+    "Message": "内容",
     "Show": "表示",
     "No sessions in this store yet: record one with StatsListener, or run `embedviz demo`.":
         "このストアにはまだセッションがありません。StatsListener で記録するか、`embedviz demo` を実行してください。",
@@ -84,6 +84,8 @@ JA: dict[str, str] = {
     "cluster": "クラスタ",
     "Search words": "単語を検索",
     "matches": "件一致",
+    "match": "件一致",
+    "Already projected with these parameters: shown.": "同じパラメータの射影が既にあるので、それを表示しました。",
     "Nearest neighbours (cosine, original space)": "最近傍 (コサイン、元の空間)",
     "word": "単語",
     "cosine distance": "コサイン距離",
@@ -113,8 +115,9 @@ JA: dict[str, str] = {
     "Pick a session above.": "上でセッションを選んでください。",
     "Project this set (t-SNE)": "このセットを射影 (t-SNE)",
     "Projection": "射影",
-    "Projections cannot be run from this page here (no job pool).":
-        "ここではこのページから射影を実行できません (ジョブプールがありません)。",
+    "The store is open read-only: a new projection cannot be stored in it.":
+        "ストアは読み取り専用で開かれているため、新しい射影を保存できません。",
+    "This server runs no projections.": "このサーバーは射影を実行しません。",
     "all": "すべて",
     "mean": "平均",
     "zero fraction": "ゼロの割合",
@@ -130,6 +133,8 @@ JA: dict[str, str] = {
     "snapshots": "スナップショット",
     "No update:param ratio: no parameter updates were recorded in the sessions picked.":
         "更新量:パラメータ比はありません。選択したセッションにはパラメータの更新量が記録されていません。",
+    "No training score in the sessions picked: StatsListener records it when step(loss) is given the loss.":
+        "選択したセッションには訓練スコアがありません。StatsListener は step(loss) に損失を渡すと記録します。",
     "Nothing recorded yet in the sessions picked: the pages fill as a training reports.":
         "選択したセッションにはまだ記録がありません。訓練が報告するにつれてページが埋まります。",
     "No per-layer statistics in the sessions picked (a word2vec run records its loss only): record a training with StatsListener.":

@@ -101,8 +101,11 @@ class Context:
         return self.provider.worker(s.id, self.worker)
 
     def color(self, s: SessionInfo) -> str:
-        """A session's colour, the same on every chart of every page."""
-        ids = [x.id for x in self.sessions]
+        """A session's colour, the same on every chart of every page: by its place among
+        the sessions picked in the store's order (the picker's), so that opening a page
+        with another session first (a finding's "Show") changes no colour."""
+        ordered = sorted(self.sessions, key=lambda x: (x.created, x.id))
+        ids = [x.id for x in ordered]
         return session_color(ids.index(s.id) if s.id in ids else len(ids))
 
     def label(self, s: SessionInfo) -> str:
@@ -132,6 +135,7 @@ class Page:
     modes: list[Callable[[str], None]] = field(default_factory=list)
     zooms: list[Callable[[float, float], None]] = field(default_factory=list)
     close: Callable[[], None] = lambda: None
+    view: Any = None  # (the object behind a page that has one: its state, for tests)
 
     def poll(self, changed: bool = True) -> int:
         """Stream what is new; the charts only when the store ``changed`` (their other
@@ -151,6 +155,10 @@ class Page:
         for step in self.zoom_steps(x0, x1):
             step()
 
+    def covers(self, x0: float, x1: float) -> bool:
+        """Whether the window [x0, x1] shows every chart whole (what reset does)."""
+        return all(c.covers(x0, x1) for c in self.charts)
+
     def zoom_steps(self, x0: float, x1: float) -> list[Callable[[], None]]:
         """The zoom chart by chart, in the page's order (so the top chart can be sent
         before the others are read)."""
@@ -158,15 +166,8 @@ class Page:
         return steps + [functools.partial(z, x0, x1) for z in self.zooms]
 
 
-def loaded(ctx: Context, layout: Any, **kw: Any) -> Page:
-    """The page of ``layout`` with every chart made through ``ctx`` read and drawn."""
-    for c in ctx.charts:
-        c.load()
-    return Page(layout, list(ctx.charts), **kw)
-
-
 def stack(*children: Any) -> Any:
     return column(*children, sizing_mode="stretch_width")
 
 
-__all__ = ["CSS", "Context", "Page", "Reactions", "div", "esc", "loaded", "note", "stack"]
+__all__ = ["CSS", "Context", "Page", "Reactions", "div", "esc", "note", "stack"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -200,7 +201,8 @@ def test_the_demo_records_its_trainings_snapshots_and_maps(tmp_path, capsys):
     assert [f.check for _, f in s.findings(mlp) if f.severity != "info"] == []
     # the penultimate layer's snapshots, coloured by digit, separate as the network learns
     snaps = s.embeddings(mlp)
-    assert [e.iteration for e in snaps] == [0, 2, 8]
+    per_epoch = 45  # (1,437 training images in batches of 32: at the listener's iterations)
+    assert [e.iteration for e in snaps] == [0, 2 * per_epoch, 8 * per_epoch]
     knn = [max(p.quality["knn_preservation"] for p in s.projections(e.key)) for e in snaps]
     assert all(p.state == "done" for p in s.projections())
     assert set(s.embedding(snaps[-1].key).metadata["digit"]) == {str(d) for d in range(10)}
@@ -311,3 +313,117 @@ def test_an_interrupted_demo_is_completed_without_duplicates(tmp_path, capsys, m
         assert len([p for e in store.embeddings(sid)[-3:] for p in store.projections(e.key)]) == min(
             3, len(store.embeddings(sid)))
     store.close()
+
+
+# ------------------------------------------------------------------ found by a new user
+def _damaged(path):
+    with embedviz.open_store(path) as store:
+        store.create_session("s")
+        store.write([Update("s", "0", i, score=1.0, scalars={"lr/0": 0.1}) for i in range(3000)])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 8192] = b"\xa5" * 8192  # pages in the middle
+    path.write_bytes(bytes(data))
+
+
+def test_export_checks_its_arguments_first_and_writes_the_file_whole_or_not_at_all(filled, tmp_path,
+                                                                                  capsys):
+    out = tmp_path / "keep.jsonl"
+    out.write_text("the previous export\n")
+    out.chmod(0o640)
+    assert main(["export", str(filled), "--session", "nope", "-o", str(out)]) == 2
+    assert "unknown session 'nope'" in capsys.readouterr().err
+    assert out.read_text() == "the previous export\n"
+    damaged = tmp_path / "damaged.db"
+    _damaged(damaged)
+    assert main(["export", str(damaged), "-o", str(out)]) == 2
+    assert "damaged" in capsys.readouterr().err
+    assert out.read_text() == "the previous export\n"  # (not a partial export)
+    assert main(["export", str(filled), "-o", str(out)]) == 0
+    assert "wrote 7 records" in capsys.readouterr().err
+    assert out.read_text().startswith('{"type":"session"') and out.stat().st_mode & 0o777 == 0o640
+    assert [f for f in os.listdir(tmp_path) if "keep" in f] == ["keep.jsonl"]  # (no temp file)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert main(["export", str(filled), "-o", str(tmp_path / "new.jsonl")]) == 0
+    capsys.readouterr()
+    assert (tmp_path / "new.jsonl").stat().st_mode & 0o777 == 0o666 & ~umask  # (as open() makes it)
+    for target, why in ((tmp_path / "no-such-folder" / "x.jsonl", "folder .*no-such-folder does not "
+                         "exist; create it first"), (tmp_path, "it is a folder; name a file in it")):
+        assert main(["export", str(filled), "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(why, err) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "no-such-folder").exists()
+
+
+def test_tsne_checks_its_output_before_projecting_and_takes_a_short_run(tmp_path, capsys, monkeypatch):
+    import embedviz.projection
+    rng = np.random.default_rng(0)
+    vec = tmp_path / "small.vec"
+    vec.write_text("40 5\n" + "".join(f"w{i} " + " ".join(f"{x:.3f}" for x in rng.normal(size=5))
+                                      + "\n" for i in range(40)))
+    projected = []
+    real = embedviz.projection.BarnesHutTsne.fit_transform
+    monkeypatch.setattr(embedviz.projection.BarnesHutTsne, "fit_transform",
+                        lambda self, *a, **kw: projected.append(self) or real(self, *a, **kw))
+    assert main(["tsne", str(vec), "-o", str(tmp_path / "no-such-folder" / "v.html")]) == 2
+    err = capsys.readouterr().err
+    assert "no-such-folder does not exist" in err and len(err.strip().splitlines()) == 1
+    assert projected == []  # (nothing computed before the error)
+    out = tmp_path / "v.html"
+    assert main(["tsne", str(vec), "-o", str(out), "--max-iter", "10", "--perplexity", "5"]) == 0, \
+        capsys.readouterr().err
+    assert out.stat().st_size > 1000 and projected[-1].stop_lying_iteration == 3
+    assert main(["tsne", str(vec), "-o", str(out), "--max-iter", "20", "--early-iter", "30"]) == 2
+    assert "--early-iter 30 is more than --max-iter 20" in capsys.readouterr().err
+    from embedviz.cli import build_parser
+    tsne_help = build_parser()._subparsers._group_actions[0].choices["tsne"].format_help()
+    assert "--early-iter" in " ".join(tsne_help.split()) and "a third of --max-iter" in " ".join(
+        tsne_help.split())
+
+
+def test_import_twice_imports_nothing_and_a_failed_import_leaves_no_new_store(filled, tmp_path, capsys):
+    out = tmp_path / "all.jsonl"
+    assert main(["export", str(filled), "-o", str(out)]) == 0
+    copy = tmp_path / "copy.db"
+    assert main(["import", str(out), str(copy)]) == 0
+    assert "imported 1 metric, 1 session, 5 update" in capsys.readouterr().out
+    assert main(["import", str(out), str(copy)]) == 0
+    assert f"imported nothing into {copy}; 7 already present" in capsys.readouterr().out
+    # a line of a session neither in the file nor in the store: named in the parse phase
+    lines = out.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("".join(lines[1:]))  # (without its session line)
+    fresh = tmp_path / "fresh.db"
+    assert main(["import", str(cut), str(fresh)]) == 2
+    err = capsys.readouterr().err
+    assert "line 1 is of an unknown session" in err and "'run-a'" in err and "--skip-bad" in err
+    assert not any(p.name.startswith("fresh.db") for p in tmp_path.iterdir())  # (no empty store)
+    assert main(["import", str(cut), str(fresh), "--skip-bad"]) == 0
+    captured = capsys.readouterr()
+    assert "imported nothing" in captured.out and "skipped line 6" in captured.err
+    assert main(["import", str(tmp_path / "absent.jsonl"), str(fresh)]) == 2
+    assert "absent.jsonl" in capsys.readouterr().err
+    assert main(["import", str(cut), str(copy)]) == 0  # (the store holds the session)
+    assert "imported nothing" in capsys.readouterr().out
+
+
+def test_doctor_takes_a_session_name_and_lists_the_known_ones(tmp_path, capsys):
+    path = tmp_path / "runs.db"
+    _doctor_store(path)
+    assert main(["doctor", str(path), "--session", "wide"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("WARNING")]
+    assert len(lines) == 1 and " wide " in lines[0]
+    assert main(["doctor", str(path), "--session", "id-2"]) == 0  # (an id still works)
+    assert "baseline [id-2]" in capsys.readouterr().out
+    assert main(["doctor", str(path), "--session", "baseline"]) == 2
+    assert "2 sessions are named 'baseline': pass the id of one: id-1, id-2" in capsys.readouterr().err
+    assert main(["doctor", str(path), "--session", "typo"]) == 2
+    err = capsys.readouterr().err
+    assert "no session named 'typo'" in err and "baseline [id-1], baseline [id-2], wide [id-3]" in err
+
+
+def test_a_missing_store_says_how_a_store_comes_to_be(tmp_path, capsys):
+    assert main(["sessions", str(tmp_path / "nope.db")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.db does not exist: check the path" in err and "`embedviz demo`" in err
+    assert "open it writable" not in err

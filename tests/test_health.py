@@ -26,6 +26,7 @@ from embedviz.health import (
     describe,
 )
 from embedviz.records import Finding, Metric, Static, Summary, Update
+from embedviz.store import codec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -102,12 +103,12 @@ def test_every_zoo_finding_shows_its_value_in_english_and_in_japanese(recorded):
         template = CHECKS[f.check].text["en"][f.detail.get("variant", "")]
         value = f.detail["value"]
         shown = format(float(value), _fields(template)["value"])
-        assert f.detail["args"]["value"] == value
+        assert codec.dumps(f.detail["args"]["value"]) == codec.dumps(value)  # (NaN != NaN)
         assert shown in f.message, (f.check, shown, f.message)
         assert describe(f) == describe(f, "en") == f.message
         ja = describe(f, "ja")
         assert shown in ja and not ENGLISH.search(ja), (f.check, ja)
-        json.dumps(f.detail, allow_nan=False)  # (JSON-safe: NaN is stored as text)
+        assert codec.dumps(codec.loads(codec.dumps(f.detail))) == codec.dumps(f.detail)
 
 
 def test_a_ratio_finding_shows_the_median_it_stores_not_the_last_report():
@@ -335,3 +336,30 @@ def test_preflight_finds_a_wrong_gradient_unscaled_inputs_and_sorted_labels():
     assert not report["labels"].ok and "shuffled" in report["labels"].detail
     assert not report["overfit a batch"].ok  # (a learning rate of 0 learns nothing)
     assert not report["initial loss"].ok  # (inputs x160: logits far from chance)
+
+
+def test_a_non_finite_value_is_stored_as_the_number_it_is_and_still_rendered(tmp_path, capsys):
+    from embedviz.cli import main
+
+    model = {"model": {"layers": [{"name": "a", "type": "Linear", "params": {}}],
+                       "graph": {"execution_order": ["a"]}}}
+    records = [Static("s", "0", model)] + [_update(i, 1.0, **{"activation/a": {}}) for i in range(5)]
+    records += [_update(i, math.nan, **{"activation/a": {"nan": 1}}) for i in range(5, 12)]
+    (found,) = check_records(records)
+    assert found.check == "nan" and isinstance(found.detail["value"], float)
+    assert math.isnan(found.detail["value"]) and math.isnan(found.detail["args"]["value"])
+    assert "(score nan)" in found.message and "(スコア nan)" in describe(found, "ja")
+    path = tmp_path / "runs.db"
+    with embedviz.open_store(path) as store:
+        store.create_session("s")
+        store.add_finding(found)
+        (_, stored), = store.findings("s")
+        assert math.isnan(stored.detail["value"]) and describe(stored) == found.message
+        # a finding recorded by an earlier version, its value as text, is rendered the same
+        old = Finding("s", "nan", "old", 5, detail={"value": "-inf", "args": {"value": "-inf",
+                                                                             "where": "a"}})
+        assert "(score -inf)" in describe(old)
+    assert main(["doctor", str(path), "--json"]) == 1
+    listed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
+    assert listed[0]["detail"]["value"] == {"$float": "NaN"}  # (the export format: strict JSON)
+    assert math.isnan(codec.loads(json.dumps(listed[0]))["detail"]["value"])

@@ -203,6 +203,7 @@ def test_zooming_in_rereads_the_window_and_reset_brings_the_overview_back(tmp_pa
         tab.on_range(type("E", (), {"x0": -100.0, "x1": n + 100.0})())  # reset
         its, _ = line_data(score, "long")
         assert len(its) < 2000 and its[-1] == n - 1
+        assert "from=" not in tab.url.text  # (a link then follows the whole run)
 
 
 def test_a_downsampled_ratio_keeps_an_update_spike_at_its_iteration(tmp_path):
@@ -333,7 +334,7 @@ def test_findings_on_the_score_chart_are_labelled_and_placed_in_every_x_mode(rec
         assert set(src.data["check"]) == {"update_ratio_high", "nan"}
         assert all(src.data["message"]) and all(src.data["label"])
         hovers = [t for t in score.fig.tools if type(t).__name__ == "HoverTool"
-                  and ("", "@message") in t.tooltips]
+                  and "@message" in str(t.tooltips)]
         assert hovers
         marker = next(r for r in score.fig.renderers if r.data_source is src
                       and type(r.glyph).__name__ == "Scatter")
@@ -552,3 +553,172 @@ def test_a_deep_model_draws_its_layers_as_one_multiline_that_follows_the_store(t
         ratio = chart(tab, "log10 update:param")
         multi = next(r for r in ratio.fig.renderers if type(r.glyph).__name__ == "MultiLine")
         assert field_of(multi.glyph.xs) == "ts" and errors(doc) == []
+
+
+def page_job_projection(tab) -> str:
+    page = tab.pages["embeddings"].view
+    return page.job.projection if page.job is not None else ""
+
+
+def test_form_runs_are_projections_drawn_when_done_and_a_tsne_can_be_cancelled(tmp_path):
+    """Form runs go to the server's pool: a top-N run is a set of its own (not a training
+    snapshot), drawn once done without a reload; a running t-SNE is cancelled by its
+    button and its partial map is kept as interrupted."""
+    import time as _time
+
+    path = tmp_path / "emb.db"
+    ids = record(path)
+    with AppState(path) as app:
+        doc, tab = build(app, "embeddings", sessions=[ids["w2v"]])
+        page = tab.pages["embeddings"]
+        snapshots = doc.get_model_by_name("snapshot").end
+        form = {m.title: m for m in doc.models if type(m).__name__ == "NumericInput"}
+        doc.get_model_by_name("method").value = "pca"
+        form["Top N words"].value = 50
+
+        def run_until(states: tuple[str, ...], timeout: float = 120.0) -> str:
+            end = _time.monotonic() + timeout
+            while _time.monotonic() < end:
+                app.provider.refresh(force=True)
+                tab.tick()
+                text = doc.get_model_by_name("status").text
+                if any(text.startswith(s) for s in states) and not text.endswith(" 0%"):
+                    return text
+                _time.sleep(0.2)
+            return doc.get_model_by_name("status").text
+
+        doc.get_model_by_name("run")._trigger_event(ButtonClick(doc.get_model_by_name("run")))
+        assert run_until(("done", "failed")).startswith("done")
+        assert len(doc.get_model_by_name("points").data["x"]) == 50
+        picked = doc.get_model_by_name("set")
+        assert "(top 50" in dict(picked.options)[picked.value]
+        assert [label for _, label in doc.get_model_by_name("projection").options] == ["pca"]
+        picked.value = ids["w2v"]
+        assert doc.get_model_by_name("snapshot").end == snapshots  # (not a snapshot)
+        doc.get_model_by_name("method").value = "tsne"
+        form["Top N words"].value = None
+        form["Iterations"].value = 5000
+        doc.get_model_by_name("run")._trigger_event(ButtonClick(doc.get_model_by_name("run")))
+        assert run_until(("running",), 60).startswith("running")  # (and past 0%)
+        assert "running" in doc.get_model_by_name("quality").text  # (drawn as it converges)
+        assert doc.get_model_by_name("projection").value == page_job_projection(tab)
+        cancel = doc.get_model_by_name("cancel")
+        assert not cancel.disabled
+        cancel._trigger_event(ButtonClick(cancel))
+        assert run_until(("cancelled", "done", "failed")).startswith("cancelled")
+        assert page is tab.pages["embeddings"]
+        last = app.store.embeddings(ids["w2v"])[-1].key  # (the set itself: no top N)
+        states = [p.state for p in app.store.projections(last)]
+        assert "interrupted" in states and "running" not in states
+
+
+def test_a_line_of_one_point_is_a_dot_until_its_second_point_comes(tmp_path):
+    with AppState(tmp_path / "one.db", jobs=False) as app:
+        s = app.store.create_session(name="one")
+        app.store.write([Update(s.id, "0", 7, score=1.5)])
+        doc, tab = build(app, "overview")
+        score = chart(tab, "Score")
+        marks = score.groups[0].marks.data
+        assert list(marks["i"]) == [7] and marks["marker"] == ["circle"] and marks["y"] == [1.5]
+        app.store.write([Update(s.id, "0", 8, score=1.0)])
+        app.provider.refresh(force=True)
+        tab.tick()
+        assert list(score.groups[0].marks.data["i"]) == []  # (a line now)
+
+
+def test_the_floor_and_findings_stay_on_a_linear_scale_on_a_log_axis(recorded):
+    """On a log-scale score chart the floor markers and finding markers still show: the
+    floor range keeps a linear scale of its own."""
+    app, ids = recorded
+    doc, tab = build(app, "overview", sessions=[ids["mlp"]], log="1")
+    score = chart(tab, "Score")
+    assert score.log_axis and type(score.fig.y_scale).__name__ == "LogScale"
+    assert type(score.fig.extra_y_scales["floor"]).__name__ == "LinearScale"
+
+
+def test_a_link_reopens_a_search_and_a_clicked_word(recorded):
+    app, ids = recorded
+    doc, tab = build(app, "embeddings", sessions=[ids["w2v"]], q="sai", word="said")
+    assert len(doc.get_model_by_name("hits").data["x"]) >= 1
+    assert "match" in doc.get_model_by_name("found").text
+    near = doc.get_model_by_name("neighbours").data
+    assert len(near["word"]) == 10 and "said" in doc.get_model_by_name("neighbours-title").text
+
+
+def test_the_form_shows_a_stored_map_made_with_the_same_parameters(recorded):
+    """Running what is already stored (the snapshot's t-SNE of 400 iterations) shows it
+    instead of computing it again."""
+    app, ids = recorded
+    from embedviz.server.jobs import Jobs
+
+    with Jobs(app.store) as jobs:
+        doc = Document()
+        tab = build_document(doc, app, page="embeddings", sessions=[ids["w2v"]])
+        page = tab.pages["embeddings"].view
+        page.ctx.jobs = jobs
+        before = len(app.store.projections())
+        form = {m.title: m for m in doc.models if type(m).__name__ == "NumericInput"}
+        form["Iterations"].value = 400
+        page.start()
+        assert page.job is None and "Already projected" in doc.get_model_by_name("status").text
+        assert len(app.store.projections()) == before
+
+
+def test_a_numeric_column_with_nan_colours_those_points_grey():
+    from embedviz.server.pages.embeddings import MISSING, colours
+
+    cols, legend = colours([1.0, float("nan"), 3.0])
+    assert cols[1] == MISSING and cols[0] != MISSING and ("NaN", MISSING) in legend
+
+
+def test_a_session_keeps_its_colour_whichever_is_picked_first(recorded):
+    app, ids = recorded
+
+    def colours(order):
+        doc, tab = build(app, "overview", sessions=order)
+        return {g.session.id: g.lines[0].color for g in chart(tab, "Score").groups}
+    assert colours([ids["bad"], ids["mlp"]]) == colours([ids["mlp"], ids["bad"]])
+
+
+def test_the_layer_table_runs_in_forward_order_and_opens_on_a_layer_with_parameters(tmp_path):
+    with AppState(tmp_path / "order.db", jobs=False) as app:
+        s = app.store.create_session(name="lm")
+        app.store.put_static(s.id, "0", {"model": {"layers": [
+            {"name": "drop", "type": "Dropout", "params": {}},
+            {"name": "encoder", "type": "Embedding", "params": {"weight": [100, 8]}},
+            {"name": "decoder", "type": "Linear", "params": {"weight": [100, 8], "bias": [100]}}],
+            "graph": {"execution_order": ["encoder", "drop", "decoder"]}}})
+        app.store.write([Update(s.id, "0", i, score=1.0, summaries={
+            "param/encoder.weight": summary(1.0), "param/decoder.weight": summary(1.0),
+            "activation/drop": summary(1.0)}) for i in range(3)])
+        doc, tab = build(app, "model")
+        assert list(doc.get_model_by_name("layers").source.data["name"]) == ["encoder", "drop", "decoder"]
+        assert doc.get_model_by_name("layer").value == "encoder"
+
+
+@pytest.mark.parametrize("kind", ["readonly", "new"])
+def test_serve_takes_a_path_with_options_and_a_store_not_made_yet(tmp_path, kind):
+    import socket
+    import subprocess
+    import sys
+
+    path = tmp_path / "runs.db"
+    if kind == "readonly":
+        with embedviz.open_store(path) as store:
+            store.create_session(name="x")
+        target = f"{path}?readonly=1"
+    else:
+        target = str(path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "embedviz.cli", "serve", target, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(2 if kind == "new" else 1)]
+        assert "serving" in lines[-1], lines
+        if kind == "new":
+            assert "new, empty store" in lines[0]
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.skipif(shutil.which("chromium") is None or shutil.which
                                        "(.ci/run installs them)")
 
 PAGES = ("overview", "model", "system", "health", "embeddings")
+README_PICTURES = {*PAGES, "embeddings-projected", "overview-ja"}
 
 # Bokeh draws widgets inside shadow roots: find elements through them
 DEEP = """
@@ -123,7 +124,7 @@ def shoot(driver, folder: Path, name: str) -> None:
     time.sleep(1.0)  # (WebGL draws after the document is idle)
     driver.save_screenshot(str(folder / f"{name}.png"))
     out = os.environ.get("EMBEDVIZ_SCREENSHOTS")
-    if out:
+    if out and name in README_PICTURES:
         Path(out).mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(Path(out) / f"{name}.png"))
 
@@ -375,6 +376,21 @@ def test_hostile_strings_from_the_store_stay_text_on_every_page(tmp_path, browse
                                          f"return t.includes({json.dumps(PAYLOADS[5])}) ? t : '';", 20)
         for text in (PAYLOADS[0], PAYLOADS[2], PAYLOADS[4], PAYLOADS[5]):
             assert text in shown
+        # a finding's hover (a template: each field in it is escaped)
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        x, y = browser.execute_script("""
+            const doc = Bokeh.documents[0], fig = doc.get_model_by_name('score');
+            const v = Bokeh.index.find_one(fig);
+            const src = [...doc.all_models].find((m) => m.type === 'ColumnDataSource' &&
+                                                        m.data.severity && m.data.severity.includes('error'));
+            const k = src.data.severity.indexOf('error');
+            const r = v.canvas_view.el.getBoundingClientRect();
+            return [r.left + v.frame.x_scale.compute(src.data.i[k]),
+                    r.top + v.frame.bbox.top + (1 - src.data.y[k]) * v.frame.bbox.height];""")
+        ActionChains(browser).move_by_offset(int(x), int(y)).perform()
+        label = f"error: nan ({PAYLOADS[4]})"
+        assert wait_for(browser, DEEP + f"return texts(document).join('\\n').includes({json.dumps(label)})", 10)
         assert browser.execute_script("return window.__pwned === undefined")
         assert errors(browser) == []
     finally:

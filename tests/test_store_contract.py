@@ -187,8 +187,8 @@ def test_export_import_round_trip_is_lossless(store, tmp_path):
                                    "finding": 1, "embedding": 1, "projection": 1}
         assert [codec.dumps(r.to_dict()) for r in other.records()] == \
                [codec.dumps(r.to_dict()) for r in store.records()]
-        again = other.import_jsonl(path)
-        assert again.skipped_existing == 3 + 1 + 1 and "update" not in again.imported
+        again = other.import_jsonl(path)  # (nothing is new the second time)
+        assert again.imported == {} and again.skipped_existing == n
         assert other.session("s").workers[0].n_updates == 3
         other.close()
 
@@ -460,3 +460,116 @@ def test_a_plain_read_gives_the_cursor_after_each_point(store):
         many = store.read_many(s.id, [key], since=int(whole.ids[0]))[key]
         assert list(many.ids) == list(whole.ids[1:])
     assert store.read_series(s.id, "score", max_points=4).ids is None  # (downsampled)
+
+
+# ------------------------------------------------------------------ found by a new user
+def _wild(rng: np.random.Generator, n: int) -> np.ndarray:
+    """A random series with NaN, Inf and -Inf among its values."""
+    values = rng.normal(size=n) * rng.choice([1.0, 100.0], size=n, p=[0.95, 0.05])
+    for share, bad in ((0.1, math.nan), (0.04, math.inf), (0.04, -math.inf)):
+        values[rng.random(n) < share] = bad
+    return values
+
+
+def test_downsample_index_keeps_at_most_n_points_and_first_the_last_the_max_the_min():
+    from embedviz.store import downsample_index
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n = int(rng.integers(1, 80))
+        values = _wild(rng, n)
+        iterations = np.sort(rng.integers(0, 200, size=n))
+        for n_points in range(2, 11):
+            kept = downsample_index(iterations, values, n_points)
+            assert len(kept) <= n_points and np.all(np.diff(kept) > 0)
+            assert kept[-1] == n - 1
+    values = np.array([0.0, 5.0, math.nan, -3.0, 1.0, 2.0])
+    assert downsample_index(np.arange(6), values, 2).tolist() == [1, 5]  # the last, the max
+    assert downsample_index(np.arange(6), values, 3).tolist() == [1, 3, 5]  # and the min
+    assert downsample_index(np.arange(6), values, 4).tolist() == [1, 2, 3, 5]  # and the NaN
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_max_points_is_a_maximum_even_below_a_buckets_worth(store, seed):
+    rng = np.random.default_rng(seed)
+    values = _wild(rng, 400)
+    values[-1] = 0.5  # (so that the last point is not the maximum)
+    store.create_session("s")
+    store.write([Update("s", "0", i, score=float(v)) for i, v in enumerate(values)])
+    for max_points in range(2, 11):
+        for kw in ({}, {"start": 30, "stop": 350}, {"since": 7}):
+            got = store.read_series("s", "score", max_points=max_points, **kw)
+            assert 2 <= len(got) <= max_points, (max_points, kw, len(got))
+            assert got.iterations[-1] == kw.get("stop", 399)
+            many = store.read_many("s", ["score"], max_points=max_points, **kw)["score"]
+            assert len(many) <= max_points
+    two = store.read_series("s", "score", max_points=2)
+    assert two.iterations.tolist()[-1] == 399 and two.values.tolist() == [math.inf, 0.5]
+    three = store.read_series("s", "score", max_points=3)
+    assert sorted(three.values.tolist()) == [-math.inf, 0.5, math.inf]
+
+
+def test_workers_are_listed_in_natural_order(store):
+    store.create_session("s")
+    store.write([Update("s", w, 0, score=1.0) for w in ("10", "2", "0", "rank-10", "1", "rank-2", "a")])
+    natural = ["0", "1", "2", "10", "a", "rank-2", "rank-10"]
+    assert [w.worker for w in store.sessions()[0].workers] == natural
+    assert [w.worker for w in store.session("s").workers] == natural
+    with pytest.raises(embedviz.UnknownSessionError, match=r"its workers are \['0', '1', '2', '10'"):
+        store.read_series("s", "score", worker="3")
+
+
+def test_importing_a_file_twice_imports_nothing_the_second_time(store, tmp_path):
+    rng = np.random.default_rng(9)
+    store.create_session("quiet", name="nothing recorded yet")
+    store.create_session("s", name="run")
+    store.put_static("s", "0", {"layers": ["fc0"], "lr": math.nan})
+    store.write([make_update("s", i, rng) for i in range(2)])
+    key = store.put_embedding(EmbeddingSet("v", ["a", "b"], [[1, 2], [3, 4]], session="s"))
+    store.put_embedding(EmbeddingSet("loose", ["c"], [[5, 6]]))
+    pid = store.put_projection(Projection(key, "pca", {}, coords=[[0, 1], [1, 0]], state="done"))
+    path = tmp_path / "all.jsonl"
+    n = store.export_jsonl(path)
+    report = store.import_jsonl(path)  # (into the store it came from: all of it is there)
+    assert report.imported == {} and report.skipped_existing == n
+    other = embedviz.open_store(str(tmp_path / "other.db")) if store.url != ":memory:" \
+        else embedviz.open_store(":memory:")
+    assert sum(other.import_jsonl(path).imported.values()) == n
+    again = other.import_jsonl(path)
+    assert again.imported == {} and again.skipped_existing == n
+    # what changed since is imported: a projection stored otherwise, another static info
+    other.put_projection(Projection(key, "pca", {}, coords=[[9, 9], [9, 9]], state="done", id=pid))
+    other.put_static("s", "0", {"layers": ["fc0", "fc1"]})
+    third = other.import_jsonl(path)
+    assert third.imported == {"projection": 1, "static": 1} and third.skipped_existing == n - 2
+    assert other.projection(pid).coords.tolist() == [[0, 1], [1, 0]]
+    other.close()
+
+
+def test_a_line_of_a_session_in_neither_the_file_nor_the_store_is_a_bad_line(store, tmp_path):
+    path = tmp_path / "cut.jsonl"
+    rows = [Session("s"), Update("s", "0", 1, score=1.0), Update("ghost", "0", 1, score=1.0),
+            Projection("no-such-set", "pca", {}), Metric("s", "val", 0.5, 1)]
+    path.write_text("".join(codec.dumps(r.to_dict()) + "\n" for r in rows))
+    with pytest.raises(embedviz.ImportFormatError,
+                       match=r"line 3 is of an unknown session \(its session 'ghost' is neither in "
+                             r"this file nor in the store.*--skip-bad") as caught:
+        store.import_jsonl(path)
+    assert caught.value.line == 3 and store.sessions() == []
+    report = store.import_jsonl(path, skip_bad=True)
+    assert [line for line, _ in report.bad_lines] == [3, 4]
+    assert "'no-such-set' is neither in this file nor in the store" in report.bad_lines[1][1]
+    assert report.imported == {"session": 1, "update": 1, "metric": 1}
+    assert [s.id for s in store.sessions()] == ["s"]
+    # a line of a session the store holds is imported, though the file lacks its session
+    path.write_text(codec.dumps(Update("s", "0", 2, score=0.5).to_dict()) + "\n")
+    assert store.import_jsonl(path).imported == {"update": 1}
+
+
+def test_a_finding_keeps_nan_and_inf_in_its_detail_as_numbers(store):
+    store.create_session("s")
+    store.add_finding(Finding("s", "nan", "NaN", 3, detail={"value": math.nan, "args": {
+        "value": -math.inf, "best": math.inf}}))
+    (_, got), = store.findings("s")
+    assert math.isnan(got.detail["value"]) and got.detail["args"] == {"value": -math.inf,
+                                                                      "best": math.inf}

@@ -189,7 +189,7 @@ def test_url_forms_pick_the_backend(tmp_path, monkeypatch):
     s.create_session("x")
     ro = embedviz.open_store(f"sqlite:///{tmp_path / 'rel.db'}?readonly=1")
     assert [x.id for x in ro.sessions()] == ["x"]
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with pytest.raises(embedviz.StoreError, match="open read-only.*open it writable"):
         ro.create_session("y")
     with pytest.raises(embedviz.StoreOpenError, match="no store backend for ftp://"):
         embedviz.open_store("ftp://host/x")
@@ -524,7 +524,7 @@ def test_a_plain_path_takes_options_after_a_question_mark(tmp_path, monkeypatch)
     embedviz.open_store("runs.db").create_session("x")
     ro = embedviz.open_store("runs.db?readonly=1")
     assert ro.readonly and ro.path.name == "runs.db" and [s.id for s in ro.sessions()] == ["x"]
-    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+    with pytest.raises(embedviz.StoreError, match="open read-only.*open it writable"):
         ro.create_session("y")
     assert not os.path.exists("runs.db?readonly=1")
     full = embedviz.open_store(f"{tmp_path / 'runs.db'}?synchronous=full&readonly=0")
@@ -556,3 +556,85 @@ def test_a_read_of_more_series_than_sqlite_takes_parameters_writes_them_in(tmp_p
         monkeypatch.undo()
         for key in keys:
             _same_points(written_in[key], with_parameters[key])
+
+
+# ------------------------------------------------------------------ found by a new user
+def test_a_name_with_question_mark_hash_and_percent_reopens_from_its_url(tmp_path):
+    """store.url is what the monitor's worker process and the projection pool reopen; a
+    read-only open reads that very file, never one named after a part of it."""
+    path = tmp_path / "p?x#%.db"
+    with embedviz.open_store(path, readonly=False) as store:
+        store.create_session("mine")
+        url = store.url
+    assert url == "sqlite:///" + str(tmp_path).replace("%", "%25") + "/p%3Fx%23%25.db"
+    with embedviz.open_store(url) as again:
+        assert again.path == path and not again.readonly
+        assert [s.id for s in again.sessions()] == ["mine"]
+    with embedviz.store.SQLiteStore(path, synchronous="FULL", readonly=True) as ro:
+        assert [s.id for s in ro.sessions()] == ["mine"]
+        with embedviz.open_store(ro.url) as ro_again:  # (the same options: read-only, FULL)
+            assert ro_again.path == path and ro_again.readonly and ro_again.synchronous == "FULL"
+            assert [s.id for s in ro_again.sessions()] == ["mine"]
+    # (no file named "p", or anything but the store and its -wal and -shm)
+    assert {f for f in os.listdir(tmp_path) if not f.startswith("p?x#%.db")} == set()
+    # another process writes through the url, as the monitor's worker does
+    code = "import sys, embedviz; embedviz.open_store(sys.argv[1]).create_session('child')"
+    subprocess.run([sys.executable, "-c", code, url], check=True, cwd=ROOT)
+    with embedviz.open_store(path, readonly=True) as ro:
+        assert [s.id for s in ro.sessions()] == ["mine", "child"]
+    # a store named like what "run?1.db" was cut to is never shown in its place
+    embedviz.open_store(tmp_path / "run").create_session("someone else's")
+    embedviz.open_store(tmp_path / "run?1.db").create_session("its own")
+    with embedviz.open_store(tmp_path / "run?1.db", readonly=True) as ro:
+        assert [s.id for s in ro.sessions()] == ["its own"]
+
+
+def test_a_store_in_a_folder_this_user_cannot_write_names_the_way_to_read_it(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    path = folder / "runs.db"
+    with embedviz.open_store(path) as store:
+        store.create_session("s")
+    code = ("import sys, embedviz\n"
+            "try:\n    embedviz.open_store(sys.argv[1]).create_session('new')\n"
+            "except embedviz.StoreError as e:\n    print(type(e).__name__, e)\n"
+            "s = embedviz.open_store(sys.argv[1], readonly=True)\n"
+            "try:\n    s.create_session('new')\n"
+            "except embedviz.StoreError as e:\n    print(type(e).__name__, e)\n")
+    try:
+        folder.chmod(0o555)
+        got = _as_plain_user(code, str(path))
+    finally:
+        folder.chmod(0o755)
+    opened, wrote = got.stdout.splitlines()
+    assert opened.startswith("StoreOpenError") and "not an embedviz store" not in opened, got.stdout
+    assert "folder this user cannot write" in opened and "readonly=True" in opened
+    assert "?readonly=1" in opened
+    assert wrote.startswith("StoreError") and "open read-only" in wrote and "open it writable" in wrote
+    with embedviz.open_store(path, readonly=True) as store:
+        assert [s.id for s in store.sessions()] == ["s"]
+
+
+def test_odd_targets_get_a_clear_error_or_the_right_store(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(embedviz.StoreOpenError,
+                       match=r"unknown option '.db' in 'what\?.db'.*pathlib.Path.*%3F "
+                             r"\(sqlite:///what%3F.db\)"):
+        embedviz.open_store("what?.db")
+    embedviz.open_store("sqlite:///what%3F.db").create_session("q")  # (as the error says)
+    assert [s.id for s in embedviz.open_store("what?.db", readonly=True).sessions()] == ["q"]
+    for target in (":memory:?readonly=1", "sqlite:///:memory:?readonly=1"):
+        with pytest.raises(embedviz.StoreOpenError, match="in-memory store starts empty"):
+            embedviz.open_store(target)
+    for target in ("sqlite:///:memory:", ":memory:?synchronous=FULL"):
+        assert isinstance(embedviz.open_store(target), embedviz.store.MemoryStore)
+    with pytest.raises(embedviz.StoreOpenError, match="'#' in a URL.*%23"):
+        embedviz.open_store("sqlite:///a#b.db")
+    with pytest.raises(embedviz.StoreOpenError,
+                       match=r"absent.db does not exist: check the path \(a store is created when "
+                             r"something records into it: a StatsListener.*embedviz demo"):
+        embedviz.open_store("absent.db", readonly=True)
+    assert sorted(os.listdir(tmp_path)) == ["what?.db", "what?.db-shm", "what?.db-wal"]
+    doc = embedviz.open_store.__doc__
+    assert "module docstring" not in doc
+    assert all(x in doc for x in ("readonly=1", "synchronous=", ":memory:", "sqlite:///", "%3F"))

@@ -112,3 +112,14 @@ def test_an_npy_file_of_objects_or_strings_gets_a_clear_error(tmp_path):
     for name in ("obj.npy", "str.npy"):
         with pytest.raises(ProjectionError, match="not a numeric .npy|not numbers"):
             load_vocabulary(tmp_path / name, labels=["x", "y"])
+
+
+def test_a_set_read_back_from_a_store_loads_with_its_name_and_metadata():
+    import numpy as np
+
+    from embedviz.records import EmbeddingSet
+
+    e = EmbeddingSet("mine", [f"w{i}" for i in range(20)], np.random.default_rng(0).normal(size=(20, 4)),
+                     metadata={"count": list(range(20))})
+    vocab = embedviz.load_vocabulary(e)
+    assert vocab.name == "mine" and vocab.labels == e.labels and vocab.metadata["count"] == list(range(20))

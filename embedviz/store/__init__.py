@@ -1,20 +1,13 @@
 """The shared stats store: one interface, several backends, picked by a URL.
 
-``open_store(target)``:
-
-- ``":memory:"``                       -> :class:`MemoryStore`
-- ``"runs.db"``, ``"sqlite:///runs.db"`` -> :class:`SQLiteStore` (the embedded default);
-  options after ``?`` in either form (a string): ``readonly=1`` and ``synchronous=FULL``;
-  a file whose name holds the ``?`` literally is opened as it is when it exists
-- an existing :class:`Store`            -> itself
-
-This package imports neither torch, openTSNE nor Bokeh.
+:func:`open_store` opens one (its docstring lists the targets and options). This package
+imports neither torch, openTSNE nor Bokeh.
 """
 
 from __future__ import annotations
 
 import os
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_to_bytes, urlsplit
 
 from embedviz.errors import StoreOpenError
 from embedviz.store.base import (
@@ -37,10 +30,36 @@ __all__ = [
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 #: the options a SQLite store takes after "?" in its path or URL
 _OPTIONS = ("readonly", "synchronous")
+_MEMORY = ":memory:"
 
 
 def open_store(target: str | os.PathLike | Store, *, readonly: bool = False) -> Store:
-    """Open (creating if needed) the store ``target`` names; see the module docstring."""
+    """Open the stats store ``target`` names (an SQLite file is created if missing, unless
+    ``readonly``).
+
+    Targets:
+
+    - ``":memory:"`` (or ``"sqlite:///:memory:"``): a new, empty :class:`MemoryStore`,
+      held in this process only.
+    - ``"runs.db"`` or ``"sqlite:///runs.db"`` (relative), ``"sqlite:////abs/runs.db"``:
+      an :class:`SQLiteStore`, the embedded default. In the URL form the path is
+      percent-decoded (``%3F`` is a ``?``), as :attr:`Store.url` writes it, so
+      ``open_store(store.url)`` reopens the same file with the same options.
+    - a :class:`pathlib.Path` (any ``os.PathLike``): that file, as named (no options).
+    - a :class:`Store`: itself.
+
+    Options, after ``?`` in a string path or URL (``runs.db?readonly=1&synchronous=FULL``):
+
+    - ``readonly=1``: read without ever writing (also the ``readonly=True`` argument); works
+      in a folder this user cannot write.
+    - ``synchronous=OFF|NORMAL|FULL|EXTRA``: ``FULL`` survives power loss, ``NORMAL`` (the
+      default) a killed process.
+
+    A file whose name holds a ``?`` is passed as a :class:`pathlib.Path`, or as a URL with
+    the ``?`` written ``%3F``; a string path naming an existing file is opened as it is.
+    Raises :class:`~embedviz.errors.StoreOpenError` (a subclass for a file that is not a
+    store, or one of a newer schema) naming the way out.
+    """
     if isinstance(target, Store):
         return target
     literal = isinstance(target, os.PathLike)  # (a Path names a file: no options)
@@ -49,35 +68,50 @@ def open_store(target: str | os.PathLike | Store, *, readonly: bool = False) -> 
     if not isinstance(target, str) or not target:
         raise StoreOpenError(f"open_store needs a path or URL (got {target!r}): pass e.g. "
                              "'runs.db', 'sqlite:///runs.db' or ':memory:'")
-    if target in (":memory:", "memory://"):
+    if literal:
+        return SQLiteStore(target, readonly=readonly)
+    if target in (_MEMORY, "memory://"):
         return MemoryStore()
     scheme = urlsplit(target).scheme if "://" in target else ""
     if scheme == "sqlite":
         parts = urlsplit(target)
+        if "#" in target:
+            raise StoreOpenError(f"{target!r}: a '#' in a URL begins a fragment, not part of "
+                                 "the file name: write a '#' of the name as %23 (or pass the "
+                                 "path as a pathlib.Path)")
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
             raise StoreOpenError(f"{target!r} names no file: write sqlite:///runs.db "
                                  "(relative) or sqlite:////abs/path/runs.db")
-        return _sqlite(path, parts.query, target, readonly)
+        return _sqlite(os.fsdecode(unquote_to_bytes(path)), parts.query, target, readonly)
     if scheme:
         raise StoreOpenError(f"no store backend for {scheme}:// URLs in this version: use a "
                              "file path, sqlite:///path or ':memory:'")
     path, mark, query = target.partition("?")
-    if literal or not mark or os.path.exists(target):
+    if not mark or os.path.exists(target):
         return SQLiteStore(target, readonly=readonly)
     return _sqlite(path, query, target, readonly)
 
 
-def _sqlite(path: str, query: str, target: str, readonly: bool) -> SQLiteStore:
+def _sqlite(path: str, query: str, target: str, readonly: bool) -> Store:
     """An SQLite store with the options of ``query`` (``readonly=1&synchronous=FULL``)."""
     opts = dict(parse_qsl(query, keep_blank_values=True))
     unknown = sorted(set(opts) - set(_OPTIONS))
     if unknown:
-        raise StoreOpenError(f"unknown option {unknown[0]!r} in {target!r}: the options are "
-                             f"{', '.join(_OPTIONS)} (e.g. runs.db?readonly=1)")
+        raise StoreOpenError(
+            f"unknown option {unknown[0]!r} in {target!r}: the options are "
+            f"{', '.join(_OPTIONS)} (e.g. runs.db?readonly=1); a file whose name holds a '?' "
+            "is passed as a pathlib.Path, or as a URL with the '?' written %3F "
+            f"(sqlite:///{quote(path + '?' + query, safe='/')})")
     flag = opts.get("readonly", "0").lower()
     if flag not in _TRUE + _FALSE:
         raise StoreOpenError(f"readonly={opts['readonly']!r} in {target!r}: write readonly=1 "
                              "or readonly=0")
-    return SQLiteStore(path, readonly=readonly or flag in _TRUE,
-                       synchronous=opts.get("synchronous", "NORMAL"))
+    readonly = readonly or flag in _TRUE
+    if path == _MEMORY:
+        if readonly:
+            raise StoreOpenError(f"{target!r}: an in-memory store starts empty and no other "
+                                 "process sees it, so there is nothing to read read-only: pass "
+                                 "the path of a store file, or ':memory:' without readonly")
+        return MemoryStore()
+    return SQLiteStore(path, readonly=readonly, synchronous=opts.get("synchronous", "NORMAL"))

@@ -1,16 +1,21 @@
 """The store interface every backend implements, and the logic they share.
 
 A backend implements the small set of ``_``-prefixed primitives at the bottom of
-:class:`Store`; validation, worker resolution, downsampling and JSONL import/export live
-here once, so every backend behaves the same and one contract suite tests them all.
+:class:`Store`; validation, worker resolution and JSONL import/export live here once, so
+every backend behaves the same and one contract suite tests them all. Downsampling is one
+function (:func:`~embedviz.store.downsample_index`) with the same guarantees everywhere,
+but the SQLite store feeds it its blocks' extremes, so the points kept may differ (see
+:meth:`Store.read_series`); cursors are each store's own opaque numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
@@ -52,7 +57,7 @@ class WorkerInfo:
 
 @dataclass
 class SessionInfo:
-    """A session with its workers (sorted by worker id)."""
+    """A session with its workers (sorted by worker id, in natural order: "2" before "10")."""
 
     id: str
     name: str | None
@@ -91,7 +96,9 @@ class EmbeddingInfo:
 
 @dataclass
 class ImportReport:
-    """What :meth:`Store.import_jsonl` did. ``bad_lines``: (line number, reason) skipped."""
+    """What :meth:`Store.import_jsonl` did: ``imported`` records by type, how many records
+    were ``skipped_existing`` (already in the store, or earlier in the file) and the
+    ``bad_lines`` skipped, (line number, reason), in line order."""
 
     imported: dict[str, int] = field(default_factory=dict)
     skipped_existing: int = 0
@@ -104,6 +111,9 @@ class Store(ABC):
     Writing goes through :meth:`write` (one atomic batch) or the ``put_*`` helpers; reading
     serves a live dashboard: :meth:`read_series` with a ``since`` cursor returns only what is
     new, and ``max_points`` downsamples a long series without hiding its spikes.
+
+    ``url`` is what :func:`embedviz.open_store` takes to open this store again (in another
+    process too), options included.
     """
 
     url: str = ""
@@ -202,10 +212,17 @@ class Store(ABC):
         """Points of one series written after cursor ``since``, in write order.
 
         ``start``/``stop`` keep the points at iterations in [start, stop] (either may be
-        None: unbounded); ``limit`` keeps the first ``limit`` of them; ``max_points``
-        (without ``limit``) downsamples them (bucket min and max, first NaN, last point).
+        None: unbounded). ``limit`` keeps the first ``limit`` of them, as stored; it
+        overrides ``max_points``, which is then ignored. ``max_points`` (without ``limit``)
+        downsamples them to at most that many (:func:`~embedviz.store.downsample_index`:
+        each bucket's minimum, maximum and first NaN, and the last point, so no spike is
+        lost; the SQLite store's buckets come from its pre-aggregated blocks, so the points
+        kept may differ from the in-memory store's).
+
         The returned ``cursor`` is the ``since`` of the next read: the cursor of the last
-        point kept before downsampling (``since`` itself when none is).
+        point selected before downsampling (``since`` itself when none is). Cursors are
+        opaque numbers to pass back to the store that gave them: not iterations, and not
+        comparable across stores or backends.
         """
         worker = self._resolve_worker(session, worker)
         _check_key(key)
@@ -223,7 +240,9 @@ class Store(ABC):
         with the same arguments, in the order of ``keys`` (a key stored nowhere reads as an
         empty series, its cursor unchanged). ``since`` is one cursor for every key, or a
         mapping key -> cursor (a key it lacks reads from 0; keys it has beyond ``keys`` are
-        ignored). The SQLite store reads them in a few statements whatever their number.
+        ignored); cursors are opaque numbers from earlier reads of this store (see
+        :meth:`read_series`, also for what ``max_points`` keeps). The SQLite store reads them
+        in a few statements whatever their number.
         """
         if isinstance(keys, str):
             raise InvalidRecordError(f"keys must be a list of series keys (got the string "
@@ -300,20 +319,20 @@ class Store(ABC):
         return self._iter_records(session)
 
     def export_jsonl(self, target: str | os.PathLike | IO[str], session: str | None = None) -> int:
-        """Write every record as one JSON object a line; returns the number of records."""
+        """Write every record (of one session) as one JSON object a line; returns the number
+        of records.
+
+        A file named by a path is written whole or not at all: the records go to a
+        temporary file beside it, renamed into place once all are written (an unknown
+        session, a full disk or a damaged store leaves an existing file as it was).
+        """
+        records = self.records(session)  # (checks the session before a file is touched)
         own = not isinstance(target, io.TextIOBase) and not hasattr(target, "write")
-        out = cast("IO[str]", open(target, "w", encoding="utf-8")  # type: ignore[arg-type]
-                   if own else target)
-        n = 0
-        try:
-            for record in self.records(session):
-                out.write(codec.dumps(record.to_dict()))
-                out.write("\n")
-                n += 1
-        finally:
-            if own:
-                out.close()
-        return n
+        if not own:
+            return _write_jsonl(cast("IO[str]", target), records)
+        path = check_output_path(target)  # type: ignore[arg-type]
+        with replace_when_done(path) as out:
+            return _write_jsonl(out, records)
 
     def import_jsonl(self, source: str | os.PathLike, *, skip_bad: bool = False) -> ImportReport:
         """Read a JSONL export into this store.
@@ -321,18 +340,33 @@ class Store(ABC):
         The whole file is checked before anything is written: a malformed or truncated line
         raises ImportFormatError with its line number and nothing is imported, unless
         ``skip_bad`` is set, in which case bad lines are reported and the rest imported.
-        Records already present (same session, worker, iteration) are skipped, so importing a
-        file twice does not duplicate it. The file is written in one transaction.
+        A line of a session that is neither in the file nor in the store, or a projection of
+        an embedding set that is in neither, is a bad line too.
+
+        Records already present are skipped and counted in ``skipped_existing``, so
+        importing a file twice imports nothing the second time: sessions already stored,
+        updates, metrics and findings of a (session, worker, iteration) already stored,
+        embedding sets whose key is stored, projections stored unchanged, static info equal
+        to the stored one. The file is written in one transaction.
         """
         report = ImportReport()
-        parsed: list[Record] = []
+        parsed: list[tuple[int, Record]] = []
+
+        def bad(lineno: int, reason: str, what: str) -> None:
+            if not skip_bad:
+                raise ImportFormatError(
+                    f"{source}: line {lineno} is {what} ({reason}); nothing was imported. Fix "
+                    "or delete that line, or pass --skip-bad to import every other line",
+                    line=lineno, path=str(source)) from None
+            report.bad_lines.append((lineno, reason))
+
         with open(source, "rb") as f:  # (decoded a line at a time: a bad byte names its line)
             for lineno, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
                 try:
                     line = raw.decode("utf-8")
-                    parsed.append(record_from_dict(codec.loads(line)))
+                    parsed.append((lineno, record_from_dict(codec.loads(line))))
                 except (ValueError, KeyError, TypeError, RecursionError) as exc:
                     if isinstance(exc, UnicodeDecodeError):
                         reason = f"not UTF-8 ({exc}): is this a file from `embedviz export`?"
@@ -342,33 +376,88 @@ class Store(ABC):
                         reason = str(exc) or type(exc).__name__
                     if not raw.endswith(b"\n"):  # what a killed exporter leaves behind
                         reason = "truncated last line: " + reason
-                    if not skip_bad:
-                        raise ImportFormatError(
-                            f"{source}: line {lineno} is malformed ({reason}); nothing was "
-                            "imported. Fix or delete that line, or pass --skip-bad to import "
-                            "every other line", line=lineno, path=str(source)) from None
-                    report.bad_lines.append((lineno, reason))
-        self._import(parsed, report)
+                    bad(lineno, reason, "malformed")
+        parsed = self._linked(parsed, bad)
+        report.bad_lines.sort()
+        self._import([r for _, r in parsed], report)
         return report
+
+    def _linked(self, parsed: list[tuple[int, Record]],
+                bad: Callable[[int, str, str], None]) -> list[tuple[int, Record]]:
+        """The parsed lines whose session (and, for a projection, embedding set) is in the
+        file or in the store; ``bad(lineno, reason, what)`` is told of the others."""
+        in_file = {r.id for _, r in parsed if isinstance(r, Session)}
+        wanted = {r.session for _, r in parsed if not isinstance(r, (Session, Projection))
+                  and r.session is not None}
+        known = in_file | self._session_ids(wanted - in_file)
+        kept: list[tuple[int, Record]] = []
+        for lineno, r in parsed:
+            if not isinstance(r, (Session, Projection)) and r.session is not None \
+                    and r.session not in known:
+                bad(lineno, f"its session {r.session!r} is neither in this file nor in the "
+                    "store: import the export that holds the session first, or export the "
+                    "session whole", "of an unknown session")
+                continue
+            kept.append((lineno, r))
+        keys = {r.key for _, r in kept if isinstance(r, EmbeddingSet)}
+        out = []
+        for lineno, r in kept:
+            if isinstance(r, Projection) and r.embedding not in keys:
+                if not self._has_embedding(r.embedding):
+                    bad(lineno, f"its embedding set {r.embedding!r} is neither in this file "
+                        "nor in the store: export the projection with its embedding set",
+                        "of an unknown embedding set")
+                    continue
+                keys.add(r.embedding)
+            out.append((lineno, r))
+        return out
 
     def _import(self, parsed: list[Record], report: ImportReport) -> None:
         present: dict[tuple[str, str], set[tuple]] = {}
-        known = self._session_ids({r.session for r in parsed if hasattr(r, "session")
-                                   and isinstance(r.session, str)})
+        known = self._session_ids({r.id for r in parsed if isinstance(r, Session)}
+                                  | {r.session for r in parsed if hasattr(r, "session")
+                                     and isinstance(r.session, str)})
+        sessions: set[str] = set()
+        embeddings: set[str] = set()
+        projections: dict[str, str | None] = {}  # id -> as stored (or imported), None: absent
+        statics: dict[tuple[str, str], str | None] = {}
         batch: list[Record] = []
         for record in parsed:
             kind = _TYPE_NAMES[type(record)]
-            if isinstance(record, Session) and record.id in known:
-                continue  # merge into the existing session
-            if isinstance(record, (Update, Metric, Finding)):
+            if isinstance(record, Session):
+                # (a session already stored is merged into: its name and tags are kept)
+                new = record.id not in known and record.id not in sessions
+                sessions.add(record.id)
+            elif isinstance(record, (Update, Metric, Finding)):
                 k = (record.session, record.worker)
                 if k not in present:
                     present[k] = (self._iteration_index(*k) if record.session in known else set())
                 fp = _fingerprint(record)
-                if fp in present[k]:
-                    report.skipped_existing += 1
-                    continue
+                new = fp not in present[k]
                 present[k].add(fp)
+            elif isinstance(record, EmbeddingSet):
+                new = record.key not in embeddings and not self._has_embedding(record.key)
+                embeddings.add(record.key)
+            elif isinstance(record, Projection):
+                if record.id not in projections:
+                    stored = self._projection(record.id)
+                    projections[record.id] = None if stored is None else codec.dumps(stored.to_dict())
+                text = codec.dumps(record.to_dict())
+                new = projections[record.id] != text
+                projections[record.id] = text
+            elif isinstance(record, Static):
+                k = (record.session, record.worker)
+                if k not in statics:
+                    info = self._static(*k) if record.session in known else None
+                    statics[k] = None if info is None else codec.dumps(info)
+                text = codec.dumps(record.info)
+                new = statics[k] != text
+                statics[k] = text
+            else:
+                new = True
+            if not new:
+                report.skipped_existing += 1
+                continue
             batch.append(record)
             report.imported[kind] = report.imported.get(kind, 0) + 1
         self.write(batch)  # (one transaction: the file lands whole or not at all)
@@ -483,6 +572,14 @@ class Store(ABC):
 
 
 _TYPE_NAMES = {cls: name for name, cls in RECORD_TYPES.items()}
+_DIGITS = re.compile(r"([0-9]+)")
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key of a worker id in natural order: its runs of digits compared as numbers
+    ("2" before "10", "rank-2" before "rank-10"), ties broken by the text itself."""
+    parts = _DIGITS.split(name)  # (text, number, text, ...: a number always at an odd place)
+    return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
 def _is_int(value: Any) -> bool:
@@ -519,6 +616,57 @@ def _check_range(start: Any, stop: Any) -> tuple[int | None, int | None]:
         raise InvalidRecordError(f"start {start!r} is after stop {stop!r}: pass start <= stop "
                                  "(both iterations, both kept)")
     return (None if start is None else int(start)), (None if stop is None else int(stop))
+
+
+def _write_jsonl(out: IO[str], records: Iterable[Record]) -> int:
+    n = 0
+    for record in records:
+        out.write(codec.dumps(record.to_dict()))
+        out.write("\n")
+        n += 1
+    return n
+
+
+def check_output_path(target: str | os.PathLike) -> str:
+    """``target`` as a path to write a file to, checked before any work: raises an OSError
+    that names the way out when its folder does not exist or is not writable, or when it
+    is a folder itself."""
+    path = os.fspath(target)
+    if not isinstance(path, str):
+        path = os.fsdecode(path)
+    folder = os.path.dirname(os.path.abspath(path)) or os.sep
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot write {path}: it is a folder; name a file in it")
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {path}: folder {folder} does not exist; "
+                                "create it first, or name a file in an existing folder")
+    if not os.access(folder, os.W_OK):
+        raise PermissionError(f"cannot write {path}: folder {folder} is not writable for "
+                              "this user; name a file in another folder")
+    return path
+
+
+@contextlib.contextmanager
+def replace_when_done(path: str) -> Iterator[IO[str]]:
+    """``with replace_when_done(path) as out:`` writes text to a new file beside ``path``,
+    which replaces ``path`` when the block ends without an error and is removed when it
+    raises: ``path`` is written whole or not at all. A new file gets the permissions the
+    umask gives, a replaced one keeps its own (a symbolic link: the file it points to is
+    replaced)."""
+    path = os.path.realpath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    out = os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "w",
+                    encoding="utf-8")
+    try:
+        with out:
+            yield out
+        with contextlib.suppress(OSError):  # (a new file: the umask's permissions)
+            os.chmod(tmp, os.stat(path).st_mode & 0o7777)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _fingerprint(record: Update | Metric | Finding) -> tuple:

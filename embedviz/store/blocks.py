@@ -20,9 +20,13 @@ after; rows not yet in a block are read as stored.
 
 Each block read stands for its minimum, its first NaN and its maximum, each at its own
 iteration; with the rows they are downsampled by :func:`downsample_index`. So a read keeps
-the points a full scan keeps, at their iterations and with their values; only their wall
-times are interpolated within their block. A series with no level of enough blocks (a
-short one, a narrow zoom) is read as stored. A read without ``max_points`` and range is
+each bucket's minimum, maximum and first NaN among the points it read, and the series' last
+point, at their iterations and with their values (no spike is lost: the series' extremes
+are always among them; only the wall times of points from blocks are interpolated within
+their block). It does not always keep the points a scan of every row (the in-memory
+store's) keeps: a block stands for its 16^k rows by its own extremes, so in a bucket that
+a block spans only in part, the extremes kept may differ from a scan's. A series with no
+level of enough blocks (a short one, a narrow zoom) is read as stored. A read without ``max_points`` and range is
 statement 3 alone; with a range but no ``max_points``, statements 1 and 3.
 """
 

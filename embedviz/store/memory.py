@@ -27,7 +27,14 @@ from embedviz.records import (
     Update,
     split_stat_key,
 )
-from embedviz.store.base import EmbeddingInfo, HistogramRecord, SessionInfo, Store, WorkerInfo
+from embedviz.store.base import (
+    EmbeddingInfo,
+    HistogramRecord,
+    SessionInfo,
+    Store,
+    WorkerInfo,
+    natural_key,
+)
 from embedviz.store.series import Series, downsample_index
 
 
@@ -109,7 +116,8 @@ class MemoryStore(Store):
             for s in sorted(self._session_map.values(), key=lambda s: (s.created, s.id)):
                 info = SessionInfo(s.id, s.name, s.created, copy.deepcopy(s.tags),
                                    copy.deepcopy(s.info))
-                for (sid, worker), static in sorted(self._workers.items()):
+                for (sid, worker), static in sorted(self._workers.items(),
+                                                    key=lambda kv: natural_key(kv[0][1])):
                     if sid != s.id:
                         continue
                     ups = self._updates.get((sid, worker), [])
@@ -123,7 +131,7 @@ class MemoryStore(Store):
     def _worker_names(self, session: str) -> list[str] | None:
         if session not in self._session_map:
             return None
-        return sorted(w for s, w in list(self._workers) if s == session)
+        return sorted((w for s, w in list(self._workers) if s == session), key=natural_key)
 
     def _static(self, session: str, worker: str) -> dict | None:
         static = self._workers.get((session, worker))

@@ -13,7 +13,8 @@ class Series:
 
     ``iterations``: int64 ndarray of shape (n,); ``values``: float64 (NaN and Inf kept);
     ``wall_times``: float64, seconds since the epoch. ``cursor`` is what to pass as ``since``
-    to read only what arrived after this read. ``ids``: int64, the cursor after each point,
+    to read only what arrived after this read: an opaque number of the store that gave it
+    (not comparable with another store's, nor across backends). ``ids``: int64, the cursor after each point,
     for a read of the points as stored (None when downsampled: a kept point then stands
     for a bucket); a reader that keeps points answers a later cursor from them.
     """
@@ -46,7 +47,14 @@ def downsample_index(iterations: np.ndarray, values: np.ndarray, n_points: int) 
 
     The iteration range is cut into equal buckets; each bucket keeps its minimum and its
     maximum (Inf counts as an extreme) and its first NaN if it has one, so no spike and no
-    divergence disappears; the last point is always kept. Every backend downsamples this way.
+    divergence disappears; the last point is always kept. With too few points for even one
+    bucket's (``n_points`` 2 or 3), they are kept in this order: the last point, the maximum,
+    the minimum, the first NaN.
+
+    Both stores downsample with this function, but the SQLite store gives it its blocks'
+    extremes where a scan gives it every point (:mod:`embedviz.store.blocks`): both keep
+    every bucket's extremes, first NaN and the last point, but their buckets, hence the
+    points kept, may differ.
     """
     n = len(values)
     if n_points < 2:
@@ -59,14 +67,20 @@ def downsample_index(iterations: np.ndarray, values: np.ndarray, n_points: int) 
     bucket = (iterations.astype(np.int64) - lo) * n_buckets // (hi - lo + 1)
     keep = [np.array([n - 1])]
     idx = np.flatnonzero(~nan)
+    priority = [n - 1]  # (what to keep first when even one bucket's points are too many)
     if idx.size:
         order = idx[np.lexsort((values[idx], bucket[idx]))]
         b = bucket[order]
         starts = np.flatnonzero(np.r_[True, b[1:] != b[:-1]])
         ends = np.r_[starts[1:] - 1, len(order) - 1]
         keep += [order[starts], order[ends]]
+        priority += [int(idx[np.argmax(values[idx])]), int(idx[np.argmin(values[idx])])]
     nan_idx = np.flatnonzero(nan)
     if nan_idx.size:
         _, first = np.unique(bucket[nan_idx], return_index=True)
         keep.append(nan_idx[first])
-    return np.unique(np.concatenate(keep))
+        priority.append(int(nan_idx[0]))
+    out = np.unique(np.concatenate(keep))
+    if len(out) > n_points:  # (one bucket: its extremes are the series')
+        out = np.unique(np.array(list(dict.fromkeys(priority))[:n_points], dtype=np.int64))
+    return out

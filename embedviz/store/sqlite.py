@@ -20,11 +20,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 from tqdm import tqdm
 
-from embedviz.errors import NotAStoreError, StoreOpenError, StoreVersionError
+from embedviz.errors import NotAStoreError, StoreError, StoreOpenError, StoreVersionError
 from embedviz.records import (
     FLOAT_STATS,
     INT_STATS,
@@ -48,6 +49,7 @@ from embedviz.store.base import (
     SessionInfo,
     Store,
     WorkerInfo,
+    natural_key,
 )
 from embedviz.store.series import Series
 
@@ -109,6 +111,11 @@ FROM workers w LEFT JOIN (SELECT wid, count(*) AS n, max(id) AS last FROM update
 ORDER BY w.worker"""
 
 
+def _quoted(path: Path) -> str:
+    """The absolute ``path`` percent-encoded, as a URL's path ("?" as %3F, "%" as %25)."""
+    return quote(os.fsencode(path.absolute()), safe="/")
+
+
 def _nan(value: float | None) -> float:
     return float("nan") if value is None else value
 
@@ -135,10 +142,15 @@ class SQLiteStore(Store):
                                  f"{synchronous!r})")
         self.synchronous = synchronous.upper()
         #: what open_store() takes to open it again as it is, options included (the
-        #: monitor's worker process writes through it)
+        #: monitor's worker process and the projection pool reopen it): the absolute path,
+        #: percent-encoded, so a name holding "?", "#" or "%" reopens the same file
         options = ([] if self.synchronous == "NORMAL" else [f"synchronous={self.synchronous}"]) + (
             ["readonly=1"] if readonly else [])
-        self.url = f"sqlite:///{self.path.absolute()}" + ("?" + "&".join(options) if options else "")
+        self.url = f"sqlite:///{_quoted(self.path)}" + ("?" + "&".join(options) if options else "")
+        #: whether this object created the file (it did not exist): a caller that fails
+        #: before recording anything may remove it again
+        self.created = False
+        existed = self.path.exists()
         self._local = threading.local()
         self._all: list[tuple[int, sqlite3.Connection]] = []
         self._lock = threading.Lock()
@@ -154,6 +166,7 @@ class SQLiteStore(Store):
         self._immutable = False
         self._check_file()
         self._init_schema()
+        self.created = self.created and not existed
 
     # ------------------------------------------------------------ connections
     def _check_file(self) -> None:
@@ -169,13 +182,22 @@ class SQLiteStore(Store):
                 raise StoreOpenError(f"{self.path} is read-only for this user: open it with "
                                      "readonly=True (a URL with ?readonly=1) to read it, or make "
                                      "it writable to record into it")
+            if not self.readonly and not os.access(self.path.parent, os.W_OK) and not all(
+                    os.access(self.path.parent / (self.path.name + end), os.W_OK)
+                    for end in ("-wal", "-shm")):
+                raise StoreOpenError(f"{self.path} is in a folder this user cannot write "
+                                     f"({self.path.parent}), and a store records through files "
+                                     "beside it (-wal, -shm): open it with readonly=True (a URL "
+                                     "or path with ?readonly=1) to read it, or copy it to a "
+                                     "writable folder to record into it")
             if self.readonly and not os.access(self.path.parent, os.W_OK) and not (
                     self.path.parent / (self.path.name + "-shm")).exists():
                 self._immutable = True
             return
         if self.readonly:
-            raise StoreOpenError(f"{self.path} does not exist: check the path, or open it "
-                                 "writable to create a new store")
+            raise StoreOpenError(f"{self.path} does not exist: check the path (a store is "
+                                 "created when something records into it: a StatsListener in "
+                                 "a training, `embedviz demo`)")
         if not self.path.parent.exists():
             raise StoreOpenError(f"cannot create {self.path}: folder {self.path.parent} does "
                                  "not exist; create it first")
@@ -191,7 +213,7 @@ class SQLiteStore(Store):
                 # (immutable: a store in a folder this process cannot write, where SQLite
                 # cannot make the WAL's shared-memory file; nobody can be writing it there)
                 extra = "&immutable=1" if self._immutable else ""
-                conn = sqlite3.connect(f"file:{self.path}?mode=ro{extra}", uri=True,
+                conn = sqlite3.connect(f"file://{_quoted(self.path)}?mode=ro{extra}", uri=True,
                                        timeout=self.busy_timeout, isolation_level=None,
                                        check_same_thread=False)
             else:
@@ -207,6 +229,10 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
+        if self.readonly:
+            raise StoreError(f"{self.path} is open read-only: nothing was written; to record "
+                             "into it, open it writable: open_store(path), without "
+                             "readonly=True or ?readonly=1")
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -227,6 +253,10 @@ class SQLiteStore(Store):
                 "SELECT name FROM sqlite_master WHERE type='table'")]
         except sqlite3.DatabaseError as exc:
             self.close()
+            if not self.readonly and "readonly" in str(exc):  # (-wal or -shm not writable)
+                raise StoreOpenError(f"{self.path} cannot be written by this user ({exc}): open "
+                                     "it with readonly=True (a URL or path with ?readonly=1) to "
+                                     "read it") from None
             raise NotAStoreError(f"{self.path} is not an embedviz store ({exc}): pass a new "
                                  "path, or the file a StatsListener wrote") from None
         if app_id not in (0, APPLICATION_ID) or (app_id == 0 and tables):
@@ -252,6 +282,7 @@ class SQLiteStore(Store):
                     conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self.created = True
 
     def _add_blocks(self) -> None:
         """Upgrade a schema-1 store: make the blocks of every series written so far."""
@@ -409,6 +440,8 @@ class SQLiteStore(Store):
             n, wall = counted.get(wid, (0, None))
             if session in out:  # (not a session created between the two statements)
                 out[session].workers.append(WorkerInfo(worker, first, last, n, wall, bool(static)))
+        for info in out.values():
+            info.workers.sort(key=lambda w: natural_key(w.worker))
         return list(out.values())
 
     def _count_updates(self, mark: int, counted: dict[int, tuple[int, float]],
@@ -428,7 +461,7 @@ class SQLiteStore(Store):
     def _worker_names(self, session: str) -> list[str] | None:
         rows = self._q("SELECT w.worker FROM sessions s LEFT JOIN workers w ON w.session = s.id "
                        "WHERE s.id = ? ORDER BY w.worker", (session,))
-        return None if not rows else [r[0] for r in rows if r[0] is not None]
+        return None if not rows else sorted((r[0] for r in rows if r[0] is not None), key=natural_key)
 
     def _wid(self, session: str, worker: str) -> int:
         """The worker's id, -1 if it has none (ids never change: a found one is kept)."""

@@ -7,6 +7,7 @@ projection pool, drawn as it converges and cancellable."""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -38,6 +39,9 @@ from embedviz.store import EmbeddingInfo
 log = logging.getLogger("embedviz.server")
 
 N_LABELS = 50
+MISSING = "#bbbbbb"  # (a point whose metadata value is NaN)
+#: the methods the form offers: UMAP only where umap-learn is installed
+METHODS = ["tsne", "pca"] + (["umap"] if importlib.util.find_spec("umap") else [])
 WIDTH, HEIGHT = 820, 620
 EMPTY: dict[str, list] = {"x": [], "y": [], "word": [], "color": []}
 
@@ -56,7 +60,7 @@ if (q) for (let i = 0; i < words.length; i++) {
   if (exact < 0 && w === q) exact = i;
 }
 hits.data = {x: hx, y: hy};
-found.text = q ? hx.length + " " + matches : "";
+found.text = q ? hx.length + " " + (hx.length === 1 ? match : matches) : "";
 const at = exact >= 0 ? exact : best;
 if (at >= 0) {
   const h = (yr.reset_end - yr.reset_start) / 6, w = (xr.reset_end - xr.reset_start) / 6;
@@ -124,13 +128,19 @@ def colours(values: list) -> tuple[list[str], list[tuple[str, str]]]:
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
     if numeric and values:
         a = np.asarray(values, dtype=float)
-        logged = bool(np.nanmin(a) > 0 and np.nanmax(a) / np.nanmin(a) > 100)
-        a = np.log10(a) if logged else a
-        lo, hi = np.nanmin(a), np.nanmax(a)
-        idx = ((a - lo) / (hi - lo if hi > lo else 1) * 255).astype(int).clip(0, 255)
-        ends = [(f"{np.nanmin(values):.3g}", Viridis256[0]),
-                (f"{np.nanmax(values):.3g}" + (" (log)" if logged else ""), Viridis256[-1])]
-        return [Viridis256[i] for i in idx], ends
+        ok = np.isfinite(a)
+        if not ok.any():
+            return [MISSING] * len(values), [("NaN", MISSING)]
+        logged = bool(a[ok].min() > 0 and a[ok].max() / a[ok].min() > 100)
+        a = np.log10(np.where(ok, a, 1.0)) if logged else a
+        lo, hi = float(a[ok].min()), float(a[ok].max())
+        idx = ((np.where(ok, a, lo) - lo) / (hi - lo if hi > lo else 1) * 255).astype(int).clip(0, 255)
+        raw = np.asarray(values, dtype=float)[ok]
+        ends = [(f"{raw.min():.3g}", Viridis256[0]),
+                (f"{raw.max():.3g}" + (" (log)" if logged else ""), Viridis256[-1])]
+        if not ok.all():
+            ends.append(("NaN", MISSING))
+        return [Viridis256[i] if k else MISSING for i, k in zip(idx, ok)], ends
     factors = sorted({str(v) for v in values})
     base = Category10_10 if len(factors) <= 10 else Category20_20
     pal = {f: base[i % len(base)] for i, f in enumerate(factors)}
@@ -170,7 +180,7 @@ class EmbeddingsPage(Reactions):
         self.set: EmbeddingSet | None = None
         self.proj: Projection | None = None
         self.coords: np.ndarray | None = None
-        self.drawn: tuple[str, float] | None = None
+        self.drawn: tuple | None = None
         self.job: Any = None
         self._palette: dict[tuple[str, str], tuple[list[str], list]] = {}
         self._widgets()
@@ -182,7 +192,7 @@ class EmbeddingsPage(Reactions):
         self.snap = Slider(title=t("Snapshot"), start=0, end=1, step=1, value=0, width=320,
                            show_value=False, name="snapshot")
         self.which = Select(title=t("Projection"), width=300, options=[], name="projection")
-        self.colour = Select(title=t("Colour by"), value="none", options=["none", "cluster"],
+        self.colour = Select(title=t("Colour by"), value="none", options=self._colours([]),
                              width=160, name="colour")
         self.search = TextInput(placeholder=t("Search words"), width=220, name="search")
         self.found = Div(text="", width=200, name="found")
@@ -226,13 +236,13 @@ class EmbeddingsPage(Reactions):
         self.tsv.js_on_event("button_click", CustomJS(args={"src": self.sel_src}, code=TSV_JS))
         self.search.js_on_change("value_input", CustomJS(
             args={"src": self.src, "hits": self.hits, "found": self.found, "xr": self.xr,
-                  "yr": self.yr, "matches": t("matches")}, code=SEARCH_JS))
+                  "yr": self.yr, "matches": t("matches"), "match": t("match")}, code=SEARCH_JS))
         self._form()
 
     def _form(self) -> None:
         t = self.t
-        self.method = Select(title=t("Method"), value="tsne", options=["tsne", "pca", "umap"],
-                             width=110, name="method")
+        self.method = Select(title=t("Method"), value="tsne", options=METHODS, width=110,
+                             name="method")
         self.perplexity = NumericInput(title=t("Perplexity"), value=30, low=2, high=200,
                                        mode="float", width=110)
         self.iterations = NumericInput(title=t("Iterations"), value=500, low=50, high=5000,
@@ -281,9 +291,9 @@ class EmbeddingsPage(Reactions):
         # (a few classes, such as a digit or a label, colour the map by default)
         classes = [c for c, vals in meta.items() if 1 < len({str(x) for x in vals}) <= 20
                    and not all(isinstance(x, (int, float)) for x in vals)]
-        self.colour.options = ["none", "cluster"] + list(meta)
+        self.colour.options = self._colours(list(meta))
         wanted = self.ctx.state.get("colour")
-        self.colour.value = wanted if wanted in self.colour.options else (
+        self.colour.value = wanted if wanted in ["none", "cluster", *meta] else (
             classes[0] if classes else "cluster")
         i = n - 1 if snapshot is None else max(0, min(snapshot, n - 1))
         self.silently(self.snap, "value", i)
@@ -308,6 +318,11 @@ class EmbeddingsPage(Reactions):
         self.ctx.state.update({"set": self.pick.value, "snap": str(i),
                                "proj": chosen.id if chosen else ""})
         self.ctx.changed()
+
+    def _colours(self, columns: list[str]) -> list[tuple[str, str]]:
+        """The colour picker's choices: (value, label) in the page's language, then the
+        metadata columns by their own names."""
+        return [("none", self.t("none")), ("cluster", self.t("cluster"))] + [(c, c) for c in columns]
 
     def _proj_label(self, p: Projection) -> str:
         params = ", ".join(f"{k}={p.params[k]}" for k in ("perplexity", "max_iter") if k in p.params)
@@ -438,6 +453,23 @@ class EmbeddingsPage(Reactions):
         self.ctx.state["proj"] = new
         self.ctx.changed()
 
+    def find(self, query: str) -> None:
+        """What the search box's script does in the browser: ring the matches and centre
+        the view on the best (an exact word before a part of one)."""
+        q = query.strip().lower()
+        words = [str(w).lower() for w in self.src.data["word"]]
+        idx = [i for i, w in enumerate(words) if q and q in w]
+        xs, ys = self.src.data["x"], self.src.data["y"]
+        self.hits.data = {"x": [xs[i] for i in idx], "y": [ys[i] for i in idx]}
+        self.found.text = (f"{len(idx)} {self.t('match') if len(idx) == 1 else self.t('matches')}"
+                           if q else "")
+        if idx:
+            at = next((i for i in idx if words[i] == q), idx[0])
+            h = (float(self.yr.reset_end) - float(self.yr.reset_start)) / 6  # type: ignore[arg-type]
+            w = (float(self.xr.reset_end) - float(self.xr.reset_start)) / 6  # type: ignore[arg-type]
+            self.xr.update(start=xs[at] - w, end=xs[at] + w)
+            self.yr.update(start=ys[at] - h, end=ys[at] + h)
+
     def on_query(self, attr: str, old: str, new: str) -> None:
         self.ctx.state["q"] = new
         self.ctx.changed()
@@ -456,9 +488,19 @@ class EmbeddingsPage(Reactions):
             params = {"perplexity": float(min(self.perplexity.value or 30, max(2, (n - 1) / 3))),
                       "max_iter": its, "stop_lying_iteration": min(250, its // 4),
                       "random_state": 0}
+        top = int(self.top.value) if self.top.value else None
         try:
-            self.job = jobs.submit(e.key, method=method, params=params,
-                                   top_n=int(self.top.value) if self.top.value else None,
+            from embedviz.projection import make_estimator
+
+            key = make_estimator(method, **params).params()
+            same = (self.provider.store.find_projection(e.key, method, key)
+                    if top is None or top >= e.n else None)
+            if same is not None:  # (the same map again would only take time)
+                self.coords = None
+                self.show_snapshot(int(self.snap.value), same.id)
+                self.status.text = esc(t("Already projected with these parameters: shown."))
+                return
+            self.job = jobs.submit(e.key, method=method, params=params, top_n=top,
                                    owner=self.ctx.owner)
         except Exception as exc:  # (bad parameters: say so, keep the page)
             self.status.text = esc(f"{t('failed')}: {exc}")
@@ -488,11 +530,19 @@ class EmbeddingsPage(Reactions):
 
     def _draw_job(self, job: Any) -> None:
         got = next((p for p in self.provider.projections(job.embedding) if p.id == job.projection), None)
-        if got is None or got.coords is None or self.drawn == (got.id, got.updated):
+        moved = None if got is None else (got.id, got.iteration, got.state)
+        if got is None or got.coords is None or self.drawn == moved:
             return
-        self.drawn = (got.id, got.updated)
+        self.drawn = moved
         self.coords = None  # (a moving map: not aligned)
-        self.draw(self.provider.embedding(job.embedding), got, aligned=False)
+        e = self.provider.embedding(job.embedding)
+        if self.set is not None and self.set.key == e.key:  # (the picker names what is drawn)
+            projs = [p for p in self.provider.projections(e.key) if p.coords is not None]
+            self.silently(self.which, "options",
+                          [(p.id, self._proj_label(p)) for p in sorted(projs, key=lambda p: p.created)])
+            self.silently(self.which, "value", got.id)
+            self.which.visible = True
+        self.draw(e, got, aligned=False)
 
     def _finished(self, job: Any) -> None:
         """List the new projection (and the new set, for a top-N run) and show it."""
@@ -536,13 +586,18 @@ def build(ctx: Context) -> Page:
     page.pick.value = fam
     snap = ctx.state.get("snap")
     page.open_family(fam, int(snap) if snap and snap.isdigit() else None, ctx.state.get("proj"))
-    if ctx.state.get("q"):
-        page.search.value = page.search.value_input = ctx.state["q"]
     page.wire()
+    if ctx.state.get("q"):  # (a link's search, found as the browser would find it)
+        page.search.value = page.search.value_input = ctx.state["q"]
+        page.find(ctx.state["q"])
+    if page.src.selected.indices:  # (a link's word: its neighbours)
+        page.on_select("indices", [], list(page.src.selected.indices))
     if ctx.jobs is None:
         page.run.disabled = True
-        page.status.text = esc(t("Projections cannot be run from this page here (no job pool)."))
-    return Page(page.layout(), polls=[page.poll], close=page.stop)
+        page.status.text = esc(t("The store is open read-only: a new projection cannot be "
+                                 "stored in it.") if getattr(ctx.provider.store, "readonly", False)
+                               else t("This server runs no projections."))
+    return Page(page.layout(), polls=[page.poll], view=page)
 
 
 __all__ = ["align", "build", "colours", "families", "neighbours"]

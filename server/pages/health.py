@@ -60,19 +60,28 @@ def build(ctx: Context) -> Page:
     table = DataTable(source=src, sizing_mode="stretch_width", height=_height(len(found)),
                       index_position=None,
                       name="findings-table", visible=bool(found), columns=[
-        TableColumn(field="severity", title=t("severity"), width=70, formatter=sev),
-        TableColumn(field="check", title=t("check"), width=140, formatter=text),
+        TableColumn(field="severity", title=t("Severity"), width=70, formatter=sev),
+        TableColumn(field="check", title=t("Check"), width=140, formatter=text),
         TableColumn(field="session", title=t("Session"), width=140, formatter=text),
         TableColumn(field="worker", title=t("Worker"), width=60, formatter=text),
         TableColumn(field="layer", title=t("Layer"), width=90, formatter=text),
         TableColumn(field="iteration", title=t("Iteration"), width=70),
-        TableColumn(field="message", title=t("message"), width=560, formatter=text)])
+        TableColumn(field="message", title=t("Message"), width=560, formatter=text)])
+    # (a table cell cuts a long message: the chosen finding's reads whole below the table)
+    whole = div("", sizing_mode="stretch_width", name="finding")
     empty.visible = not found
     button = Button(label=t("Show"), width=120, disabled=True, name="show-finding")
     state: dict[str, Any] = {"cursor": cursor, "found": found}
 
     def chosen(attr: str, old: list[int], new: list[int]) -> None:
         button.disabled = not new
+        if new:
+            f = state["found"][new[0]]
+            whole.text = (f"<p><b>{esc(severity_text(f.severity, t.lang))}: {esc(f.check)}"
+                          f"{esc(' (' + f.layer + ')') if f.layer else ''}</b><br>"
+                          f"{esc(describe(f, t.lang))}</p>")
+        else:
+            whole.text = ""
     src.selected.on_change("indices", chosen)
 
     def open_it() -> None:
@@ -103,7 +112,7 @@ def build(ctx: Context) -> Page:
         table.height = _height(len(state["found"]))
 
     title = div(f"<b>{esc(t('Findings, worst first'))}</b>")
-    layout: Any = stack(title, empty, table, button)
+    layout: Any = stack(title, empty, table, button, whole)
     return Page(layout, polls=[poll])
 
 

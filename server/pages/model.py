@@ -26,7 +26,7 @@ from embedviz.server.charts import TOOLS, Chart, palette, set_x_axis
 from embedviz.server.data import histogram_grid, layer_rows, log10_ratio
 from embedviz.server.page import Context, Page, div, esc, note, stack
 
-from embedviz.layers import layer_of, tensor_names
+from embedviz.layers import forward_order, layer_of, tensor_names
 from embedviz.store import HistogramRecord, SessionInfo
 
 #: reports a histogram image holds at most (evenly spaced over the run)
@@ -44,7 +44,9 @@ def build(ctx: Context) -> Page:
     if first is None or not (params or acts):
         return Page(note(t("No per-layer statistics in the sessions picked (a word2vec run "
                            "records its loss only): record a training with StatsListener.")))
-    table_rows = layer_rows(static)
+    # (in the order the forward pass ran them, as the health checks name them)
+    rank = {m or "(model)": i for i, m in enumerate(forward_order(static))}
+    table_rows = sorted(layer_rows(static), key=lambda r: rank.get(r["name"], len(rank)))
     modules = [r["name"] for r in table_rows]
     for n in acts + [layer_of(p) for p in params]:  # (modules the table does not list)
         if (n or "(model)") not in modules:
@@ -55,7 +57,9 @@ def build(ctx: Context) -> Page:
                if _own(m) in acts or any(layer_of(p) == _own(m) for p in params)]
     asked = ctx.state.get("layer")
     if asked not in charted:
-        asked = layer_of(asked) if asked and layer_of(asked) in charted else charted[0]
+        with_params = [m for m in charted if any(layer_of(p) == _own(m) for p in params)]
+        asked = (layer_of(asked) if asked and layer_of(asked) in charted
+                 else (with_params or charted)[0])
     table = ColumnDataSource({k: [r[k] for r in table_rows]
                               for k in ("name", "type", "n_params", "params", "output")})
     graph = DataTable(source=table, height=min(40 + 25 * len(table_rows), 260), width=640,

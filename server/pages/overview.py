@@ -27,6 +27,7 @@ from embedviz.layers import tensor_names, weight_names
 from embedviz.store import SessionInfo
 
 FINDING_Y = 0.93  # a finding's marker: near the top of the score chart (its floor range)
+FINDING_TIP = ("<div style='max-width:420px;white-space:normal'><b>@label</b><br>@message</div>")
 
 
 def build(ctx: Context) -> Page:
@@ -54,7 +55,9 @@ def build(ctx: Context) -> Page:
         if fig.smoothing is not None:
             fig.smoothing.args = {"weight": smooth.value}
         page.charts[:] = [fig if c in old else c for c in page.charts] if old else [fig, *page.charts]
-        score_box.children = [fig.panel()]
+        score_box.children = [fig.panel() if fig.lines else note(t(
+            "No training score in the sessions picked: StatsListener records it when "
+            "step(loss) is given the loss."))]
 
     def on_log(attr: str, old: list[int], new: list[int]) -> None:
         ctx.state["log"] = "1" if new else ""
@@ -237,7 +240,8 @@ class Findings:
         """Draw the markers on ``chart`` (again, when the chart was drawn anew)."""
         self.chart = chart
         self.sources = {}
-        hover = HoverTool(renderers=[], tooltips=[("", "@label"), ("", "@message")])
+        # (a template, so that a long message wraps; Bokeh escapes each @field in it)
+        hover = HoverTool(renderers=[], tooltips=FINDING_TIP)
         for g in chart.groups:
             src = ColumnDataSource({c: [] for c in self.COLUMNS})
             self.sources[g.session.id] = src
@@ -277,14 +281,13 @@ class Findings:
             c = g.overview[0] if g.overview else None
             ts = (np.interp(its, c["i"].astype(float), c["t"]) if c is not None and len(c["i"])
                   else np.array([f.wall_time * 1000.0 for f in mine]))
-            # (findings that began at one iteration are stacked, not drawn over each other)
-            seen: dict[float, int] = {}
-            ys = []
-            for x in its.tolist():
-                ys.append(FINDING_Y - 0.08 * (seen.get(x, 0) % 8))
-                seen[x] = seen.get(x, 0) + 1
-            data = {"i": its.tolist(), "t": ts.tolist(), "y": ys,
-                    "check": [f.check for f in mine],
+            # (stacked in time order: labels of findings close together do not overprint;
+            # an info finding has its marker and hover, no label)
+            order = np.argsort(its, kind="stable")
+            ys = np.empty(len(mine))
+            ys[order] = FINDING_Y - 0.07 * (np.arange(len(mine)) % 6)
+            data = {"i": its.tolist(), "t": ts.tolist(), "y": ys.tolist(),
+                    "check": [f.check if f.severity != "info" else "" for f in mine],
                     "severity": [f.severity for f in mine],
                     "color": [severity_color(f.severity) for f in mine],
                     "layer": [f.layer or "" for f in mine],
