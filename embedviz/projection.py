@@ -454,9 +454,11 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
         coords = est.fit_transform(vocab.vectors)
         xq = _l2_normalize(vocab.vectors) if getattr(est, "normalize", False) else vocab.vectors
         measured = quality(xq, coords, sample=quality_sample)
-    except Exception as exc:  # (never left "running" in the store)
+    except BaseException as exc:  # (never left "running" in the store, Ctrl+C included)
         if store is not None:
-            record.state, record.message = "failed", f"{type(exc).__name__}: {exc}"
+            stopped = isinstance(exc, KeyboardInterrupt) and record.coords is not None
+            record.state = "interrupted" if stopped else "failed"
+            record.message = f"{type(exc).__name__}: {exc}"
             store.put_projection(record)
         raise
     finally:

@@ -307,7 +307,10 @@ class Chart:
         """Put ``lines`` (the group's overview) into its sources."""
         lines = g.overview if lines is None else lines
         if g.multi:
-            g.source.data, g.fill = _rows_of(g.lines, lines, g.thin_at + self.budget())
+            # (room for ~100 more points: a page's first load sends what it shows, not
+            # NaN; a row that fills up is sent again with as much room as it holds)
+            held = max((len(c["i"]) for c in lines), default=0)
+            g.source.data, g.fill = _rows_of(g.lines, lines, held + max(100, held))
         else:
             g.source.data = _pad(lines)
         g.marks.data, g.floor.data = _marks(g.lines, lines)
@@ -519,11 +522,10 @@ def _pad(lines: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return data
 
 
-def _rows_of(lines: list[Line], cols: list[dict[str, np.ndarray]], room: int) -> tuple[dict, list[int]]:
-    """A many-line group's MultiLine columns: a row a line, its arrays ``room`` long or
-    longer (NaN after its points: nothing drawn, room for new ones); and each row's fill."""
+def _rows_of(lines: list[Line], cols: list[dict[str, np.ndarray]], size: int) -> tuple[dict, list[int]]:
+    """A many-line group's MultiLine columns: a row a line, its arrays ``size`` long (NaN
+    after its points: nothing drawn, room for new ones); and each row's fill."""
     fill = [len(c["i"]) for c in cols]
-    size = max(room, max(fill, default=0) + 100)
 
     def padded(a: np.ndarray) -> np.ndarray:
         out = np.full(size, np.nan)

@@ -158,3 +158,24 @@ def test_a_projection_that_fails_is_stored_as_failed_not_running(tmp_path, monke
         project(vocab, BarnesHutTsne(max_iter=250, progress=False), store=store)
     (p,) = store.projections()
     assert p.state == "failed" and "the measure broke" in p.message
+
+
+def test_ctrl_c_during_a_projection_leaves_it_interrupted_not_running(tmp_path):
+    import numpy as np
+
+    import embedviz
+    from embedviz.projection import BarnesHutTsne, project
+
+    def stop(it, kl, emb):  # (what Ctrl+C does in the middle of the optimisation)
+        if it >= 50:
+            raise KeyboardInterrupt
+        return False
+
+    with embedviz.open_store(tmp_path / "p.db") as store:
+        x = np.random.default_rng(0).normal(size=(80, 5))
+        tsne = BarnesHutTsne(max_iter=300, stop_lying_iteration=100, random_state=0,
+                             progress=False, callback=stop, callback_every=25)
+        with pytest.raises(KeyboardInterrupt):
+            project(x, tsne, store=store, labels=[f"w{i}" for i in range(80)], stream_every=25)
+        (p,) = store.projections()
+        assert p.state == "interrupted" and p.coords is not None
