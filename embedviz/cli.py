@@ -136,10 +136,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         sessions = [_pick_session(args.store, every, args.session)] if args.session else every
         found = []
         for s in sessions:
-            stored = [f for _, f in store.findings(s.id)]
-            # (a session recorded without the checks: compute them from its series)
+            stored = [] if args.recheck else [f for _, f in store.findings(s.id)]
+            # (a session recorded without the checks, or --recheck: compute them from its
+            # series, every worker beside the others)
             found += stored or check_session(store, s.id)
-    found.sort(key=lambda f: (SEVERITY_RANK[f.severity], f.session, f.iteration))
+    #: the sessions of more than one worker: their findings name the worker (as do those of a
+    #: worker not named "0", the default)
+    several = {s.id for s in sessions if len(s.workers) > 1}
+    found.sort(key=lambda f: (SEVERITY_RANK[f.severity], f.session, f.iteration, f.worker))
     if args.json:
         print(json.dumps(codec.to_jsonable([f.to_dict() for f in found]), indent=1,
                          allow_nan=False, ensure_ascii=False))
@@ -151,10 +155,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         for f in found:
             value = f.detail.get("value")
             shown = f"{value:.3g}" if isinstance(value, float) else value
+            worker = f"[worker {f.worker}]  " if f.session in several or f.worker != "0" else ""
             print(f"{f.severity.upper():<8}{f.check:<22}{label.get(f.session, f.session):<{width}}  "
-                  f"worker {f.worker}  {f.layer or '-'}  iteration {f.iteration}"
+                  f"{worker}{f.layer or '-'}  iteration {f.iteration}"
                   + (f"  value {shown} (healthy: {f.detail['band']})" if "band" in f.detail else ""))
-            print(f"        {f.message}")
+            print(f"        {worker.rstrip() + ' ' if worker else ''}{f.message}")
+    # (exit 1 on an error only: warnings and information leave a healthy run's status 0)
     return 1 if any(f.severity == "error" for f in found) else 0
 
 
@@ -304,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", nargs="?", default="runs.db", help="store path or URL (default runs.db)")
     p.add_argument("--session", metavar="NAME_OR_ID", help="only this session (its name or id)")
     p.add_argument("--json", action="store_true", help="a JSON list of findings (the export format)")
+    p.add_argument("--recheck", action="store_true",
+                   help="judge the stored series with this version's checks, not the findings "
+                        "stored while the sessions ran")
     p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("export", help="write every record as JSON lines")
     p.add_argument("store")

@@ -10,19 +10,33 @@ its background path; :func:`check_session` replays a stored session through a ne
 it gives the same findings.
 
 Each check is declared once, where its function is: its severity, its parameters with the
-seeds' values as defaults, and its message in English and Japanese (``CHECKS`` lists them:
-``Checker(num_classes=10, options={"dead_units": {"threshold": 0.95}})``). A finding keeps
-its message's arguments (``detail["args"]``, ``detail["value"]`` among them: the number the
-message shows), so :func:`describe` renders it in either language.
+seeds' values as defaults, its message in English and Japanese, which way its advice moves
+the learning rate, and the checks it explains (``CHECKS`` lists them:
+``Checker(num_classes=10, options={"dead_units": {"threshold": 0.95}})``). What a check
+needs beyond the series it reads of the history's :class:`Context`: the classes, the
+score's objective, the other workers of the session. A finding keeps its message's
+arguments (``detail["args"]``, ``detail["value"]`` among them: the number the message
+shows), so :func:`describe` renders it in either language.
+
+Findings that share a cause are one: a check that explains another (``explains``: dead
+ReLUs explain the tiny updates of the weights beside them) lists that one's hits as the
+consequences of its finding (``detail["consequences"]``), with one piece of advice; a
+consequence found after its cause's finding is information naming that cause
+(``detail["caused_by"]``), never advice of its own.
+
+Scores are judged against their own noise and scale (a loss near zero that wobbles is not
+diverging), and by their objective: one side of a game (``objective="adversarial"``, or two
+workers of a session whose losses move against each other) is not meant to fall.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import os
 import string
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -64,26 +78,52 @@ class Hit:
 
 class Check(NamedTuple):
     """One health check: the severity of its findings, its parameters with their defaults,
-    the function that looks for it (``find(history, **params) -> list[Hit]``) and its
-    message templates, ``text[lang][variant]``, with named arguments (``{value:.3g}``)."""
+    the function that looks for it (``find(history, **params) -> list[Hit]``; what it needs
+    beyond the series, it reads of ``history.context``) and its message templates,
+    ``text[lang][variant]``, with named arguments (``{value:.3g}``).
+
+    ``explains``: the checks whose conditions this one's causes, with where
+    (:data:`SCOPES`): a hit of theirs there, while this one holds, is a consequence listed
+    in this one's finding, not a finding with advice of its own. ``short``: the check as a
+    phrase, per language (how a consequence or a cause is named in another's message).
+    ``lr``: which way its advice moves the learning rate (-1 lower, +1 raise, 0 neither)."""
 
     severity: str
     params: dict[str, Any]
     find: Callable[..., list[Hit]]
     text: dict[str, dict[str, str]]
+    explains: dict[str, str] = {}
+    short: dict[str, str] = {}
+    lr: int = 0
 
 
 #: every check by name, in the order they run: ``CHECKS["dead_units"].params`` are its defaults
 CHECKS: dict[str, Check] = {}
 
 
+#: where a cause explains a consequence (``Check.explains``), while the cause holds: on the
+#: same layer; on the weight layers next to it in forward order (the one feeding it and the
+#: one it feeds); on any layer of the worker. "after": on any layer, for the rest of the run
+#: once the cause was found (a network that diverged or went NaN is not then too slow)
+SCOPES = ("same", "adjacent", "any", "after")
+
+
 def check(severity: str, params: dict[str, Any], *, en: str | dict[str, str],
-          ja: str | dict[str, str]) -> Callable[[Callable[..., list[Hit]]], Callable[..., list[Hit]]]:
+          ja: str | dict[str, str], short: dict[str, str] | None = None,
+          explains: dict[str, str] | None = None,
+          lr: int = 0) -> Callable[[Callable[..., list[Hit]]], Callable[..., list[Hit]]]:
     """Declare the function below as a check (named after it) with its severity, parameters
-    and messages (one template, or ``{variant: template}`` with "" the main one)."""
+    and messages (one template, or ``{variant: template}`` with "" the main one), its short
+    phrase (``{"en": ..., "ja": ...}``), the checks it explains (``{check: scope}``) and the
+    way its advice moves the learning rate (see :class:`Check`)."""
+    for scope in (explains or {}).values():
+        if scope not in SCOPES:
+            raise ValueError(f"explains: no scope {scope!r}: the scopes are {', '.join(SCOPES)}")
+
     def declare(find: Callable[..., list[Hit]]) -> Callable[..., list[Hit]]:
         text = {lang: t if isinstance(t, dict) else {"": t} for lang, t in (("en", en), ("ja", ja))}
-        CHECKS[find.__name__] = Check(severity, params, find, text)
+        CHECKS[find.__name__] = Check(severity, params, find, text, dict(explains or {}),
+                                      dict(short or {}), lr)
         return find
     return declare
 
@@ -108,6 +148,38 @@ def render(name: str, args: dict[str, Any], lang: str = "en", variant: str = "")
     return _FORMATTER.format(CHECKS[name].text[lang][variant], **args)
 
 
+#: how a finding lists the consequences of its cause, and how a consequence found after
+#: its cause's finding names that cause
+CONSEQUENCES = {"en": " Consequences: {items}.", "ja": " その結果: {items}。"}
+CONSEQUENCE_SEP = {"en": "; ", "ja": "、"}
+CAUSED_BY = {"en": "{what}: a consequence of {cause} (found at iteration {iteration}); that "
+                   "finding's advice applies.",
+             "ja": "{what}: {cause} の結果です (イテレーション {iteration} で検出)。その所見の"
+                   "対策を行ってください。"}
+
+
+def short(name: str, args: dict[str, Any], lang: str = "en") -> str:
+    """Check ``name`` as a phrase with ``args`` (its message when it declares no phrase)."""
+    text = CHECKS[name].short.get(lang)
+    return render(name, args, lang) if text is None else _FORMATTER.format(text, **args)
+
+
+def render_finding(name: str, args: dict[str, Any], lang: str = "en", variant: str = "",
+                   consequences: list | None = None, caused_by: dict | None = None) -> str:
+    """A finding's whole message in ``lang``: its check's message with the consequences it
+    explains listed (``[{"check", "args"}, ...]``), or, for a consequence found after its
+    cause (``caused_by``: ``{"check", "args", "iteration"}``), the phrase naming that cause."""
+    if caused_by:
+        return CAUSED_BY[lang].format(what=short(name, args, lang),
+                                      cause=short(caused_by["check"], caused_by["args"], lang),
+                                      iteration=caused_by["iteration"])
+    text = render(name, args, lang, variant)
+    if consequences:
+        text += CONSEQUENCES[lang].format(items=CONSEQUENCE_SEP[lang].join(
+            short(c["check"], c["args"], lang) for c in consequences))
+    return text
+
+
 def describe(finding: Finding, lang: str = "en") -> str:
     """A stored finding's message in ``lang`` ("en" or "ja"); its stored English message
     when it has no arguments to render (a finding written by hand, imported, or by a check
@@ -115,14 +187,37 @@ def describe(finding: Finding, lang: str = "en") -> str:
     if lang not in LANGUAGES:
         raise ValueError(f"describe: no language {lang!r}: findings are described in "
                          f"{', '.join(LANGUAGES)}")
-    args = finding.detail.get("args")
-    variant = finding.detail.get("variant", "")
+    detail = finding.detail
+    args = detail.get("args")
+    variant = detail.get("variant", "")
     if finding.check not in CHECKS or not isinstance(args, dict) or not isinstance(variant, str):
         return finding.message
     try:
-        return render(finding.check, args, lang, variant)
-    except (KeyError, IndexError, ValueError, TypeError):  # (arguments of another version)
-        return finding.message
+        return render_finding(finding.check, args, lang, variant, detail.get("consequences"),
+                              detail.get("caused_by"))
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+        return finding.message  # (arguments of another version)
+
+
+#: the objectives a score can have: "minimize" (the default: a loss to bring down) and
+#: "adversarial" (a loss of one side of a game, as a GAN's generator's and discriminator's:
+#: not meant to fall, judged only for a blow-up)
+OBJECTIVES = ("minimize", "adversarial")
+
+#: other workers' recent scores for (session, worker): ``{worker: scores}``, the scores a
+#: sequence (the last ones, aligned by position) or a pair (iterations, scores)
+Peers = Callable[[str, str], Mapping[str, Any]]
+
+
+@dataclass
+class Context:
+    """What the checks know beyond a worker's series: the classes of a cross-entropy score,
+    its objective, and the other workers of its session (``peers()``: ``{worker:
+    (iterations, scores)}``, read when a check asks)."""
+
+    num_classes: int | None = None
+    objective: str | None = None
+    peers: Callable[[], dict[str, tuple[np.ndarray, np.ndarray]]] = lambda: {}
 
 
 class History:
@@ -146,6 +241,10 @@ class History:
         self.lr = math.nan  # (the first parameter group's, now and at most)
         self.max_lr = math.nan
         self.bad: set[str] = set()
+        #: the grad scaler's cumulative skipped steps and its scale, per report (NaN: none)
+        self.skipped: deque[float] = deque(maxlen=WINDOW)
+        self.amp_scale = math.nan
+        self.context = Context()
         self.memo: dict = {}  # (what the checks derive from this report's values)
         self._by_name: dict[str, dict] = {}
         self._names: dict[str, set[str]] = {}  # kind -> tensors with series
@@ -172,6 +271,8 @@ class History:
         if lrs:
             self.lr = lrs[0]
             self.max_lr = self.lr if not self.max_lr >= self.lr else self.max_lr
+        self.skipped.append(float(u.scalars.get("amp/skipped_steps", math.nan)))
+        self.amp_scale = float(u.scalars.get("amp/scale", math.nan))
         seen = set()
         #: the tensors with a NaN or Inf in this report
         self.bad = {key for key, sm in u.summaries.items() if sm.nan_count > 0 or sm.inf_count > 0}
@@ -231,6 +332,47 @@ class History:
     def layer(self, module: str) -> dict:
         return self._by_name.get(module, {})
 
+    @property
+    def skipped_now(self) -> bool:
+        """Whether the grad scaler skipped a step since the report before (at the first:
+        since training began)."""
+        if not self.skipped or not self.skipped[-1] > 0:
+            return False
+        before = self.skipped[-2] if len(self.skipped) > 1 else 0.0
+        return not self.skipped[-1] <= before
+
+    @property
+    def first_level(self) -> float:
+        """Where the score started: the median of its first three finite values."""
+        first = [v for _, v in self.all_scores[:6] if math.isfinite(v)][:3]
+        return float(np.median(first)) if first else math.nan
+
+    def adversarial(self, min_points: int = 12, below: float = -0.5) -> bool:
+        """Whether the score is one side of a game: said (``objective="adversarial"``), or
+        moving against another worker's of the session (their changes from report to report,
+        at the iterations both reported, correlated below ``below``)."""
+        got = self.memo.get("adversarial")
+        if got is None:
+            got = self.memo["adversarial"] = self._adversarial(min_points, below)
+        return got
+
+    def _adversarial(self, min_points: int, below: float) -> bool:
+        if self.context.objective is not None:
+            return self.context.objective == "adversarial"
+        if len(self.scores) < min_points:
+            return False
+        mine = dict(zip(self.iterations, self.scores))
+        for its, scores in self.context.peers().values():
+            both = [(mine[i], v) for i, v in zip(its, scores) if i in mine]
+            a = np.array(both, dtype=float).reshape(-1, 2)
+            a = a[np.isfinite(a).all(axis=1)]
+            if len(a) < min_points:
+                continue
+            d = np.diff(a, axis=0)
+            if (d.std(axis=0) > 0).all() and float(np.corrcoef(d[:, 0], d[:, 1])[0, 1]) < below:
+                return True
+        return False
+
     def began(self, held: np.ndarray) -> int:
         """The iteration where the trailing run of True in ``held`` began."""
         n = len(held)
@@ -262,10 +404,13 @@ _NAN_ADVICE_JA = ("学習率を下げる、勾配をクリッピングする (to
        en={"": "NaN or Inf first appeared in {where} (score {value:.3g}). " + _NAN_ADVICE_EN,
            "loss": "NaN or Inf first appeared in the loss (score {value:.3g}). " + _NAN_ADVICE_EN},
        ja={"": "NaN または Inf が最初に {where} に現れました (スコア {value:.3g})。" + _NAN_ADVICE_JA,
-           "loss": "NaN または Inf が最初に損失に現れました (スコア {value:.3g})。" + _NAN_ADVICE_JA})
+           "loss": "NaN または Inf が最初に損失に現れました (スコア {value:.3g})。" + _NAN_ADVICE_JA},
+       short={"en": "NaN or Inf (score {value:.3g})", "ja": "NaN または Inf (スコア {value:.3g})"},
+       explains={"loss_flat": "after", "update_ratio_low": "after", "update_ratio_high": "after",
+                 "loss_diverging": "after"}, lr=-1)
 def nan(h: History) -> list[Hit]:
-    if not h.bad and math.isfinite(h.scores[-1]):
-        return []
+    if math.isfinite(h.scores[-1]) and (not h.bad or h.skipped_now):
+        return []  # (inf gradients of a step the grad scaler skipped: amp_skipping's)
     where = []
     for kind in ("activation", "param", "gradient", "update"):
         where += [f"{kind}/{k}" for k in h.keys(kind) if f"{kind}/{k}" in h.bad]
@@ -278,33 +423,111 @@ def nan(h: History) -> list[Hit]:
                 episode="")]
 
 
-@check("error", {"jump": 10.0, "rise": 3.0, "reports": 4},
-       en="The score is diverging: {value:.3g} against a best of {best:.3g}. Lower the learning "
-          "rate (try 10x lower), clip gradients, check the loss for a sign error.",
-       ja="スコアが発散しています: 最良値 {best:.3g} に対して {value:.3g} です。学習率を下げる "
-          "(まず 1/10 に)、勾配をクリッピングする、損失関数の符号の誤りを確認する、といった対策を"
-          "試してください。")
-def loss_diverging(h: History, jump: float, rise: float, reports: int) -> list[Hit]:
+@check("warning", {"fraction": 0.5, "window": 10},
+       en="The mixed-precision grad scaler skipped {value:.3g}% of the steps over the last "
+          "{window} reports (loss scale {scale:.3g} now): the gradients overflow float16 whatever "
+          "the scale. Compute the loss in float32 (outside autocast), look for Inf or NaN in the "
+          "inputs and the loss, lower the learning rate, or train in bfloat16 (no scaler needed).",
+       ja="混合精度の勾配スケーラーが直近 {window} 回のレポートでステップの {value:.3g}% を"
+          "スキップしました (現在の損失スケール {scale:.3g})。スケールによらず勾配が float16 で"
+          "オーバーフローしています。損失を float32 で (autocast の外で) 計算する、入力と損失に "
+          "Inf や NaN がないか確認する、学習率を下げる、bfloat16 で学習する (スケーラー不要)、"
+          "といった対策を試してください。",
+       short={"en": "the grad scaler skipping {value:.3g}% of the steps",
+              "ja": "勾配スケーラーがステップの {value:.3g}% をスキップ"}, lr=-1)
+def amp_skipping(h: History, fraction: float, window: int) -> list[Hit]:
+    k = np.fromiter(h.skipped, float, len(h.skipped))
+    if len(k) <= window or not (np.isfinite(k[-1]) and np.isfinite(k[-window - 1])):
+        return []
+    its = list(h.iterations)
+    steps = its[-1] - its[-window - 1]
+    share = (k[-1] - k[-window - 1]) / steps if steps > 0 else 0.0
+    if not share > fraction:
+        return []
+    rose = np.flatnonzero(np.diff(k[-window - 1:]) > 0)  # (dated from the first skip of the window)
+    return [Hit(None, its[-window + int(rose[0])] if len(rose) else its[-window], 100 * float(share),
+                f"<= {_fmt(100 * fraction)}% of steps skipped",
+                {"window": window, "scale": h.amp_scale}, episode="")]
+
+
+def _robust(a: np.ndarray) -> tuple[float, float]:
+    """The median of ``a`` and its scatter about its trend (a line fit, then 1.4826 x the
+    median absolute deviation of what is left: the standard deviation of normal noise)."""
+    x = np.arange(len(a)) - (len(a) - 1) / 2
+    slope = float(x @ (a - a.mean())) / float(x @ x) if len(a) > 1 else 0.0
+    rest = a - a.mean() - slope * x
+    return float(np.median(a)), 1.4826 * float(np.median(np.abs(rest - np.median(rest))))
+
+
+@check("error", {"jump": 10.0, "sigmas": 6.0, "lost": 0.25, "reports": 4, "window": 20},
+       en="The score is diverging: {value:.3g}, up from a recent median of {recent:.3g} (best "
+          "{best:.3g}, first {start:.3g}). Lower the learning rate (try 10x lower), clip "
+          "gradients, check the loss for a sign error.",
+       ja="スコアが発散しています: 直近の中央値 {recent:.3g} から {value:.3g} に上がりました (最良値 "
+          "{best:.3g}、最初 {start:.3g})。学習率を下げる (まず 1/10 に)、勾配をクリッピングする、"
+          "損失関数の符号の誤りを確認する、といった対策を試してください。",
+       short={"en": "the score diverging ({value:.3g})", "ja": "スコアの発散 ({value:.3g})"},
+       # (a network that blew up learns no more: its flat score and tiny updates after are
+       # the blow-up's, not a learning rate too low)
+       explains={"loss_flat": "after", "update_ratio_low": "after"}, lr=-1)
+def loss_diverging(h: History, jump: float, sigmas: float, lost: float, reports: int,
+                   window: int) -> list[Hit]:
+    """Judged against the score's own noise and scale: a positive score (a loss) in log
+    space, where a wobble near zero is as wide as one far from it. Diverging is a blow-up
+    (``jump`` x where the score started, on the report it happens), or a climb held
+    ``reports`` reports ``sigmas`` noise-widths above the median of the ``window`` reports
+    before it that has given back ``lost`` of the progress made (above where it started:
+    all of it). One side of a game (``h.adversarial()``) diverges only by a blow-up."""
     s = np.array(h.scores)
-    finite = s[np.isfinite(s)]
-    if len(finite) < 3 or not math.isfinite(s[-1]):
+    now, start, best = float(s[-1]), h.first_level, h.best
+    if not (math.isfinite(now) and math.isfinite(start)) or len(s) < 2:
         return []
-    best, start = h.best, h.start
-    recent = np.median(finite[-11:-1])
-    now = s[-1]
-    # (a noisy batch of a well-trained net can be 10x its neighbours: a jump must also
-    # leave the score above where training began)
-    jumped = recent > 0 and now > jump * recent and now > start
-    climbing = (len(s) > reports and best > 0 and now > rise * best
-                and bool(np.all(np.diff(s[-reports - 1:]) > 0)))
-    if not (jumped or climbing):
+    log = best > 0  # (every finite score so far positive)
+    f = np.log if log else (lambda v: v)
+    with np.errstate(all="ignore"):
+        L = f(s)
+    before = L[:-1][-window:]
+    before = before[np.isfinite(before)]
+    ref, noise = _robust(before) if len(before) >= 3 else (float(f(start)), 0.0)
+    floor = 0.01 if log else 0.01 * max(abs(ref), abs(start), 1e-12)
+    noise = max(noise, floor)
+    # a blow-up: far above where the score started, and far outside its noise
+    blown = (f(now) > f(start) + (math.log(jump) if log else jump * max(abs(start), noise))
+             and f(now) > ref + sigmas * noise)
+    climbing = False
+    if not blown and not h.adversarial() and len(s) > reports:
+        recent = L[-reports:]
+        prior = L[:-reports][-window:]
+        prior = prior[np.isfinite(prior)]
+        if np.isfinite(recent).all():
+            if len(prior) >= 5:
+                ref, noise = _robust(prior)
+                noise = max(noise, floor)
+                high = bool(np.all(recent > ref + sigmas * noise))
+            else:  # (too few reports for a noise: clearly above where it started)
+                high = bool(np.all(recent > f(start) + (math.log(1.5) if log else 0.5 * abs(start))))
+            level = float(np.median(s[-reports:]))
+            progress = start - best
+            climbing = high and (not progress > 0 or (level - best) / progress > lost)
+    if not (blown or climbing):
         return []
-    k = len(s) - 1  # (it began with the first report of the rise that ends here)
-    while k > 0 and s[k - 1] < s[k]:
-        k -= 1
-    since = h.iterations[min(k + 1, len(s) - 1)]
-    return [Hit(None, since, float(now), f"< {_fmt(jump)}x the recent median, < {_fmt(rise)}x the best",
-                {"best": best}, episode="")]
+    # (it began after the lowest point before the rise; a blow-up with the rise that ends
+    # in it)
+    tail = L[-window - reports:]
+    tail = np.where(np.isfinite(tail), tail, np.inf)
+    if blown:  # (the reports before it outside the noise too)
+        low = len(tail) - 2
+        while low >= 0 and np.isfinite(tail[low]) and tail[low] > ref + sigmas * noise:
+            low -= 1
+    else:
+        low = int(np.argmin(tail[:-1]))
+    its = list(h.iterations)[-len(tail):]
+    since = its[min(low + 1, len(its) - 1)]
+    recent_median = float(np.exp(ref)) if log else ref
+    band = (f"< {_fmt(jump)}x the first score; a rise held {reports} reports < {_fmt(sigmas)} "
+            f"noise-widths above the recent median or < {_fmt(100 * lost)}% of the progress lost")
+    return [Hit(None, since, now, band, {"best": best, "start": start, "recent": recent_median},
+                episode="")]
 
 
 @check("warning", {"window": 20, "min_fall": 0.01, "min_progress": 0.1},
@@ -315,11 +538,14 @@ def loss_diverging(h: History, jump: float, rise: float, reports: int) -> list[H
        ja="スコアが下がっていません: 直近 {window} 回のレポートでの変化は水準の {value:+.3g}%、"
           "開始時からの変化は {since_start:+.3g}% です (現在 {score:.3g})。学習率を 10 倍に上げて"
           "みてください。勾配がパラメータに届いているか (更新量:パラメータ比)、ラベルが入力と対応"
-          "しているかも確認してください。")
+          "しているかも確認してください。",
+       short={"en": "the score not falling ({value:+.3g}% of its level over {window} reports)",
+              "ja": "スコアが下がっていない (直近 {window} 回で水準の {value:+.3g}%)"},
+       explains={"loss_noisy": "any"}, lr=+1)
 def loss_flat(h: History, window: int, min_fall: float, min_progress: float) -> list[Hit]:
     s = np.array(h.scores)[-window:]
-    if len(s) < window or not np.isfinite(s).all():
-        return []
+    if len(s) < window or not np.isfinite(s).all() or h.adversarial():
+        return []  # (one side of a game's loss is not meant to fall)
     third = window // 3
     level = abs(float(np.median(s)))
     fall = float(np.mean(s[:third]) - np.mean(s[-third:]))
@@ -339,7 +565,9 @@ def loss_flat(h: History, window: int, min_fall: float, min_progress: float) -> 
        en="The score is noisy: its scatter is {value:.3g}% of its level. A larger batch or a "
           "lower learning rate steadies it.",
        ja="スコアのノイズが大きく、ばらつきが水準の {value:.3g}% あります。バッチサイズを大きく"
-          "するか学習率を下げると安定します。")
+          "するか学習率を下げると安定します。",
+       short={"en": "the score noisy (scatter {value:.3g}% of its level)",
+              "ja": "スコアのノイズが大きい (ばらつきが水準の {value:.3g}%)"}, lr=-1)
 def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
     s = np.array(h.scores)[-window:]
     if len(s) < window or not np.isfinite(s).all():
@@ -361,7 +589,8 @@ def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
        ja="最初のスコアは {value:.3g} です。{classes} クラスの交差エントロピーはチャンスレベルで "
           "ln({classes}) = {chance:.2f} になります。初期の重みが大きすぎるか、最後の層のバイアスが"
           "偏っています。標準的な重み初期化を使い、最後の層のバイアスを 0 にしてください。")
-def initial_loss(h: History, tolerance: float, num_classes: int | None = None) -> list[Hit]:
+def initial_loss(h: History, tolerance: float) -> list[Hit]:
+    num_classes = h.context.num_classes
     if not num_classes or num_classes < 2 or h.reports != 1 or not math.isfinite(h.scores[0]):
         return []
     chance = math.log(num_classes)
@@ -403,7 +632,10 @@ def _ratio_held(h: History, held_where: Callable[[np.ndarray], np.ndarray], band
        en="Updates of {param} are large against its values (log10 update:param ratio {value:.2f}, "
           "the median of the last {reports} reports; about -3 is healthy): lower the learning rate.",
        ja="{param} の更新量がパラメータの値に対して大きすぎます (更新量:パラメータ比の log10 が直近 "
-          "{reports} 回のレポートの中央値で {value:.2f}、-3 前後が健全)。学習率を下げてください。")
+          "{reports} 回のレポートの中央値で {value:.2f}、-3 前後が健全)。学習率を下げてください。",
+       short={"en": "updates of {param} large (log10 update:param ratio {value:.2f})",
+              "ja": "{param} の更新量が大きすぎる (更新量:パラメータ比の log10 が {value:.2f})"},
+       lr=-1)
 def update_ratio_high(h: History, above: float, reports: int, warmup: int) -> list[Hit]:
     # (the seeds' "about -3, worry above -2": every healthy run of the zoo, SGD and Adam
     # alike, spends its first hundred iterations between -2 and -1.5; the broken one is
@@ -419,7 +651,10 @@ def update_ratio_high(h: History, above: float, reports: int, warmup: int) -> li
           "rate, or check that this parameter is meant to learn.",
        ja="{param} の更新量がパラメータの値に対して小さすぎます (更新量:パラメータ比の log10 が直近 "
           "{reports} 回のレポートの中央値で {value:.2f}、-3 前後が健全)。学習率を上げるか、この"
-          "パラメータが学習する設定になっているか確認してください。")
+          "パラメータが学習する設定になっているか確認してください。",
+       short={"en": "updates of {param} tiny (log10 update:param ratio {value:.2f})",
+              "ja": "{param} の更新量が小さすぎる (更新量:パラメータ比の log10 が {value:.2f})"},
+       lr=+1)
 def update_ratio_low(h: History, below: float, reports: int, annealed: float) -> list[Hit]:
     if h.max_lr > 0 and h.lr < annealed * h.max_lr:
         return []  # (a schedule lowered the learning rate: small updates are its purpose)
@@ -440,7 +675,9 @@ _CLIP_JA = ("勾配をクリッピングする (torch.nn.utils.clip_grad_norm_)�
        ja={"": "{param} の勾配が爆発しました: 平均 |勾配| が {value:.3g} で、直近の中央値の "
                "{factor:.3g} 倍です。" + _CLIP_JA,
            "first": "{param} の勾配が爆発しました: 平均 |勾配| が {value:.3g} で、最初のレポートの "
-                    "{factor:.3g} 倍です。" + _CLIP_JA})
+                    "{factor:.3g} 倍です。" + _CLIP_JA},
+       short={"en": "the gradient of {param} exploding (mean |gradient| {value:.3g})",
+              "ja": "{param} の勾配の爆発 (平均 |勾配| {value:.3g})"}, lr=-1)
 def exploding_gradients(h: History, spike: float, growth: float, window: int) -> list[Hit]:
     names, g = h.matrix("gradient", "mean_magnitude")
     if g.shape[1] < 4:
@@ -475,7 +712,9 @@ def exploding_gradients(h: History, spike: float, growth: float, window: int) ->
           "better initialisation.",
        ja="勾配が逆伝播の途中で消失しています: {param} の勾配は {last} の 10^{value:.1f} しか"
           "ありません。ReLU 系の活性化関数、正規化層、残差接続、より良い重み初期化を使って"
-          "ください。")
+          "ください。",
+       short={"en": "gradients of {param} vanishing (10^{value:.1f} of {last}'s)",
+              "ja": "{param} の勾配の消失 ({last} の 10^{value:.1f})"})
 def vanishing_gradients(h: History, orders: float, reports: int) -> list[Hit]:
     ws = [p for p in h.weights() if (f"gradient/{p}", "mean_magnitude") in h.values]
     if len(ws) < 3:
@@ -504,7 +743,12 @@ def _typed(h: History, types: tuple[str, ...]) -> list[str]:
        en="{value:.3g}% of {layer}'s outputs are 0 and stay 0 (dying ReLUs). Lower the learning "
           "rate, check for large negative biases, or use LeakyReLU.",
        ja="{layer} の出力の {value:.3g}% が 0 のままです (ReLU が死んでいます)。学習率を下げる、"
-          "大きな負のバイアスがないか確認する、LeakyReLU を使う、といった対策を試してください。")
+          "大きな負のバイアスがないか確認する、LeakyReLU を使う、といった対策を試してください。",
+       short={"en": "dying ReLUs in {layer} ({value:.3g}% of outputs 0)",
+              "ja": "{layer} の ReLU の死 (出力の {value:.3g}% が 0)"},
+       # (a dead unit passes no gradient back and feeds 0 forward: the weights on both
+       # sides of it stop moving, which is not a learning rate too low)
+       explains={"update_ratio_low": "adjacent", "loss_flat": "any"}, lr=-1)
 def dead_units(h: History, threshold: float, reports: int) -> list[Hit]:
     out = []
     for m in _typed(h, RELU_TYPES):
@@ -522,7 +766,10 @@ def dead_units(h: History, threshold: float, reports: int) -> list[Hit]:
           "smaller initialisation, or ReLU.",
        ja="{layer} の出力が上下限に張り付いています (飽和しているため勾配が消失します)。中心から"
           "上下限までの平均 {value:.3g} の位置にあります。入力をスケーリングする、より小さな重み"
-          "初期化を使う、ReLU を使う、といった対策を試してください。")
+          "初期化を使う、ReLU を使う、といった対策を試してください。",
+       short={"en": "{layer} saturated ({value:.3g} of the way to a bound)",
+              "ja": "{layer} の飽和 (上下限までの {value:.3g} の位置)"},
+       explains={"update_ratio_low": "adjacent", "vanishing_gradients": "any", "loss_flat": "any"})
 def saturation(h: History, threshold: float, reports: int) -> list[Hit]:
     out = []
     for m in _typed(h, TANH_TYPES + SIGMOID_TYPES):
@@ -539,7 +786,7 @@ def saturation(h: History, threshold: float, reports: int) -> list[Hit]:
     return out
 
 
-@check("info", {"low": 0.5, "high": 2.0, "warmup": 10, "reports": 5},
+@check("info", {"low": 0.2, "high": 5.0, "warmup": 10, "reports": 5},
        en="{layer}'s outputs have a stdev of {value:.3g}, outside [{low:g}, {high:g}]: consider "
           "normalization or another initialisation.",
        ja="{layer} の出力の標準偏差が {value:.3g} で、[{low:g}, {high:g}] の範囲外です。正規化層"
@@ -548,7 +795,8 @@ def activation_scale(h: History, low: float, high: float, warmup: int, reports: 
     if h.reports <= warmup:
         return []
     out = []
-    for m in _typed(h, WEIGHT_TYPES):
+    # (not the output layer: its scale is the model's confidence, which training raises)
+    for m in _typed(h, WEIGHT_TYPES)[:-1]:
         sd = h.series(f"activation/{m}", "stdev")
         held = (sd < low) | (sd > high)
         if _trailing(held, reports):
@@ -561,7 +809,11 @@ def activation_scale(h: History, low: float, high: float, warmup: int, reports: 
        en="{param} keeps growing: its mean |value| is {value:.3g}x what it was. Add weight decay, "
           "lower the learning rate.",
        ja="{param} が増大し続けています: 平均 |値| が最初の {value:.3g} 倍になりました。重み減衰を"
-          "加えるか、学習率を下げてください。")
+          "加えるか、学習率を下げてください。",
+       short={"en": "{param} growing ({value:.3g}x its first mean |value|)",
+              "ja": "{param} の増大 (平均 |値| が最初の {value:.3g} 倍)"},
+       # (a weight grown large makes its updates small against it)
+       explains={"update_ratio_low": "same"}, lr=-1)
 def parameters_diverging(h: History, growth: float, still: float, reports: int) -> list[Hit]:
     out = []
     for p in h.weights():  # (a bias starts at 0: any growth is "without bound")
@@ -576,19 +828,24 @@ def parameters_diverging(h: History, growth: float, still: float, reports: int) 
     return out
 
 
-@check("info", {"growth": 2.0, "reports": 10},
+@check("info", {"growth": 2.0, "reports": 10, "least": 0.5},
        en="The output layer's bias {param} keeps growing ({value:.3g}x in {reports} reports): the "
           "classes may be imbalanced; reweight the loss or resample.",
        ja="出力層のバイアス {param} が増大し続けています (レポート {reports} 回で {value:.3g} 倍)。"
           "クラスの分布が偏っている可能性があります。損失に重みを付けるか、リサンプリングして"
           "ください。")
-def bias_growing(h: History, growth: float, reports: int) -> list[Hit]:
+def bias_growing(h: History, growth: float, reports: int, least: float) -> list[Hit]:
+    # the output layer's bias (of its last weight layer, not a norm's): one of imbalanced
+    # classes grows to their log prior odds; a bias that starts at 0 grows by any factor at
+    # first, so it must also reach ``least``
+    weights = h.weights()
     biases = [p for p in h.keys("param") if p.endswith("bias")]
-    if not biases:
+    last = [p for p in biases if weights and p.rpartition(".")[0] == weights[-1].rpartition(".")[0]]
+    if not biases or weights and not last:
         return []
-    p = biases[-1]  # (the output layer's)
+    p = (last or biases)[-1]
     b = h.series(f"param/{p}", "mean_magnitude")[-reports - 1:]
-    if len(b) <= reports or not b[0] > 0:
+    if len(b) <= reports or not b[0] > 0 or not b[-1] >= least:
         return []
     if not (np.all(np.diff(b) > 0) and b[-1] > growth * b[0]):
         return []
@@ -596,7 +853,7 @@ def bias_growing(h: History, growth: float, reports: int) -> list[Hit]:
                 {"param": p, "reports": reports})]
 
 
-@check("warning", {"rise": 0.05, "points": 2},
+@check("warning", {"rise": 0.1, "points": 3},
        en="{metric} has risen {value:.3g}% since iteration {best_iteration} while the training "
           "score fell: the model is overfitting. Stop early (keep the weights of its best), add "
           "regularization (weight decay, dropout) or more data.",
@@ -632,10 +889,24 @@ class Checker:
 
     ``num_classes``: the classes of a cross-entropy score (the chance level for
     ``initial_loss``). ``options``: per check, parameters to change
-    (``{"dead_units": {"threshold": 0.95}}``), or False to turn it off."""
+    (``{"dead_units": {"threshold": 0.95}}``), or False to turn it off. ``objective``: the
+    score's (:data:`OBJECTIVES`; None: "minimize", unless it moves against another
+    worker's). ``peers``: ``peers(session, worker) -> {worker: recent scores}``, the other
+    workers of a session this checker is not fed (a listener checks its own worker only:
+    :func:`store_peers` reads the others from the store); the workers it is fed are peers
+    of each other without it."""
 
-    def __init__(self, num_classes: int | None = None, options: dict | None = None) -> None:
+    def __init__(self, num_classes: int | None = None, options: dict | None = None,
+                 objective: str | None = None, peers: Peers | None = None) -> None:
+        if objective is not None and objective not in OBJECTIVES:
+            raise InvalidRecordError(f"no objective {objective!r}: the objectives are "
+                                     f"{', '.join(OBJECTIVES)}")
+        if peers is not None and not callable(peers):
+            raise InvalidRecordError("peers must be a function (session, worker) -> {worker: "
+                                     f"recent scores}}, e.g. store_peers(store) (got {type(peers).__name__})")
         self.num_classes = num_classes
+        self.objective = objective
+        self.peers = peers
         self.params: dict[str, dict] = {}
         options = dict(options or {})
         for name in options:
@@ -654,12 +925,30 @@ class Checker:
         self.history: dict[tuple[str, str], History] = {}
         #: (session, worker, check, episode) -> reports since the condition last held
         self.active: dict[tuple, int] = {}
+        #: the finding of a cause: (session, worker, check, episode) -> while it holds;
+        #: (session, worker, check) -> its latest, for the rest of the run
+        self.causes: dict[tuple, Finding] = {}
 
     def _history(self, session: str, worker: str) -> History:
         h = self.history.get((session, worker))
         if h is None:
             h = self.history[(session, worker)] = History()
+            h.context = Context(self.num_classes, self.objective, lambda: self._peers(session, worker))
         return h
+
+    def _peers(self, session: str, worker: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The other workers' recent scores: those this checker is fed, then ``peers``'."""
+        out = {w: (np.array(h.iterations), np.array(h.scores))
+               for (s, w), h in self.history.items() if s == session and w != worker and h.reports}
+        if self.peers is not None:
+            try:
+                given = self.peers(session, worker) or {}
+            except Exception:  # (a store being written, a session not yet there: next time)
+                given = {}
+            for w, scores in given.items():
+                if w != worker and w not in out:
+                    out[w] = _aligned(scores, self.history[(session, worker)])
+        return out
 
     def feed(self, records: Iterable[Record]) -> list[Finding]:
         """The findings that begin with these records (written after them)."""
@@ -677,42 +966,127 @@ class Checker:
         return found
 
     def _run(self, session: str, worker: str, h: History, wall_time: float) -> list[Finding]:
-        out = []
-        holding = set()
+        hits: dict[str, list[Hit]] = {}
         for name, params in self.params.items():
-            kw = dict(params)
-            if name == "initial_loss":
-                kw["num_classes"] = self.num_classes
             try:
-                hits = CHECKS[name].find(h, **kw)
+                hits[name] = CHECKS[name].find(h, **params)
             except (ValueError, FloatingPointError, ZeroDivisionError):
                 continue  # (a degenerate window: the next report decides)
-            for hit in hits:
+        out: list[Finding] = []
+        now = int(h.iterations[-1])
+        explained = self._explained(session, worker, h, hits)
+        new: dict[tuple, Finding] = {}
+        effects: list[tuple[str, Hit]] = []
+        holding = set()
+        for name, found in hits.items():
+            for hit in found:
                 key = (session, worker, name, hit.layer if hit.episode is None else hit.episode)
                 holding.add(key)
-                if key not in self.active:
-                    out.append(_finding(session, worker, name, hit, int(h.iterations[-1]), wall_time))
+                if key not in self.active:  # (a new episode)
+                    if (name, hit.layer) in explained:
+                        effects.append((name, hit))
+                    else:
+                        f = new[key] = _finding(session, worker, name, hit, now, wall_time)
+                        out.append(f)
+                        if CHECKS[name].explains:
+                            self.causes[key] = self.causes[(session, worker, name)] = f
                 self.active[key] = 0
+        # a consequence: listed in its cause's finding when that is new, else found as one
+        for name, hit in effects:
+            cause_name, cause_key, cause_hit = explained[(name, hit.layer)]
+            if cause_key in new:
+                f = new[cause_key]
+                f.detail.setdefault("consequences", []).append(
+                    {"check": name, "layer": hit.layer, "args": _args(hit)})
+                f.message = render_finding(cause_name, f.detail["args"], "en",
+                                           f.detail.get("variant", ""), f.detail["consequences"])
+                continue
+            cause = self.causes.get(cause_key) or self.causes.get((session, worker, cause_name))
+            if cause is not None:
+                caused_by = {"check": cause_name, "layer": cause.layer, "iteration": cause.iteration,
+                             "args": cause.detail["args"]}
+            else:  # (its cause explained by another: found as a consequence itself)
+                assert cause_hit is not None
+                caused_by = {"check": cause_name, "layer": cause_hit.layer,
+                             "iteration": int(cause_hit.began), "args": _args(cause_hit)}
+            out.append(_finding(session, worker, name, hit, now, wall_time, caused_by=caused_by))
         for key in list(self.active):
             if key[:2] == (session, worker) and key not in holding:
                 self.active[key] += 1
                 if self.active[key] >= CLEAR:
                     del self.active[key]
+                    self.causes.pop(key, None)
+        return out
+
+    def _explained(self, session: str, worker: str, h: History,
+                   hits: dict[str, list[Hit]]) -> dict[tuple, tuple]:
+        """(check, layer) of each hit of this report that a cause explains -> (the cause's
+        check, its episode's key, its hit now or None): the relations the checks declare
+        (``Check.explains``), the cause holding now, or found before for scope "after"."""
+        out: dict[tuple, tuple] = {}
+        for cause, c in CHECKS.items():
+            found = hits.get(cause, [])
+            for effect, scope in c.explains.items():
+                for hit in hits.get(effect, ()):
+                    if (effect, hit.layer) in out:
+                        continue
+                    for x in found:
+                        if _within(h, scope, x.layer, hit.layer):
+                            key = (session, worker, cause, x.layer if x.episode is None else x.episode)
+                            out[(effect, hit.layer)] = (cause, key, x)
+                            break
+                    else:
+                        if scope == "after" and (session, worker, cause) in self.causes:
+                            out[(effect, hit.layer)] = (cause, (session, worker, cause), None)
         return out
 
 
+def _within(h: History, scope: str, cause: str | None, layer: str | None) -> bool:
+    """Whether ``layer`` (a module or a parameter) is in ``scope`` of a cause at ``cause``."""
+    if scope in ("any", "after") or cause is None or layer is None:
+        return scope in ("any", "after") or cause == layer
+    if scope == "same":
+        return layer == cause or layer.rpartition(".")[0] == cause
+    module = layer if layer in h.order else layer.rpartition(".")[0]
+    weighted = [m for m in h.order if any(p.rpartition(".")[0] == m for p in h.weights())]
+    if cause not in h.order or module not in h.order:
+        return True  # (no forward order known: any layer)
+    at = h.order.index(cause)
+    before = [m for m in weighted if h.order.index(m) <= at]
+    after = [m for m in weighted if h.order.index(m) > at]
+    return module == cause or module in before[-1:] + after[:1]
+
+
+def _aligned(scores: Any, h: History) -> tuple[np.ndarray, np.ndarray]:
+    """A peer's recent scores as (iterations, scores): a pair as given, a plain sequence
+    aligned with this worker's last reports by position."""
+    if isinstance(scores, tuple) and len(scores) == 2:
+        its, vals = (np.asarray(x) for x in scores)
+        return its.astype(np.int64), vals.astype(float)
+    vals = np.asarray(list(scores), dtype=float)[-len(h.iterations):]
+    return np.array(list(h.iterations)[len(h.iterations) - len(vals):], dtype=np.int64), vals
+
+
+def _args(hit: Hit) -> dict[str, Any]:
+    return {k: _json(v) for k, v in {"value": hit.value, **hit.args}.items()}
+
+
 def _finding(session: str, worker: str, name: str, hit: Hit, found_at: int,
-             wall_time: float) -> Finding:
+             wall_time: float, caused_by: dict | None = None) -> Finding:
     """A hit as a stored finding: its message in English, its arguments kept to render it
-    in another language."""
-    args = {k: _json(v) for k, v in {"value": hit.value, **hit.args}.items()}
+    in another language. A consequence found after its cause (``caused_by``) is
+    information: its cause's finding carries the advice."""
+    args = _args(hit)
     detail: dict[str, Any] = {"value": args["value"], "band": hit.band, "found_at": found_at,
                               "args": args}
     if hit.variant:
         detail["variant"] = hit.variant
-    return Finding(session, name, render(name, args, "en", hit.variant), iteration=int(hit.began),
-                   worker=worker, severity=CHECKS[name].severity, layer=hit.layer, detail=detail,
-                   wall_time=wall_time)
+    if caused_by:
+        detail["caused_by"] = caused_by
+    return Finding(session, name, render_finding(name, args, "en", hit.variant, None, caused_by),
+                   iteration=int(hit.began), worker=worker,
+                   severity="info" if caused_by else CHECKS[name].severity, layer=hit.layer,
+                   detail=detail, wall_time=wall_time)
 
 
 def _json(x: Any) -> Any:
@@ -726,25 +1100,85 @@ def _json(x: Any) -> Any:
 
 
 def check_records(records: Iterable[Record], num_classes: int | None = None,
-                  options: dict | None = None) -> list[Finding]:
+                  options: dict | None = None, objective: str | None = None) -> list[Finding]:
     """Every finding of these records (a session's, in the order they were written)."""
-    return Checker(num_classes, options).feed(records)
+    return Checker(num_classes, options, objective).feed(records)
 
 
 def check_session(store: Any, session: str, num_classes: int | None = None,
-                  options: dict | None = None) -> list[Finding]:
+                  options: dict | None = None, objective: str | None = None) -> list[Finding]:
     """Replay a stored session through the checks: the findings the listener gave while it
-    ran (``num_classes`` defaults to the one it was given)."""
-    info = store.session(session)
+    ran (``num_classes`` and ``objective`` default to the ones the session's info holds). Its
+    workers are fed report by report together, so each sees the others as its peers."""
+    info = store.session(session).info or {}
     if num_classes is None:
-        num_classes = (info.info or {}).get("num_classes")
+        num_classes = info.get("num_classes")
+    if objective is None and info.get("objective") in OBJECTIVES:
+        objective = info.get("objective")
     records = list(store.records(session))
     # the order they were written: a metric after the update of its iteration
     stream: list[Record] = [r for r in records if isinstance(r, Static)]
     timed: list[Record] = [r for r in records if isinstance(r, (Update, Metric))]
-    timed.sort(key=lambda r: (r.worker, r.iteration, isinstance(r, Metric)))  # type: ignore[union-attr]
-    return check_records(stream + timed, num_classes, options)
+    timed.sort(key=lambda r: (r.iteration, isinstance(r, Metric), r.worker))  # type: ignore[union-attr]
+    return check_records(stream + timed, num_classes, options, objective)
 
 
-__all__ = ["CHECKS", "CLEAR", "Check", "Checker", "History", "Hit", "LANGUAGES", "SEVERITY_RANK",
-           "SEVERITY_TEXT", "WINDOW", "check", "check_records", "check_session", "describe", "render"]
+class StorePeers:
+    """``peers`` for a :class:`Checker` in a listener: the recent scores of the session's
+    other workers, read from ``store`` (a Store, or what :func:`embedviz.open_store` takes)
+    at most every ``every`` calls per worker, only the points written since the last read.
+    Pickled (for a listener's worker process), it keeps the store's URL and opens it
+    read-only where it is called."""
+
+    def __init__(self, store: Any, every: int = 10, window: int = WINDOW) -> None:
+        self.store, self.every, self.window = store, int(every), int(window)
+        self._cache: dict[tuple[str, str], tuple[int, dict]] = {}
+        self._tails: dict[tuple[str, str], tuple[int, deque]] = {}  # (cursor, points)
+
+    def __getstate__(self) -> dict:
+        target = self.store if isinstance(self.store, (str, os.PathLike)) else getattr(
+            self.store, "url", None)
+        return {"store": target, "every": self.every, "window": self.window}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["store"], state["every"], state["window"])  # type: ignore[misc]
+
+    def _open(self) -> Any:
+        if self.store is None:
+            return None
+        if isinstance(self.store, (str, os.PathLike)):
+            from embedviz.store import open_store
+
+            self.store = open_store(self.store, readonly=True)
+        return self.store
+
+    def __call__(self, session: str, worker: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        calls, got = self._cache.get((session, worker), (self.every, {}))
+        if calls < self.every:
+            self._cache[(session, worker)] = (calls + 1, got)
+            return got
+        got = {}
+        store = self._open()
+        others = [] if store is None else [w.worker for w in store.session(session).workers
+                                           if w.worker != worker]
+        for w in others:
+            cursor, tail = self._tails.get((session, w), (0, deque(maxlen=self.window)))
+            points = store.read_series(session, "score", worker=w, since=cursor)
+            tail.extend(zip(points.iterations.tolist(), points.values.tolist()))
+            self._tails[(session, w)] = (points.cursor, tail)
+            got[w] = (np.array([i for i, _ in tail], dtype=np.int64),
+                      np.array([v for _, v in tail], dtype=float))
+        self._cache[(session, worker)] = (1, got)
+        return got
+
+
+def store_peers(store: Any, every: int = 10) -> StorePeers:
+    """A :class:`Checker`'s ``peers`` reading the other workers of a session from ``store``
+    (at most every ``every`` reports): ``Checker(peers=store_peers(store))``."""
+    return StorePeers(store, every)
+
+
+__all__ = ["CHECKS", "CLEAR", "Check", "Checker", "Context", "History", "Hit", "LANGUAGES",
+           "OBJECTIVES", "SCOPES", "SEVERITY_RANK", "SEVERITY_TEXT", "StorePeers", "WINDOW", "check",
+           "check_records", "check_session", "describe", "render", "render_finding", "short",
+           "store_peers"]

@@ -37,6 +37,7 @@ class Run:
     schedule: Callable[[torch.optim.Optimizer], object] | None = None
     image: bool = False  # (inputs as 1x8x8 images, or 8 rows of 8 for an RNN: "rows")
     rows: bool = False
+    gan: bool = False  # (a generator and a discriminator: two workers, "G" and "D", of one session)
 
 
 class Poison(nn.Module):
@@ -115,6 +116,30 @@ def deep() -> nn.Sequential:
     return nn.Sequential(*layers, nn.Linear(64, 10))
 
 
+class Conv1dNet(nn.Module):
+    """Conv1d + BatchNorm over the digits as 8 rows of 8 (channels x length)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv1d(8, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU(),
+                                      nn.Conv1d(32, 32, 3, padding=1), nn.BatchNorm1d(32), nn.ReLU())
+        self.out = nn.Linear(32 * 8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.features(x).flatten(1))
+
+
+def warmup_cosine(warmup: int, total: int) -> Callable[[torch.optim.Optimizer], object]:
+    """A linear warmup over ``warmup`` iterations, then a cosine decay to 0 at ``total``."""
+    import math
+
+    def factor(it: int) -> float:
+        if it < warmup:
+            return (it + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (it - warmup) / max(1, total - warmup))))
+    return lambda o: torch.optim.lr_scheduler.LambdaLR(o, factor)
+
+
 def sgd(lr: float, momentum: float = 0.9) -> Callable[[list], torch.optim.Optimizer]:
     return lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum)
 
@@ -147,6 +172,25 @@ HEALTHY = [
     Run("healthy-tanh", lambda: mlp(nn.Tanh), sgd(0.05)),
     Run("healthy-gru", RowRNN, adam(3e-3), rows=True),
     Run("healthy-embedding", TokenBag, adam(1e-2)),
+    # trainings that end near zero loss on noisy minibatches, under schedules: a loss of 0.01
+    # that wobbles to 0.05 is not diverging
+    Run("healthy-conv1d-bn-adamw-step", Conv1dNet,
+        lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=5e-2), iterations=300, batch=16,
+        schedule=lambda o: torch.optim.lr_scheduler.StepLR(o, 150, 0.3), rows=True),
+    Run("healthy-near-zero-adam", lambda: mlp(hidden=128),
+        lambda p: torch.optim.AdamW(p, lr=3e-3, weight_decay=5e-2), iterations=300, batch=16),
+    Run("healthy-warmup-cosine", lambda: mlp(hidden=128),
+        lambda p: torch.optim.AdamW(p, lr=5e-3, weight_decay=5e-2), iterations=300, batch=16,
+        schedule=warmup_cosine(30, 300)),
+    Run("healthy-sgd-onecycle", mlp, sgd(0.05), iterations=300, batch=16,
+        schedule=lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.1, total_steps=300)),
+    Run("healthy-cnn-bn-step", lambda: nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(),
+        nn.Linear(32 * 16, 10)), sgd(0.05), iterations=300, batch=16, image=True,
+        schedule=lambda o: torch.optim.lr_scheduler.StepLR(o, 100, 0.1)),
+    # a GAN: its generator's and discriminator's losses are not meant to fall
+    Run("healthy-gan", lambda: nn.Module(), adam(2e-3), iterations=300, gan=True),
 ]
 # the overfitting run's planted iteration: where its validation loss is lowest (set when run)
 
@@ -163,6 +207,8 @@ def _data(run: Run) -> tuple[torch.Tensor, ...]:
 
 def train(store: embedviz.Store, run: Run, seed: int = 0) -> str:
     """Record ``run`` into ``store``; returns its session id."""
+    if run.gan:
+        return train_gan(store, run, seed)
     torch.manual_seed(seed)
     Xtr, ytr, Xva, yva = _data(run)
     model = run.build()
@@ -190,6 +236,40 @@ def train(store: embedviz.Store, run: Run, seed: int = 0) -> str:
                 with torch.no_grad():
                     listener.log_metric("val_loss", nn.functional.cross_entropy(model(Xva), yva))
     return listener.session
+
+
+def train_gan(store: embedviz.Store, run: Run, seed: int = 0) -> str:
+    """A small GAN on the digits (as dcgan does it: the discriminator's step, then the
+    generator's), its two models recorded by two listeners as workers "G" and "D" of one
+    session; its objective is not said: the checks see the two losses move against each other.
+    (Recorded without the listeners' checks: each listener sees its own worker only, so its
+    findings are computed from the stored session, as `embedviz doctor` does.)"""
+    torch.manual_seed(seed)
+    Xtr = _data(Run("data", mlp, sgd(0.0)))[0]
+    G = nn.Sequential(nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 64), nn.Sigmoid())
+    D = nn.Sequential(nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
+    opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999))
+    common = dict(tags={"zoo": "healthy"}, background="thread", max_pending=64, checks=False)
+    lg = StatsListener(store, FREQUENCY, session_name=run.name, worker="G", **common)
+    ld = StatsListener(store, FREQUENCY, session=lg.session, worker="D", **common)
+    gen = torch.Generator().manual_seed(seed)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    with lg.attach(G, opt_g), ld.attach(D, opt_d):
+        for _ in range(run.iterations):
+            real = Xtr[torch.randint(len(Xtr), (run.batch,), generator=gen)]
+            fake = G(torch.randn(run.batch, 16, generator=gen))
+            d_loss = bce(D(real), torch.ones(run.batch, 1)) + bce(D(fake.detach()), torch.zeros(run.batch, 1))
+            opt_d.zero_grad()
+            d_loss.backward()
+            opt_d.step()
+            ld.step(d_loss, batch_size=run.batch)
+            g_loss = bce(D(fake), torch.ones(run.batch, 1))
+            opt_g.zero_grad()
+            g_loss.backward()
+            opt_g.step()
+            lg.step(g_loss, batch_size=run.batch)
+    return lg.session
 
 
 def main(path: str = "zoo.db") -> None:

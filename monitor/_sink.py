@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from embedviz.monitor._report import Report, report_records, rss_bytes
 
-from embedviz.health import Checker
+from embedviz.health import Checker, store_peers
 from embedviz.records import Record
 from embedviz.store import SQLiteStore, Store, open_store
 
@@ -60,6 +60,13 @@ NICE = 10
 NOTICE = struct.Struct("<qqq")
 
 
+def can_process(store: Any, on_cpu: bool) -> bool:
+    """Whether a :class:`ProcessSink` can serve: an SQLite store opened for writing, tensors
+    on the CPU (``on_cpu``: their capture buffers are memfd memory), Linux."""
+    return (isinstance(store, SQLiteStore) and not store.readonly and on_cpu
+            and hasattr(os, "memfd_create") and hasattr(socket, "send_fds"))
+
+
 def _warn_once(warned: set[str], kind: str, message: str, exc: BaseException | None = None) -> None:
     if kind not in warned:
         warned.add(kind)
@@ -71,8 +78,9 @@ class BatchWriter:
 
     def __init__(self, store: Store, flush_seconds: float, pid: int, checks: dict | None = None) -> None:
         self.store, self.flush_seconds, self.pid = store, flush_seconds, pid
-        #: the health checks, run on what is written (``checks``: Checker's arguments)
-        self.checker = None if checks is None else Checker(**checks)
+        #: the health checks, run on what is written (``checks``: Checker's arguments; the
+        #: session's other workers, as two listeners of a GAN are, read from the store)
+        self.checker = None if checks is None else Checker(**checks, peers=store_peers(store))
         self.pending: list[Record] = []
         self.last_flush = time.monotonic()
         self.busy_ns = 0
@@ -85,12 +93,12 @@ class BatchWriter:
         records); ``flat_of(report)`` is the report's captured values, ``done(index)``
         hands its buffer back."""
         while (items := receive(self._wait())) is not None:
-            t0 = time.perf_counter_ns()
+            t0 = time.thread_time_ns()  # (its CPU: what it takes from training, where it competes)
             for item in items:
                 self._take(item, flat_of, done)
             if self.pending and (len(self.pending) >= FLUSH_RECORDS or self._wait() == 0):
                 self.flush()
-            self.busy_ns += time.perf_counter_ns() - t0
+            self.busy_ns += time.thread_time_ns() - t0
         self.flush()
 
     def _wait(self) -> float | None:
@@ -153,14 +161,49 @@ def _close_at_exit() -> None:
             sink.close(sink.close_timeout)
 
 
-class ThreadSink:
+class Sink:
+    """What the listener hands its reports and records to (``ThreadSink``, ``ProcessSink``).
+
+    ``submit(item)``: a :class:`Report` or a list of records (Session, Metric, EmbeddingSet,
+    ...), never blocking; ``collect()``: take back the capture buffers the background is done
+    with; ``close(timeout)``: write what is pending, True if all was. ``dropped``: reports
+    dropped; ``failed``: reports (or batches) lost to errors; ``busy_seconds``: the CPU
+    seconds the background spent summarizing and writing; ``gone``: the background died (reports go
+    elsewhere from then on); ``starting``: the background has not answered yet (it may take
+    more buffers); ``in_process``: it runs in this process (and may read device tensors).
+    """
+
+    in_process = True
+    gone = False
+    starting = False
+    dropped = 0
+    close_timeout = 5.0
+    pid = 0
+
+    @property
+    def failed(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def busy_seconds(self) -> float:
+        raise NotImplementedError
+
+    def submit(self, item: Report | list[Record]) -> None:
+        raise NotImplementedError
+
+    def collect(self) -> None:
+        """(Nothing to collect where buffers come back by themselves.)"""
+
+    def close(self, timeout: float = 5.0) -> bool:
+        raise NotImplementedError
+
+
+class ThreadSink(Sink):
     """Summarizes and writes on a daemon thread of this process (see the module doc).
 
     ``pool``: the listener's capture buffers (reports name one); ``max_pending``: reports
     that may wait; ``close_timeout``: what ``close()`` waits at interpreter exit.
     """
-
-    gone = False  # (a thread does not die under us)
 
     def __init__(self, store: Store, pool: Any, *, max_pending: int = 4,
                  flush_seconds: float = 1.0, close_timeout: float = 5.0,
@@ -186,9 +229,6 @@ class ThreadSink:
     def busy_seconds(self) -> float:
         return self.writer.busy_ns * 1e-9
 
-    def collect(self) -> None:
-        """(Buffers come back as they are summarized: nothing to collect.)"""
-
     def submit(self, item: Report | list[Record]) -> None:
         """Queue a report or records; never blocks (beyond the limits, dropped)."""
         report = isinstance(item, Report)
@@ -198,9 +238,8 @@ class ThreadSink:
                 if report:
                     self.dropped += 1
                     self.pool.release(item.buffer)  # type: ignore[union-attr]
-                if full:
-                    self.writer.warn("dropped", "the store is not keeping up: dropping reports "
-                                     "(counted as monitor/dropped_reports)")
+                if full and not report:  # (dropped reports: the listener says so, or spaces them)
+                    self.writer.warn("dropped", "the store is not keeping up: dropping records")
                 return
             self._waiting[0 if report else 1] += 1
         self._queue.put(item)
@@ -238,10 +277,12 @@ class ThreadSink:
         return True
 
 
-class ProcessSink:
+class ProcessSink(Sink):
     """Summarizes and writes in a worker process (see the module doc). Owns the socket and
     the process; ``close()`` is idempotent and thread-safe. ``gone``: the worker died (its
     reports then go to a thread: see StatsListener)."""
+
+    in_process = False
 
     def __init__(self, store: SQLiteStore, pool: Any, *, close_timeout: float = 5.0,
                  flush_seconds: float = 1.0, checks: dict | None = None) -> None:
@@ -354,10 +395,8 @@ class ProcessSink:
     def _drop(self, report: Report | None) -> None:
         if report is None:
             return
-        self.dropped += 1
+        self.dropped += 1  # (the listener says so, or spaces reports: see StatsListener._behind)
         self.pool.release(report.buffer)
-        self.warn("dropped", "the worker process is not keeping up: dropping reports "
-                   "(counted as monitor/dropped_reports)")
 
     def warn(self, kind: str, message: str) -> None:
         _warn_once(self._warned, kind, message)

@@ -17,9 +17,9 @@ from urllib.parse import urlencode
 from bokeh.events import RangesUpdate
 from bokeh.layouts import column, row
 from bokeh.models import CustomJS, Div, MultiChoice, RadioButtonGroup, Select  # type: ignore[attr-defined]
-from embedviz.server.charts import X_MODES
+from embedviz.server.charts import ALL, X_MODES
 from embedviz.server.messages import Messages, pick_language
-from embedviz.server.page import Context, Page, Reactions, div, esc, note
+from embedviz.server.page import Context, Page, Reactions, div, esc, hint, note
 from embedviz.server.pages import PAGES, TITLES, TRAINING
 
 from embedviz.store import SessionInfo
@@ -31,6 +31,8 @@ POLL_MS = 500
 PAGE_STATE = {"overview": ("log", "smooth"), "model": ("layer", "it"), "system": (),
               "health": (), "embeddings": ("set", "snap", "proj", "colour", "q", "word")}
 X_LABELS = ("Iteration", "Relative time (s)", "Wall time")
+SPREAD = ("All workers: each line is the median across the workers of its session, its "
+          "band their range (min to max).")
 
 URL_JS = """
 const q = state.text;
@@ -98,7 +100,7 @@ class Tab(Reactions):
         picked = self._picked_from_url(known) or self._default_sessions(known)
         self.choice = MultiChoice(title=t("Sessions"), options=[(s.id, session_label(s)) for s in known],
                                   value=picked, width=520, name="sessions", visible=bool(known))
-        self.worker = Select(title=t("Worker"), options=[], value="", width=120, name="worker")
+        self.worker = Select(title=t("Worker"), options=[], value="", width=150, name="worker")
         mode = self._arg("x")
         self.mode = mode if mode in X_MODES else "iteration"
         self.xmode = RadioButtonGroup(labels=[t(x) for x in X_LABELS], name="x-axis",
@@ -152,14 +154,21 @@ class Tab(Reactions):
         return [by_id[i] for i in self.choice.value if i in by_id]
 
     def _workers(self, wanted: str | None = None) -> None:
+        """The worker picker: every worker of the sessions picked, and "all workers" (their
+        spread) when one of them has several (the ranks of a torch.distributed job)."""
         names: list[str] = []
+        several = False
         for s in self.sessions():
-            names += [w for w in self.provider.workers(s.id) if w not in names]
-        self.silently(self.worker, "options", names)
-        value = wanted if wanted in names else (self.worker.value if self.worker.value in names
-                                                else (names[0] if names else ""))
+            mine = self.provider.workers(s.id)
+            several = several or len(mine) > 1
+            names += [w for w in mine if w not in names]
+        values = ([ALL] if several else []) + names
+        self.silently(self.worker, "options",
+                      [(ALL, self.t("all workers"))] * several + [(w, w) for w in names])
+        value = wanted if wanted in values else (self.worker.value if self.worker.value in values
+                                                 else (names[0] if names else ""))
         self.silently(self.worker, "value", value)
-        self.worker.visible = len(names) > 1
+        self.worker.visible = len(values) > 1
 
     def context(self, name: str) -> Context:
         return Context(self.provider, self.t, self.sessions(), self.worker.value or None,
@@ -185,6 +194,10 @@ class Tab(Reactions):
         ctx = self.context(name)
         try:
             page = PAGES[name](ctx)
+            if ctx.worker == ALL and name != "health" and any(
+                    ctx.worker_of(s) == ALL for s in ctx.sessions):
+                page.layout = column(hint(t(SPREAD), name="spread-note"), page.layout,
+                                     sizing_mode="stretch_width")
             for c in ctx.charts:
                 c.fig.on_event(RangesUpdate, self.on_range)
             if self.zoom is not None and ctx.charts:

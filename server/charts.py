@@ -16,12 +16,19 @@ there (a range read), keeping the overview outside it, so reset returns to the w
 What a value cannot be drawn as is marked, never drawn as 0: a stored NaN or Inf breaks
 the line with a red cross where it broke off; an exact 0 on a log chart (log10 0 = -inf)
 is a marker on the chart's floor, stated in its hover.
+
+The lines of a session with several workers (the ranks of a torch.distributed job) can be
+drawn as their spread (worker :data:`ALL`): each line the median across the workers, with
+a band from their min to their max, computed from each worker's reads (memoised: every tab
+showing it costs one computation a generation) and followed live up to the iteration every
+worker has reached.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +56,7 @@ from bokeh.models import (  # type: ignore[attr-defined]
     Scatter,
 )
 from bokeh.models import Line as LineGlyph  # type: ignore[attr-defined]
+from bokeh.models.glyphs import Patches, VArea
 from bokeh.palettes import Category10_10, Turbo256
 from bokeh.plotting import figure
 from bokeh.transform import transform
@@ -56,6 +64,12 @@ from bokeh.transform import transform
 from embedviz.store import Series, SessionInfo, downsample_index
 
 X_MODES = ("iteration", "relative", "wall")
+#: the worker that stands for every worker of a session: its lines drawn as their spread
+ALL = "*"
+BAND_ALPHA = 0.15
+#: seconds behind the session's newest report after which a worker has stopped (a spread
+#: is no longer held back to the iteration it reached)
+STOPPED_S = 60.0
 TOOLS = "xpan,box_zoom,xwheel_zoom,reset,save"
 #: points a chart's lines are read with, shared among its lines (a 1,500-pixel chart shows
 #: about a min and a max per two pixels)
@@ -164,8 +178,15 @@ def _at(s: Series, iterations: np.ndarray) -> np.ndarray:
 class Group:
     """The lines of one chart from one session's worker that share a source."""
 
-    def __init__(self, chart: Chart, session: SessionInfo, worker: str) -> None:
+    def __init__(self, chart: Chart, session: SessionInfo, worker: str,
+                 workers: Sequence[str] = ()) -> None:
         self.chart, self.session, self.worker = chart, session, worker
+        #: a spread's workers (worker ALL): its lines are their median, min and max
+        self.workers = tuple(workers)
+        #: a spread: the last iteration aggregated (every worker has reached it)
+        self.ready: int | None = None
+        self.band = ColumnDataSource({"xs": [], "ts": [], "ys": [], "color": []})
+        self.band_renderer: Any = None
         self.lines: list[Line] = []
         self.cursors: dict[str, int] = {}
         self.source = ColumnDataSource({})
@@ -220,6 +241,29 @@ class Group:
         """What the group's lines are (the same for every tab showing them)."""
         return tuple((line.keys, line.combine, line.log) for line in self.lines)
 
+    def read(self, provider: Any, log_axis: bool, **kw: Any) -> list[dict[str, np.ndarray]]:
+        """The group's lines' columns from one read (a spread: each worker's, aggregated)."""
+        if not self.workers:
+            got = provider.read(self.session.id, self.worker, self.keys, **kw)
+            return [line_columns(line, got, log_axis) for line in self.lines]
+        per = [provider.read(self.session.id, w, self.keys, **kw) for w in self.workers]
+        cols: list[list[dict[str, Any] | None]] = [
+            [line_columns(line, got, log_axis) if all(k in got for k in line.keys) else None
+             for line in self.lines] for got in per]
+        # (rows up to the iteration every worker still reporting has reached: a later
+        # tick adds the rest, with every worker's point; a worker that stopped a minute
+        # before the others does not hold them back)
+        info = provider.session(self.session.id)
+        seen = {w.worker: w.last_update or 0.0 for w in (info.workers if info else [])}
+        newest = max(seen.values(), default=0.0)
+        lasts = [max((int(c["i"][-1]) for c in mine if c is not None and len(c["i"])), default=None)
+                 for mine in cols]
+        going = [x for w, x in zip(self.workers, lasts)
+                 if x is not None and seen.get(w, newest) >= newest - STOPPED_S]
+        upto = min(going) if going else None
+        return [spread_columns([c for c in (mine[k] for mine in cols) if c is not None], upto)
+                for k in range(len(self.lines))]
+
     def x(self, k: int | None, mode: str) -> Any:
         i, t = ("i", "t") if k is None else (f"i{k}", f"t{k}")
         if mode == "iteration":
@@ -268,14 +312,20 @@ class Chart:
     # ------------------------------------------------------------ building
     def add(self, session: SessionInfo, worker: str, label: str, keys: Sequence[str], *,
             combine: Callable[..., np.ndarray] | None = None, **style: Any) -> Line:
-        """A line of ``session``'s ``worker``: the series ``keys`` (combined)."""
+        """A line of ``session``'s ``worker``: the series ``keys`` (combined). Worker
+        :data:`ALL`: the spread of the session's workers (its only worker when it has one)."""
         line = Line(label, tuple(keys), combine, **style)
+        workers: tuple[str, ...] = ()
+        if worker == ALL:
+            workers = tuple(self.provider.workers(session.id))
+            if len(workers) < 2:
+                worker, workers = (workers[0] if workers else ""), ()
         own = any(k.startswith("metric/") for k in line.keys)  # (on its own clock)
         group = None if own else next(
             (g for g in self.groups if g.session.id == session.id and g.worker == worker
              and not any(k.startswith("metric/") for k in g.keys)), None)
         if group is None:
-            group = Group(self, session, worker)
+            group = Group(self, session, worker, workers)
             self.groups.append(group)
         line.col = len(group.lines)
         group.lines.append(line)
@@ -292,9 +342,15 @@ class Chart:
     def load(self) -> None:
         """Read every line (downsampled) and draw it."""
         for g in self.groups:
-            got = self.provider.read(g.session.id, g.worker, g.keys, max_points=self.budget())
-            g.cursors = {k: s.cursor for k, s in got.items()}
-            g.overview = [line_columns(line, got, self.log_axis) for line in g.lines]
+            if g.workers:
+                key = ("spread", g.session.id, g.workers, g.spec, self.budget(), self.log_axis)
+                g.overview = self.provider.memo(key, lambda g=g: g.read(
+                    self.provider, self.log_axis, max_points=self.budget()))
+                g.ready = _ready(g.overview)
+            else:
+                got = self.provider.read(g.session.id, g.worker, g.keys, max_points=self.budget())
+                g.cursors = {k: s.cursor for k, s in got.items()}
+                g.overview = [line_columns(line, got, self.log_axis) for line in g.lines]
             g.multi = len(g.lines) > LEGEND_MAX
             # (a live line is thinned once it holds 4-5x what it was read with; each tab
             # at its own point, so that twenty tabs do not all send their charts anew at once)
@@ -311,6 +367,8 @@ class Chart:
             # NaN; a row that fills up is sent again with as much room as it holds)
             held = max((len(c["i"]) for c in lines), default=0)
             g.source.data, g.fill = _rows_of(g.lines, lines, held + max(100, held))
+            if g.workers:
+                g.band.data = _bands(g.lines, lines)
         else:
             g.source.data = _pad(lines)
         g.marks.data, g.floor.data = _marks(g.lines, lines)
@@ -330,8 +388,19 @@ class Chart:
                 line.renderers.append(rows)
             self.rows_hover.renderers = [*self.rows_hover.renderers, rows]
             drawn.append(rows)
+        if g.workers and g.multi:  # (a spread's bands: one Patches, a polygon a line)
+            g.band_renderer = self.fig.add_glyph(g.band, Patches(
+                xs=g.xs(self.mode), ys="ys", fill_color="color", fill_alpha=BAND_ALPHA,
+                line_alpha=0), **BARE)
+            drawn.append(g.band_renderer)
         for line in [] if g.multi else g.lines:
             k = line.col
+            if g.workers:  # (the band under the median line, hidden with it)
+                band = self.fig.add_glyph(g.source, VArea(
+                    x=g.x(k, self.mode), y1=f"lo{k}", y2=f"hi{k}", fill_color=line.color,
+                    fill_alpha=BAND_ALPHA), view=view, **BARE)
+                line.renderers.append(band)
+                self.y_range.renderers = [*self.y_range.renderers, band]  # type: ignore[misc]
             # (made bare: fig.line() would add four more glyphs a line, ~5 ms each)
             r = self.fig.add_glyph(g.source, LineGlyph(
                 x=g.x(k, self.mode), y=f"y{k}", line_color=line.color, line_width=line.width,
@@ -344,9 +413,11 @@ class Chart:
                     self.smoothing = CustomJSTransform(args={"weight": 0.6}, v_func=EMA_JS)
                 s = self.fig.add_glyph(g.source, LineGlyph(
                     x=g.x(k, self.mode), y=transform(f"y{k}", self.smoothing),
-                    line_color=line.color, line_width=2.2), name=line.label, view=view, **BARE)
+                    line_color=line.color, line_width=2.2, line_dash=line.dash), name=line.label,
+                    view=view, **BARE)
                 line.renderers.append(s)
-        self.hover.renderers = [*self.hover.renderers, *(r for r in drawn if not g.multi)]
+        self.hover.renderers = [*self.hover.renderers,
+                                *(r for r in drawn if not g.multi and r is not g.band_renderer)]
         self.y_range.renderers = [*self.y_range.renderers, *drawn]  # type: ignore[misc]
         bad = self.fig.add_glyph(g.marks, Scatter(x=g.x(None, self.mode), y="y", marker="marker",
                                                   line_color="color", fill_color="color", size=8,
@@ -373,10 +444,16 @@ class Chart:
         n = 0
         for g in self.groups:
             # (every tab at these cursors gets the same points: computed once a generation)
-            key = ("points", g.session.id, g.worker, g.spec, tuple(sorted(g.cursors.items())),
-                   self.log_axis)
-            cursors, new, rows, marks, floor = self.provider.memo(key, lambda g=g: self._new(g))
-            g.cursors.update(cursors)
+            if g.workers:
+                spread = ("spread points", g.session.id, g.workers, g.spec, g.ready, self.log_axis)
+                ready, new, rows, marks, floor = self.provider.memo(
+                    spread, lambda g=g: self._new_spread(g))
+                g.ready = ready
+            else:
+                key = ("points", g.session.id, g.worker, g.spec,
+                       tuple(sorted(g.cursors.items())), self.log_axis)
+                cursors, new, rows, marks, floor = self.provider.memo(key, lambda g=g: self._new(g))
+                g.cursors.update(cursors)
             if not rows["n"]:
                 continue
             g.add(new)
@@ -386,7 +463,9 @@ class Chart:
                 self._draw_group(g)
                 n += rows["n"]
                 continue
-            if g.multi:
+            if g.multi and g.workers:  # (a spread's rows and bands: drawn again)
+                self._draw_group(g)
+            elif g.multi:
                 self._patch(g, new)
             else:
                 # (as lists: each array would travel as a websocket frame of its own)
@@ -413,6 +492,19 @@ class Chart:
             return cursors, [], {"n": 0}, {}, {}
         new = [line_columns(line, got, self.log_axis) for line in g.lines]
         return (cursors, new, _rows(new), *_marks(g.lines, new, whole=False))
+
+    def _new_spread(self, g: Group) -> tuple:
+        """A spread's rows after the last one aggregated, up to the iteration every
+        worker has reached: (that iteration, each line's columns, rows, crosses, floor)."""
+        # (each worker's points from the last aggregated one on, all of them before any:
+        # a range read, kept for the generation)
+        cols = g.read(self.provider, self.log_axis, start=0 if g.ready is None else g.ready)
+        ready = _ready(cols)
+        if ready is None or (g.ready is not None and ready <= g.ready):
+            return g.ready, [], {"n": 0}, {}, {}
+        lo = -1 if g.ready is None else g.ready
+        new = [{c: v[(x["i"] > lo) & (x["i"] <= ready)] for c, v in x.items()} for x in cols]
+        return (ready, new, _rows(new), *_marks(g.lines, new, whole=False))
 
     def _patch(self, g: Group, new: list[dict[str, np.ndarray]]) -> None:
         """Write new points into the rows' spare room (one message); rows without room
@@ -448,9 +540,8 @@ class Chart:
                     g.window = None
                     self._draw_group(g)
                 continue
-            got = self.provider.read(g.session.id, g.worker, g.keys, max_points=self.budget(),
-                                     start=start, stop=stop)
-            inside = [line_columns(line, got, self.log_axis) for line in g.lines]
+            inside = g.read(self.provider, self.log_axis, max_points=self.budget(),
+                            start=start, stop=stop)
             g.window = (start, stop)
             self._draw_group(g, [_merge(o, w, start, stop) for o, w in zip(g.overview, inside)])
 
@@ -469,6 +560,8 @@ class Chart:
         for g in self.groups:
             if g.multi_renderer is not None:
                 g.multi_renderer.glyph.xs = g.xs(mode)
+            if g.band_renderer is not None:
+                g.band_renderer.glyph.xs = g.xs(mode)
             for line in [] if g.multi else g.lines:
                 for r in line.renderers:
                     r.glyph.x = g.x(line.col, mode)
@@ -519,6 +612,9 @@ def _pad(lines: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         data[f"i{k}"] = np.concatenate([np.full(pad, np.nan), c["i"].astype(float)])
         data[f"t{k}"] = np.concatenate([np.full(pad, np.nan), c["t"]])
         data[f"y{k}"] = np.concatenate([np.full(pad, np.nan), c["y"]])
+        for b in ("lo", "hi"):  # (a spread's band)
+            if b in c:
+                data[f"{b}{k}"] = np.concatenate([np.full(pad, np.nan), c[b]])
     return data
 
 
@@ -543,11 +639,95 @@ def _rows(new: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": len(keys)}
     where = {k: j for j, k in enumerate(keys)}
     for k, c in enumerate(new):
-        i, t, y = (np.full(len(keys), np.nan) for _ in range(3))
-        for it, wt, v in zip(c["i"], c["t"], c["y"]):
+        i, t, y, lo, hi = (np.full(len(keys), np.nan) for _ in range(5))
+        band = "lo" in c
+        for j0, (it, wt, v) in enumerate(zip(c["i"], c["t"], c["y"])):
             j = where[(float(wt), int(it))]
             i[j], t[j], y[j] = it, wt, v
+            if band:
+                lo[j], hi[j] = c["lo"][j0], c["hi"][j0]
         out[f"i{k}"], out[f"t{k}"], out[f"y{k}"] = i, t, y
+        if band:
+            out[f"lo{k}"], out[f"hi{k}"] = lo, hi
+    return out
+
+
+def _at_rows(its: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """A worker's ``values`` (at ``its``) at iterations ``at``: its own value where it has a
+    point there, else its line between finite neighbours, NaN outside it."""
+    out = np.full(len(at), np.nan)
+    if not len(its):
+        return out
+    finite = np.isfinite(values)
+    if finite.any():
+        out = np.interp(at, its[finite], values[finite], left=np.nan, right=np.nan)
+    pos = np.clip(np.searchsorted(its, at), 0, len(its) - 1)
+    exact = its[pos] == at
+    return np.where(exact, values[pos], out)
+
+
+def spread_columns(per: list[dict[str, np.ndarray]], upto: int | None = None) -> dict[str, np.ndarray]:
+    """One line's columns from several workers' (:func:`line_columns` each) as their
+    spread: on the union of their iterations, the median of the workers' values (``y``),
+    their min (``lo``) and max (``hi``); a stored NaN/Inf of any worker is a cross (its
+    kind in ``raw``), a log's 0 where no worker has a drawable value a floor marker.
+    ``upto``: no row after this iteration."""
+    if upto is not None:
+        per = [{k: v[c["i"] <= upto] for k, v in c.items()} for c in per]
+    per = [c for c in per if len(c["i"])]
+    keys = ("i", "t", "y", "bad", "zero", "height", "raw", "lo", "hi")
+    if not per:
+        return {k: np.zeros(0, dtype=np.int64 if k == "i" else (bool if k in ("bad", "zero")
+                                                                    else float)) for k in keys}
+    its = np.unique(np.concatenate([np.asarray(c["i"], dtype=np.int64) for c in per]))
+    at = its.astype(float)
+    ys = np.stack([_at_rows(c["i"].astype(float), c["y"], at) for c in per])
+    ts = np.stack([_at_rows(c["i"].astype(float), c["t"], at) for c in per])
+    exact = [np.isin(its, c["i"]) for c in per]
+
+    def flag(name: str) -> np.ndarray:
+        out = np.zeros(len(its), bool)
+        for c, e in zip(per, exact):
+            pos = np.searchsorted(c["i"], its[e])
+            out[e] |= c[name][pos]
+        return out
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # (a row no worker has: NaN)
+        y, lo, hi = np.nanmedian(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+        t = np.nanmean(ts, 0)
+    bad, zero = flag("bad"), flag("zero") & ~np.isfinite(y)
+    raw = y.copy()
+    for c, e in zip(per, exact):  # (a cross says what was stored)
+        pos = np.searchsorted(c["i"], its[e])
+        took = np.zeros(len(its), bool)
+        took[e] = c["bad"][pos]
+        raw[took] = _at_rows(c["i"].astype(float), c["raw"], at)[took]
+    finite = np.isfinite(y)
+    idx = np.where(finite, np.arange(len(y)), -1)
+    held = np.maximum.accumulate(idx) if idx.size else idx
+    first_ok = int(np.argmax(finite)) if finite.any() else -1
+    height = (y[np.where(held >= 0, held, first_ok)] if first_ok >= 0
+              else np.zeros(len(y)))
+    return {"i": its, "t": t, "y": y, "bad": bad, "zero": zero, "height": height, "raw": raw,
+            "lo": np.where(np.isfinite(lo), lo, np.nan), "hi": np.where(np.isfinite(hi), hi, np.nan)}
+
+
+def _ready(cols: list[dict[str, np.ndarray]]) -> int | None:
+    """The last iteration of a spread's rows (None before any)."""
+    last = [int(c["i"][-1]) for c in cols if len(c["i"])]
+    return max(last) if last else None
+
+
+def _bands(lines: list[Line], cols: list[dict[str, np.ndarray]]) -> dict[str, list]:
+    """A many-line spread's bands as polygons (min forward, max back), a row a line."""
+    out: dict[str, list] = {"xs": [], "ts": [], "ys": [], "color": []}
+    for line, c in zip(lines, cols):
+        ok = np.isfinite(c["lo"]) & np.isfinite(c["hi"]) if "lo" in c else np.zeros(0, bool)
+        i, t = c["i"][ok].astype(float), c["t"][ok]
+        out["xs"].append(np.concatenate([i, i[::-1]]))
+        out["ts"].append(np.concatenate([t, t[::-1]]))
+        out["ys"].append(np.concatenate([c["lo"][ok], c["hi"][ok][::-1]]) if ok.size else i)
+        out["color"].append(line.color)
     return out
 
 
@@ -690,5 +870,5 @@ def csv_button(chart: Chart, t: Any) -> Button:
     return button
 
 
-__all__ = ["CHART_POINTS", "Chart", "Line", "X_MODES", "csv_button", "line_columns", "palette",
-           "session_color", "set_x_axis"]
+__all__ = ["ALL", "CHART_POINTS", "Chart", "Line", "X_MODES", "csv_button", "line_columns", "palette",
+           "session_color", "set_x_axis", "spread_columns"]

@@ -165,6 +165,32 @@ JA: dict[str, str] = {
     "gradient": "勾配",
     "update": "更新量",
     "activation": "活性化",
+    # what was not recorded, and how to record it (embedviz.server.explain)
+    "No optimizer attached: updates are measured from parameter changes; pass lr= to step() for the learning rate.":
+        "オプティマイザが接続されていません。更新量はパラメータの変化から測っています。学習率を記録するには step() に lr= を渡してください。",
+    "No optimizer attached: updates are measured from parameter changes (the learning rate is the one passed to step()).":
+        "オプティマイザが接続されていません。更新量はパラメータの変化から測っています (学習率は step() に渡された値です)。",
+    "No updates recorded: attach the optimizer (listener.attach(model, optimizer)); without one, the current listener measures them from parameter changes.":
+        "更新量が記録されていません。オプティマイザを接続してください (listener.attach(model, optimizer))。接続しない場合、現在のリスナーはパラメータの変化から測ります。",
+    "No learning rate recorded: attach the optimizer (listener.attach(model, optimizer)) or pass lr= to listener.step().":
+        "学習率が記録されていません。オプティマイザを接続する (listener.attach(model, optimizer)) か、listener.step() に lr= を渡してください。",
+    "No activations recorded: the listener was made with activations=False (StatsListener(..., activations=True) records them).":
+        "活性化が記録されていません。リスナーが activations=False で作られています (StatsListener(..., activations=True) で記録されます)。",
+    "No histograms recorded: the listener was made with histograms=False (StatsListener(..., histograms=True) records them).":
+        "ヒストグラムが記録されていません。リスナーが histograms=False で作られています (StatsListener(..., histograms=True) で記録されます)。",
+    "No device memory: the model ran on the CPU (device memory is recorded for CUDA devices).":
+        "デバイスのメモリはありません。モデルは CPU で動きました (デバイスのメモリは CUDA デバイスで記録されます)。",
+    "No examples per second: pass batch_size= to listener.step().":
+        "毎秒のサンプル数はありません。listener.step() に batch_size= を渡してください。",
+    "Reports were spaced to every {n} iterations (asked: every {f}) to keep the monitor within its cost budget.":
+        "モニターのコストを予算内に保つため、レポートの間隔を {n} イテレーションごとに広げました (指定: {f} ごと)。",
+    "Adversarial objective: the workers' losses ({workers}) move against each other; neither is expected to fall steadily, and the health checks judge them so.":
+        "敵対的な目的関数: ワーカー ({workers}) の損失は互いに逆に動きます。どちらも着実に下がるとは限らず、ヘルスチェックもそのように判定します。",
+    "All workers: each line is the median across the workers of its session, its band their range (min to max).":
+        "すべてのワーカー: 各線はセッションのワーカー間の中央値、帯はその範囲 (最小から最大) です。",
+    "all workers": "すべてのワーカー",
+    "Mixed precision: steps skipped by the gradient scaler": "混合精度: 勾配スケーラーがスキップしたステップ",
+    "Mixed precision: loss scale": "混合精度: 損失スケール",
 }
 
 TABLES = {"en": {}, "ja": JA}

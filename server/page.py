@@ -17,7 +17,7 @@ from typing import Any
 
 from bokeh.layouts import column
 from bokeh.models import DataRange1d, Div, InlineStyleSheet  # type: ignore[attr-defined]
-from embedviz.server.charts import Chart, session_color
+from embedviz.server.charts import ALL, Chart, session_color
 from embedviz.server.messages import Messages
 from embedviz.server.provider import Provider
 
@@ -29,6 +29,8 @@ log = logging.getLogger("embedviz.server")
 CSS = """
   .ev-head { font-size: 15px; padding: 4px 0 8px; border-bottom: 1px solid #ddd; }
   .ev-note { color: #555; font-size: 14px; padding: 16px; background: #f6f6f6; margin: 8px 0; }
+  .ev-hint { color: #444; font-size: 13px; padding: 5px 10px; background: #f3f7fb; margin: 2px 0;
+             border-left: 3px solid #9ecae1; }
   .ev-error { color: #8a1f11; font-size: 14px; padding: 16px; background: #fdecea; margin: 8px 0; }
   .ev-info { border-collapse: collapse; font-size: 12px; }
   .ev-info td, .ev-info th { padding: 1px 6px; border-bottom: 1px solid #eee; text-align: left;
@@ -53,6 +55,12 @@ def note(text: str, *, error: bool = False, name: str | None = None) -> Div:
     """A plain sentence where a chart would be (no data, no sessions, or what failed)."""
     cls = "ev-error" if error else "ev-note"
     return div(f'<p class="{cls}">{esc(text)}</p>', sizing_mode="stretch_width", name=name)
+
+
+def hint(text: str, *, name: str | None = None) -> Div:
+    """A short sentence beside what a page shows: how it was measured, what was not
+    recorded and how to record it (text: escaped here)."""
+    return div(f'<p class="ev-hint">{esc(text)}</p>', sizing_mode="stretch_width", name=name)
 
 
 class Reactions:
@@ -97,8 +105,31 @@ class Context:
     x_range: Any = field(default_factory=DataRange1d)
 
     def worker_of(self, s: SessionInfo) -> str | None:
-        """The worker shown for ``s``: the one picked where it has it, else its first."""
+        """The worker shown for ``s``: the one picked where it has it, else its first;
+        :data:`ALL` ("all workers" picked, for a session that has several: charts draw
+        their spread)."""
+        if self.worker == ALL and len(self.provider.workers(s.id)) > 1:
+            return ALL
         return self.provider.worker(s.id, self.worker)
+
+    def one_worker(self, s: SessionInfo) -> str | None:
+        """A real worker of ``s`` for what has no spread (histograms, static info): the
+        one shown, or its first when all are."""
+        w = self.worker_of(s)
+        return self.provider.worker(s.id) if w == ALL else w
+
+    def several_workers(self, s: SessionInfo) -> bool:
+        return len(self.provider.workers(s.id)) > 1
+
+    def ranks(self, s: SessionInfo) -> bool:
+        """Whether ``s``'s workers are the ranks of one torch.distributed job (a worker's
+        static info says ``distributed`` with a world size above 1), not several models
+        (a GAN's "G" and "D")."""
+        for w in self.provider.workers(s.id):
+            d = self.provider.static(s.id, w).get("distributed")
+            if isinstance(d, dict) and isinstance(d.get("world_size"), int) and d["world_size"] > 1:
+                return True
+        return False
 
     def color(self, s: SessionInfo) -> str:
         """A session's colour, the same on every chart of every page: by its place among
@@ -112,10 +143,14 @@ class Context:
         return s.name or s.id
 
     def keys(self, s: SessionInfo) -> frozenset[str]:
+        """The series keys of the worker shown (every worker's, for all of them)."""
+        if self.worker_of(s) == ALL:
+            return frozenset().union(*(self.provider.keys(s.id, w)
+                                       for w in self.provider.workers(s.id)))
         return self.provider.keys(s.id, self.worker_of(s))
 
     def static(self, s: SessionInfo) -> dict:
-        return self.provider.static(s.id, self.worker_of(s))
+        return self.provider.static(s.id, self.one_worker(s))
 
     def chart(self, title: str, **kw: Any) -> Chart:
         """A live chart on this page's shared x range, in its x-axis mode."""
@@ -170,4 +205,4 @@ def stack(*children: Any) -> Any:
     return column(*children, sizing_mode="stretch_width")
 
 
-__all__ = ["CSS", "Context", "Page", "Reactions", "div", "esc", "note", "stack"]
+__all__ = ["CSS", "Context", "Page", "Reactions", "div", "esc", "hint", "note", "stack"]

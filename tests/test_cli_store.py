@@ -69,9 +69,28 @@ def test_doctor_names_each_session_and_its_worker(tmp_path, capsys):
     _doctor_store(path)
     assert main(["doctor", str(path)]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("WARNING")]
-    assert [x.split("  worker")[0].split(None, 2)[2].strip() for x in lines] == [
+    assert [x.split("  [worker")[0].split(None, 2)[2].strip() for x in lines] == [
         "baseline [id-1]", "baseline [id-2]", "wide"]  # (the id only where a name is shared)
-    assert all("worker rank-1" in x for x in lines)
+    assert all("[worker rank-1]" in x for x in lines)
+
+
+def test_doctor_names_the_worker_of_a_session_of_several_and_a_healthy_run_exits_0(tmp_path, capsys):
+    path = tmp_path / "runs.db"
+    falling = [2.3 * 0.97 ** i for i in range(30)]
+    with embedviz.open_store(path) as store:
+        store.create_session("gan")
+        store.write([Update("gan", w, i, score=s) for w in ("D", "G") for i, s in enumerate(falling)])
+        store.write([Finding("gan", "dead_units", "dead", iteration=5, worker="D", layer="1",
+                             detail={"value": 95.0, "band": "< 90% of outputs 0"})])
+        store.create_session("one")
+        store.write([Update("one", "0", i, score=s) for i, s in enumerate(falling)])
+    assert main(["doctor", str(path), "--session", "gan"]) == 0  # (a warning: exit 0)
+    lines = capsys.readouterr().out.splitlines()
+    assert "[worker D]" in lines[0] and lines[1].strip().startswith("[worker D] dead")
+    assert main(["doctor", str(path), "--session", "one"]) == 0  # (computed: nothing found)
+    assert "nothing to worry about" in capsys.readouterr().out
+    assert main(["doctor", str(path), "--session", "gan", "--recheck"]) == 0  # (the stored one set aside)
+    assert "nothing to worry about" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("command", ["doctor", "doctor --json", "sessions"])

@@ -20,12 +20,13 @@ from embedviz.errors import InvalidRecordError
 from embedviz.health import (
     CHECKS,
     SEVERITY_TEXT,
+    WINDOW,
     Checker,
     check_records,
     check_session,
     describe,
 )
-from embedviz.records import Finding, Metric, Static, Summary, Update
+from embedviz.records import Finding, Metric, Session, Static, Summary, Update
 from embedviz.store import codec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,12 +67,34 @@ def test_each_planted_fault_is_found_by_its_check_at_its_layer(recorded, run):
     assert first.message and first.detail["band"]
 
 
+def _judged(store, session):
+    """A session's findings as `embedviz doctor` gives them: stored, or replayed when it was
+    recorded without the checks (the GAN's two workers)."""
+    return [f for _, f in store.findings(session)] or check_session(store, session)
+
+
 @pytest.mark.parametrize("run", zoo.HEALTHY, ids=lambda r: r.name)
 def test_healthy_trainings_get_no_warning_or_error(recorded, run):
     store, ids, _ = recorded
-    loud = [(f.check, f.layer, f.iteration) for _, f in store.findings(ids[run.name])
+    loud = [(f.worker, f.check, f.layer, f.iteration) for f in _judged(store, ids[run.name])
             if f.severity != "info"]
     assert loud == []
+
+
+def test_no_run_of_the_zoo_gets_advice_that_contradicts_itself(recorded):
+    store, ids, _ = recorded
+    for name, sid in ids.items():
+        found = _judged(store, sid)
+        assert _lr_advice(found) != {-1, 1}, (name, [(f.check, f.layer) for f in found])
+
+
+def test_the_gan_is_recognised_as_a_game_without_being_told(recorded):
+    store, ids, _ = recorded
+    sid = ids["healthy-gan"]
+    assert {w.worker for w in store.session(sid).workers} == {"D", "G"}
+    assert "loss_flat" not in {f.check for f in check_session(store, sid)}
+    alone = [r for r in store.records(sid) if isinstance(r, Update) and r.worker == "G"]
+    assert "loss_flat" in {f.check for f in check_records(alone)}  # (one side seen alone)
 
 
 def test_replaying_a_stored_session_gives_the_listeners_findings(recorded):
@@ -127,8 +150,8 @@ def test_a_ratio_finding_shows_the_median_it_stores_not_the_last_report():
 def test_every_check_has_its_messages_in_both_languages_with_the_same_arguments(name):
     c = CHECKS[name]
     assert set(c.text) == {"en", "ja"} and set(c.text["en"]) == set(c.text["ja"])
-    assert set(c.params) == set(c.find.__code__.co_varnames[1:c.find.__code__.co_argcount]) - {
-        "num_classes"}
+    # (its parameters are its function's: what else it needs is the history's context)
+    assert set(c.params) == set(c.find.__code__.co_varnames[1:c.find.__code__.co_argcount])
     for variant, en in c.text["en"].items():
         fields = _fields(en)
         assert "value" in fields and set(_fields(c.text["ja"][variant])) == set(fields)
@@ -137,6 +160,9 @@ def test_every_check_has_its_messages_in_both_languages_with_the_same_arguments(
                                                     **({"variant": variant} if variant else {})})
         ja = describe(f, "ja")
         assert ja != "stored" and "1.5" in ja and not ENGLISH.search(ja), ja
+    if c.short:  # (its phrase, naming it as a cause or a consequence, in both languages)
+        assert set(c.short) == {"en", "ja"} and _fields(c.short["en"]) == _fields(c.short["ja"])
+        assert set(_fields(c.short["en"])) <= set().union(*map(_fields, c.text["en"].values()))
 
 
 def test_describe_falls_back_to_the_stored_message():
@@ -363,3 +389,222 @@ def test_a_non_finite_value_is_stored_as_the_number_it_is_and_still_rendered(tmp
     listed = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(c))
     assert listed[0]["detail"]["value"] == {"$float": "NaN"}  # (the export format: strict JSON)
     assert math.isnan(codec.loads(json.dumps(listed[0]))["detail"]["value"])
+
+
+# ------------------------------------------------------------ judged against their noise
+def _near_zero(n=120, seed=0, level=0.0066, spread=0.8):
+    """A healthy run's score: from 2.3 down to ``level``, then minibatch noise around it
+    (log-normal: near zero a batch can be 5x its neighbours)."""
+    rng = np.random.default_rng(seed)
+    return [max(2.3 * math.exp(-i / 6), level) * math.exp(rng.normal(0, spread if i > 30 else 0.1))
+            for i in range(n)]
+
+
+def test_a_loss_near_zero_that_wobbles_is_not_diverging():
+    for seed in range(20):
+        s = _near_zero(seed=seed)
+        s[80] = 0.0406  # (the report of the issue: 6x a best of 0.0066)
+        s[81:85] = [0.01, 0.02, 0.03, 0.04]  # (four rises in a row)
+        found = [(f.check, f.iteration, f.message) for f in check_records(
+            [_update(i, v) for i, v in enumerate(s)]) if f.severity != "info"]
+        assert found == [], (seed, found)
+
+
+def test_a_blow_up_is_caught_on_the_report_it_happens():
+    s = _near_zero(60) + [1e6] + [1e6] * 3
+    found = [f for f in check_records([_update(i, v) for i, v in enumerate(s)])
+             if f.check == "loss_diverging"]
+    assert found and found[0].iteration == 60 and found[0].detail["found_at"] == 60
+    assert found[0].severity == "error" and "1e+06" in found[0].message
+    assert "1e+06" in describe(found[0], "ja")
+
+
+def test_a_steady_climb_from_a_learning_rate_too_high_is_caught():
+    rng = np.random.default_rng(1)
+    # down to 0.4, then up by 8% a report (below where it started for 15 reports)
+    s = [2.3 * math.exp(-i / 8) + 0.4 for i in range(30)]
+    s += [s[-1] * 1.08 ** k for k in range(1, 40)]
+    s = [v * math.exp(rng.normal(0, 0.02)) for v in s]
+    found = [f for f in check_records([_update(i, v) for i, v in enumerate(s)])
+             if f.check == "loss_diverging"]
+    assert found, "a steady climb is not found"
+    assert 28 <= found[0].iteration <= 34 and found[0].detail["found_at"] < 30 + 20
+    assert found[0].detail["args"]["value"] < 2.3  # (found before it passed the start)
+    # a climb above where it started, early, with too few reports for a noise
+    early = [2.3, 2.5, 3.6, 4.5, 5.5, 7.0, 8.8]
+    assert [f.check for f in check_records([_update(i, v) for i, v in enumerate(early)])
+            if f.severity == "error"] == ["loss_diverging"]
+
+
+def test_a_smooth_small_rise_after_a_long_fall_is_not_diverging():
+    # (a schedule's restart: the score gives back a little of a large progress)
+    s = [2.3 * math.exp(-i / 10) + 0.05 for i in range(60)] + [0.06 + 0.002 * k for k in range(20)]
+    assert [f.check for f in check_records([_update(i, v) for i, v in enumerate(s)])
+            if f.severity == "error"] == []
+
+
+# ------------------------------------------------------------ causes and consequences
+_MLP = {"model": {"layers": [{"name": "0", "type": "Linear", "params": {"weight": [8, 8]}},
+                             {"name": "1", "type": "ReLU", "params": {}},
+                             {"name": "2", "type": "Linear", "params": {"weight": [8, 8]}},
+                             {"name": "3", "type": "ReLU", "params": {}},
+                             {"name": "4", "type": "Linear", "params": {"weight": [2, 8]}}],
+                  "graph": {"execution_order": ["0", "1", "2", "3", "4"]}}}
+
+
+def _dead_then_tiny(tiny_from):
+    """ReLU 1 dead from the start; the updates of 0.weight and 2.weight (its neighbours) and
+    of 4.weight (not next to it) tiny from report ``tiny_from``."""
+    out = [Static("s", "0", _MLP)]
+    for i in range(20):
+        tiny = i >= tiny_from
+        out.append(_update(i, 2.3 - i / 100, **{
+            "activation/1": {"zero": 0.99}, "activation/3": {"zero": 0.3},
+            **{f"param/{p}.weight": {"mm": 1.0} for p in "024"},
+            **{f"update/{p}.weight": {"mm": 1e-6 if tiny else 1e-3} for p in "024"}}))
+    return out
+
+
+def _lr_advice(found):
+    return {CHECKS[f.check].lr for f in found if "caused_by" not in f.detail} - {0}
+
+
+def test_dead_units_explain_the_tiny_updates_around_them_one_finding_one_advice():
+    found = check_records(_dead_then_tiny(0))
+    assert sorted((f.check, f.layer) for f in found if f.severity != "info") == [
+        ("dead_units", "1"), ("update_ratio_low", "4.weight")]  # (4 is not next to 1)
+    (dead,) = [f for f in found if f.check == "dead_units"]
+    assert [c["layer"] for c in dead.detail["consequences"]] == ["0.weight", "2.weight"]
+    assert "Consequences: updates of 0.weight tiny" in dead.message
+    assert describe(dead) == dead.message
+    ja = describe(dead, "ja")
+    assert "その結果: 0.weight の更新量が小さすぎる" in ja and not ENGLISH.search(ja)
+    assert dead.message.count("learning rate") == 1  # (one piece of advice)
+
+
+def test_a_consequence_found_after_its_cause_names_it_and_gives_no_advice():
+    found = check_records(_dead_then_tiny(8))
+    assert sorted((f.check, f.layer) for f in found if f.severity != "info") == [
+        ("dead_units", "1"), ("update_ratio_low", "4.weight")]
+    later = [f for f in found if "caused_by" in f.detail]
+    assert [(f.check, f.layer, f.severity) for f in later] == [
+        ("update_ratio_low", "0.weight", "info"), ("update_ratio_low", "2.weight", "info")]
+    assert later[0].detail["caused_by"]["check"] == "dead_units"
+    assert "a consequence of dying ReLUs in 1 (ReLU)" in later[0].message
+    assert "raise" not in later[0].message and describe(later[0]) == later[0].message
+    ja = describe(later[0], "ja")
+    assert "の結果です" in ja and not ENGLISH.search(ja)
+    # (the tiny updates of 4.weight, not explained, keep their own advice)
+    assert _lr_advice([f for f in found if f.layer != "4.weight"]) == {-1}
+
+
+def test_the_relations_are_declared_on_the_checks():
+    for name, c in CHECKS.items():
+        for effect, scope in c.explains.items():
+            assert effect in CHECKS and effect != name and scope in ("same", "adjacent", "any", "after")
+            assert set(c.short) == {"en", "ja"} and set(CHECKS[effect].short) == {"en", "ja"}
+    assert CHECKS["dead_units"].explains["update_ratio_low"] == "adjacent"
+    with pytest.raises(ValueError, match="no scope 'near'"):
+        from embedviz.health import check
+        check("info", {}, en="{value}", ja="{value}", explains={"nan": "near"})
+
+
+# ------------------------------------------------------------ adversarial objectives
+def _game(n=60, seed=0):
+    """Two losses of a game: each report's change of one is the other's, reversed."""
+    rng = np.random.default_rng(seed)
+    d = rng.normal(0, 0.05, n).cumsum() * 0.3 + rng.normal(0, 0.05, n)
+    return list(0.7 + d), list(0.7 - d)
+
+
+def test_a_flat_adversarial_loss_is_judged_fairly():
+    g, _ = _game()
+    records = [_update(i, v) for i, v in enumerate(g)]
+    assert "loss_flat" in {f.check for f in check_records(records)}  # (told nothing: one worker)
+    assert "loss_flat" not in {f.check for f in check_records(records, objective="adversarial")}
+    blown = records + [_update(60, 1e5)]
+    assert [f.check for f in check_records(blown, objective="adversarial")
+            if f.severity == "error"] == ["loss_diverging"]
+    with pytest.raises(InvalidRecordError, match="no objective 'game'"):
+        Checker(objective="game")
+
+
+def _two_workers(g, d, session="s"):
+    return [Update(session, w, i, score=v) for i in range(len(g)) for w, v in (("D", d[i]), ("G", g[i]))]
+
+
+def test_two_workers_whose_losses_move_against_each_other_are_recognised():
+    g, d = _game()
+    assert "loss_flat" not in {f.check for f in check_records(_two_workers(g, d))}
+    # two workers of one model (ranks: their losses move together) are not a game
+    rng = np.random.default_rng(3)
+    flat = [0.7 + x for x in rng.normal(0, 0.01, 60)]
+    found = check_records(_two_workers(flat, [v + rng.normal(0, 0.01) for v in flat]))
+    assert {f.worker for f in found if f.check == "loss_flat"} == {"D", "G"}
+
+
+def test_a_listeners_checker_sees_the_other_workers_through_the_store(tmp_path):
+    import pickle
+
+    from embedviz.health import store_peers
+
+    g, d = _game()
+    path = tmp_path / "runs.db"
+    with embedviz.open_store(path) as store:
+        store.create_session("s")
+        peers = store_peers(store, every=5)
+        checkers = {w: Checker(peers=peers) for w in "DG"}
+        found = []
+        for i in range(60):
+            for w, v in (("D", d[i]), ("G", g[i])):
+                u = Update("s", w, i, score=v)
+                store.write([u])
+                found += checkers[w].feed([u])
+        assert "loss_flat" not in {f.check for f in found}
+        alone = Checker(peers=lambda s, w: {})
+        assert "loss_flat" in {f.check for f in alone.feed([Update("s", "G", i, score=v)
+                                                            for i, v in enumerate(g)])}
+        again = pickle.loads(pickle.dumps(peers))  # (to a listener's worker process)
+        got = again("s", "G")
+        assert list(got) == ["D"] and len(got["D"][1]) == WINDOW
+        assert np.allclose(got["D"][1], d[-WINDOW:])
+    with pytest.raises(InvalidRecordError, match="peers must be a function"):
+        Checker(peers={"D": [1.0]})
+
+
+def test_a_replay_takes_the_objective_from_the_session_and_feeds_workers_together(tmp_path):
+    g, d = _game()
+    with embedviz.open_store(tmp_path / "runs.db") as store:
+        store.write([Session("told", info={"objective": "adversarial"})])
+        store.write([Update("told", "0", i, score=v) for i, v in enumerate(g)])
+        store.create_session("pair")
+        store.write(_two_workers(g, d, "pair"))
+        assert "loss_flat" not in {f.check for f in check_session(store, "told")}
+        assert "loss_flat" not in {f.check for f in check_session(store, "pair")}
+
+
+# ------------------------------------------------------------ mixed precision
+def _amp(i, score, skipped, bad=False, scale=1024.0):
+    u = _update(i * 5, score, **{"gradient/fc.weight": {"nan": 1 if bad else 0}})
+    u.scalars = {"amp/skipped_steps": float(skipped), "amp/scale": scale}
+    return u
+
+
+def test_a_step_the_grad_scaler_skipped_is_no_nan_error():
+    # (an overflow every 50 iterations: the scaler skips that step; inf gradients reported)
+    records = [_amp(i, 2.3 - i / 100, i // 10 + 1, bad=i % 10 == 0) for i in range(40)]
+    assert [f.check for f in check_records(records)] == []
+    records.append(_amp(40, math.nan, 5, bad=True))  # (a NaN score is one, skipped or not)
+    assert [f.check for f in check_records(records)] == ["nan"]
+    # an inf gradient at a report whose step was not skipped is an error still
+    assert [f.check for f in check_records(records[:5] + [_amp(5, 2.2, 1, bad=True)])] == ["nan"]
+
+
+def test_a_scaler_skipping_most_steps_is_a_finding():
+    records = [_amp(i, 2.3 - i / 100, 0) for i in range(10)]
+    records += [_amp(10 + i, 2.2, 4 * i + 4, bad=True, scale=2.0 ** -(i + 1)) for i in range(15)]
+    found = [f for f in check_records(records) if f.check == "amp_skipping"]
+    assert [(f.severity, f.iteration) for f in found] == [("warning", 50)]  # (the first skip)
+    shown = f"{found[0].detail['value']:.3g}%"
+    assert found[0].detail["value"] > 50 and f"{shown} of the steps" in found[0].message
+    assert shown in describe(found[0], "ja") and "nan" not in {f.check for f in check_records(records)}

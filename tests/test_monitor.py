@@ -223,7 +223,7 @@ def _one_batch_loop(listener, digits, steps, each=None):
 
 def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
     store = StalledStore()
-    listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0)
+    listener = StatsListener(store, 1, max_pending=4, close_timeout=2.0, budget=None)
     t0 = time.perf_counter()
     handle = _one_batch_loop(listener, digits, 300)
     elapsed = time.perf_counter() - t0
@@ -241,7 +241,7 @@ def test_memory_stays_flat_over_10000_iterations(digits, tmp_path):
     import tracemalloc
 
     store = embedviz.open_store(tmp_path / "long.db")
-    listener = StatsListener(store, 10)
+    listener = StatsListener(store, 10, budget=None)  # (tracemalloc slows the loop, not the listener)
     model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
     X, y = digits
@@ -315,7 +315,8 @@ def test_the_sample_of_a_matrix_is_spread_over_every_column_and_row():
 
 def test_metrics_are_never_dropped_to_make_room_for_reports(digits):
     store = StalledStore()
-    listener = StatsListener(store, 1, session="keep", max_pending=2, close_timeout=10.0)
+    listener = StatsListener(store, 1, session="keep", max_pending=2, close_timeout=10.0,
+                             budget=None)
     handle = _one_batch_loop(listener, digits, 60,
                              each=lambda i: listener.log_metric("val_loss", float(i), iteration=i))
     assert listener.dropped_reports > 0  # reports made room...

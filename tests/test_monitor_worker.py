@@ -76,7 +76,7 @@ def _with_a_worker(digits, db, session, max_pending):
     """A listener into the SQLite file ``db`` on a fresh MLP, summarizing in a worker process;
     returns (listener, handle, step, the worker's PID)."""
     listener = StatsListener(embedviz.open_store(db), 1, session=session, max_pending=max_pending,
-                             background="process")
+                             background="process", budget=None)  # (every report: see budget=)
     handle, one_step = _stepper(listener, digits)
     (pid,) = workers()
     return listener, handle, one_step, pid
@@ -116,7 +116,7 @@ def test_the_worker_process_records_exactly_what_happened(make, digits, tmp_path
     store = embedviz.open_store(tmp_path / "worker.db")
     # (exactness is the point here: the worker may take its time on a loaded machine)
     listener = StatsListener(store, 2, session="w", max_pending=10_000, background="process",
-                             close_timeout=120)
+                             close_timeout=120, budget=None)
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     X, y = digits
@@ -266,7 +266,7 @@ def test_a_killed_training_process_leaves_its_reports_written_and_no_shared_memo
         import os, signal, time, torch
         from embedviz.monitor import StatsListener
         listener = StatsListener({str(db)!r}, 1, session="k", max_pending=10_000,
-                                 background="process")
+                                 background="process", budget=None)
         model = torch.nn.Linear(20, 5)
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         listener.attach(model, opt)
@@ -307,7 +307,7 @@ def test_a_script_that_never_removes_the_listener_loses_nothing(tmp_path, ending
         from embedviz.monitor import StatsListener
         torch.manual_seed(0)
         listener = StatsListener({str(db)!r}, 5, session="u", max_pending=10_000,
-                                 background={background!r})
+                                 background={background!r}, budget=None)
         model = torch.nn.Sequential(torch.nn.Linear(20, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         listener.attach(model, opt)

@@ -722,3 +722,255 @@ def test_serve_takes_a_path_with_options_and_a_store_not_made_yet(tmp_path, kind
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+# ---------------------------------------------------------------------------- issue 27: the app
+def loop_store(path, *, updates: bool = True) -> str:
+    """A session recorded as a hand-written loop is: no optimizer (updates from parameter
+    changes, or none at all from an older listener), no lr, activations=False,
+    histograms=False, on the CPU, no batch_size=; the cost budget spaced the reports to
+    every 50 iterations (asked: 10); a GradScaler skipped steps."""
+    with embedviz.open_store(path) as store:
+        s = store.create_session(name="word-lm")
+        store.put_static(s.id, "0", {
+            "model": {"type": "RNNModel", "n_params": 20, "layers": [
+                {"name": "fc", "type": "Linear", "n_params": 20, "params": {"weight": [4, 5]}}]},
+            "listener": {"frequency": 10, "updates": "parameter change" if updates else None,
+                         "lr": None, "activations": False, "histograms": False},
+            "hardware": {"devices": ["cpu"]}})
+        store.write([Update(s.id, "0", i, score=1.0 / (1 + i), scalars={
+            "memory/rss_bytes": 1e8, "timing/iteration_ms": 2.0, "monitor/report_every": 50.0,
+            "amp/skipped_steps": float(i // 100), "amp/scale": 2.0 ** (16 - i // 100)},
+            summaries={"param/fc.weight": summary(1.0), "gradient/fc.weight": summary(0.1),
+                       **({"update/fc.weight": summary(1e-3)} if updates else {})})
+            for i in range(0, 500, 50)])
+        return s.id
+
+
+def note_text(doc, name: str) -> str:
+    got = doc.get_model_by_name(name)
+    return got.text if got is not None else ""
+
+
+def test_a_chart_empty_for_want_of_a_recording_says_why_and_how_to_record_it(tmp_path):
+    path = tmp_path / "loop.db"
+    sid = loop_store(path)
+    old = loop_store(path, updates=False)
+    with AppState(path, jobs=False) as app:
+        doc, tab = build(app, "overview", sessions=[sid])
+        assert errors(doc) == []
+        assert "No optimizer attached: updates are measured from parameter changes; pass lr= " \
+               "to step() for the learning rate." in note_text(doc, "updates-note")
+        assert chart(tab, "log10 update:param").lines  # (drawn: the note says how measured)
+        shown = texts(doc)
+        assert "No learning rate recorded: attach the optimizer (listener.attach(model, " \
+               "optimizer)) or pass lr= to listener.step()." in shown
+        assert "activations=False" in shown
+        doc, tab = build(app, "model", sessions=[sid])
+        assert errors(doc) == []
+        assert "histograms=False" in note_text(doc, "histograms-note")
+        assert "activations=False" in note_text(doc, "activations-note")
+        assert "No optimizer attached" in note_text(doc, "updates-note")
+        assert "No learning rate recorded" in texts(doc)
+        doc, tab = build(app, "system", sessions=[sid])
+        assert errors(doc) == []
+        assert note_text(doc, "spaced-note") == esc_(
+            "Reports were spaced to every 50 iterations (asked: every 10) to keep the monitor "
+            "within its cost budget.")
+        assert "the model ran on the CPU" in note_text(doc, "device-note")
+        assert "pass batch_size= to listener.step()" in note_text(doc, "examples-note")
+        skipped = chart(tab, "Mixed precision: steps skipped")
+        its, y = line_data(skipped, "skipped_steps")
+        assert list(y) == [i // 100 for i in its]
+        assert chart(tab, "Mixed precision: loss scale").log_axis
+        # an older listener without an optimizer: no update series at all
+        doc, tab = build(app, "overview", sessions=[old])
+        assert "No updates recorded: attach the optimizer (listener.attach(model, optimizer))" \
+               in texts(doc) and doc.get_model_by_name("updates-note") is None
+        # both picked: each reason once, named by the session it is about
+        doc, tab = build(app, "overview", sessions=[sid, old])
+        assert texts(doc).count("No learning rate recorded") == 1
+        for name in ("overview", "model", "system"):  # (every new sentence in Japanese)
+            doc, tab = build(app, name, lang="ja", sessions=[sid, old])
+            assert errors(doc) == [] and not tab.t.missing, (name, tab.t.missing)
+        doc, tab = build(app, "system", lang="ja", sessions=[sid])
+        assert "50 イテレーションごと" in note_text(doc, "spaced-note")
+
+
+def esc_(text: str) -> str:
+    """A note's HTML for ``text`` (notes escape what they say)."""
+    from embedviz.server.page import esc
+
+    return f'<p class="ev-hint">{esc(text)}</p>'
+
+
+def ranks_store(path, layers: int = 1, n: int = 12) -> str:
+    """A torch.distributed job of two ranks, "0" and "1": rank 1's updates twice rank 0's."""
+    with embedviz.open_store(path) as store:
+        s = store.create_session(name="ddp")
+        for w in ("0", "1"):
+            store.put_static(s.id, w, {"distributed": {"rank": int(w), "world_size": 2,
+                                                       "backend": "gloo"}})
+        store.write([Update(s.id, w, i, score=(1.0 + int(w)) / (1 + i), summaries={
+            f"{kind}/l{k}.weight": summary(scale * (1 + int(w)))
+            for k in range(layers) for kind, scale in (("param", 1.0), ("update", 1e-3))})
+            for i in range(0, 10 * n, 10) for w in ("0", "1")])
+        return s.id
+
+
+def test_all_ranks_are_drawn_as_their_median_and_spread_and_followed_live(tmp_path):
+    path = tmp_path / "ddp.db"
+    sid = ranks_store(path)
+    with AppState(path, jobs=False) as app:
+        doc, tab = build(app, "overview", sessions=[sid])
+        assert ("*", "all workers") in list(tab.worker.options) and tab.worker.visible
+        assert [g.worker for g in chart(tab, "log10 update:param").groups] == ["0"]  # (one rank)
+        doc, tab = build(app, "overview", sessions=[sid], worker="*")
+        assert errors(doc) == [] and "worker=%2A" in tab.url.text
+        assert "median across the workers" in note_text(doc, "spread-note")
+        ratio = chart(tab, "log10 update:param")
+        (g,) = ratio.groups
+        assert g.workers == ("0", "1")
+        data = g.source.data
+        # ratio of rank 0: 1e-3 / 1, of rank 1: 2e-3 / 2: the same; the score differs
+        assert np.allclose(data["y0"], -3.0) and np.allclose(data["lo0"], -3.0)
+        bands = [r for r in ratio.fig.renderers if type(r.glyph).__name__ == "VArea"]
+        assert len(bands) == 1 and bands[0].glyph.y1 == "lo0" and bands[0].glyph.y2 == "hi0"
+        score = chart(tab, "Score")
+        sg = score.groups[0]
+        r0 = app.store.read_series(sid, "score", worker="0").values
+        r1 = app.store.read_series(sid, "score", worker="1").values
+        assert np.allclose(sg.source.data["y0"], (r0 + r1) / 2)
+        assert np.allclose(sg.source.data["lo0"], r0) and np.allclose(sg.source.data["hi0"], r1)
+        # live: a row once every rank has reported it
+        before = len(sg.source.data["i0"])
+        app.store.write([Update(sid, "0", 120, score=0.5)])
+        app.provider.refresh(force=True)
+        tab.tick()
+        assert len(sg.source.data["i0"]) == before  # (rank 1 has not reached 120)
+        app.store.write([Update(sid, "1", 120, score=1.5)])
+        app.provider.refresh(force=True)
+        tab.polled = -float("inf")  # (its turn: two ticks within a pace are one)
+        tab.tick()
+        assert len(sg.source.data["i0"]) == before + 1
+        assert sg.source.data["i0"][-1] == 120 and sg.source.data["y0"][-1] == pytest.approx(1.0)
+        assert (sg.source.data["lo0"][-1], sg.source.data["hi0"][-1]) == (0.5, 1.5)
+        tab.xmode.active = 1  # (the band follows the x axis)
+        ratio = chart(tab, "log10 update:param")
+        band = next(r for r in ratio.fig.renderers if type(r.glyph).__name__ == "VArea")
+        assert field_of(band.glyph.x) == "t0"
+        for name in ("model", "system"):
+            doc, tab = build(app, name, sessions=[sid], worker="*")
+            assert errors(doc) == [], name
+
+
+def test_a_deep_spread_draws_its_bands_as_one_patches(tmp_path):
+    path = tmp_path / "deep-ddp.db"
+    sid = ranks_store(path, layers=14)
+    with AppState(path, jobs=False) as app:
+        doc, tab = build(app, "overview", sessions=[sid], worker="*")
+        ratio = chart(tab, "log10 update:param")
+        g = ratio.groups[0]
+        assert g.multi and g.workers == ("0", "1")
+        assert len(g.band.data["xs"]) == 14 and len(g.band.data["xs"][0]) == 24  # (there and back)
+        assert type(g.band_renderer.glyph).__name__ == "Patches"
+        app.store.write([Update(sid, w, 120, summaries={
+            f"{kind}/l{k}.weight": summary(1.0) for k in range(14) for kind in ("param", "update")})
+            for w in ("0", "1")])
+        app.provider.refresh(force=True)
+        tab.tick()
+        assert len(g.band.data["xs"][0]) == 26 and errors(doc) == []
+
+
+def gan_store(path) -> str:
+    """A GAN: workers "G" and "D" of one session whose losses move against each other."""
+    with embedviz.open_store(path) as store:
+        s = store.create_session(name="dcgan", info={"objective": "adversarial"})
+        store.write([Update(s.id, w, i, score=(1.0 + 0.5 * np.sin(i / 20)) * (1 if w == "G" else -1) + 2,
+                            summaries={"param/main.0.weight": summary(1.0),
+                                       "update/main.0.weight": summary(1e-3)})
+                     for i in range(0, 200, 10) for w in ("G", "D")])
+        store.add_finding(Finding(s.id, "loss_flat", "the loss is flat", iteration=100, worker="D",
+                                  severity="warning"))
+        return s.id
+
+
+def test_a_gan_shows_both_workers_scores_its_objective_and_names_the_worker_of_a_finding(tmp_path):
+    path = tmp_path / "gan.db"
+    sid = gan_store(path)
+    with AppState(path, jobs=False) as app:
+        doc, tab = build(app, "overview", sessions=[sid])
+        assert errors(doc) == []
+        score = chart(tab, "Score")
+        assert [line.label for line in score.lines] == ["dcgan: worker D", "dcgan: worker G"]
+        its, y = line_data(score, "dcgan: worker G")
+        assert np.allclose(y, app.store.read_series(sid, "score", worker="G").values)
+        assert "Adversarial objective" in note_text(doc, "adversarial-note")
+        assert "D, G" in note_text(doc, "adversarial-note")
+        marks = next(src for src in doc.models if isinstance(src, ColumnDataSource)
+                     and "loss_flat [D]" in list(src.data.get("check", [])))
+        assert marks.data["label"] == ["warning: loss_flat [worker D]"]
+        doc, tab = build(app, "health", sessions=[sid])
+        doc.get_model_by_name("findings").selected.indices = [0]
+        assert "[worker D]" in note_text(doc, "finding")
+        doc, tab = build(app, "overview", lang="ja", sessions=[sid])
+        assert "敵対的" in note_text(doc, "adversarial-note") and not tab.t.missing
+    with embedviz.open_store(tmp_path / "untold.db") as store:  # (not told: recognised)
+        s = store.create_session(name="gan")
+        store.write([Update(s.id, w, i, score=2 + (1 if w == "G" else -1) * np.sin(i / 7.0))
+                     for i in range(40) for w in ("G", "D")])
+        calm = store.create_session(name="two-models")  # (falling together: not a game)
+        store.write([Update(calm.id, w, i, score=3.0 / (1 + i) + (0.1 if w == "a" else 0.0))
+                     for i in range(40) for w in ("a", "b")])
+    with AppState(tmp_path / "untold.db", jobs=False) as app:
+        doc, tab = build(app, "overview", sessions=[s.id])
+        assert "Adversarial objective" in note_text(doc, "adversarial-note")
+        doc, tab = build(app, "overview", sessions=[calm.id])
+        assert doc.get_model_by_name("adversarial-note") is None
+        assert len(chart(tab, "Score").lines) == 2  # (each model's score all the same)
+
+
+def test_a_session_with_two_families_of_snapshots_gets_a_slider_each_in_iteration_order(tmp_path):
+    from embedviz.server.pages.embeddings import families
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "fam.db"
+    words = [f"w{i}" for i in range(12)]
+    with embedviz.open_store(path) as store:
+        s = store.create_session(name="run 3")
+        for it in (300, 100, 200):  # (written out of order)
+            for name in ("run 3: encoder", "run 3: fc2 outputs"):
+                e = EmbeddingSet(name, words, rng.normal(size=(12, 4)), session=s.id, iteration=it)
+                store.put_embedding(e)
+                store.put_projection(Projection(e.key, "pca", coords=rng.normal(size=(12, 2)),
+                                                state="done"))
+        old = store.create_session(name="lee")  # (word2vec's older names: one family)
+        for it in (1, 2):
+            store.put_embedding(EmbeddingSet(f"lee, epoch {it}", words, rng.normal(size=(12, 4)),
+                                             session=old.id, iteration=it))
+        fams = families(store.embeddings())
+    assert set(fams) == {f"{old.id}/lee", f"{s.id}/run 3: encoder", f"{s.id}/run 3: fc2 outputs"}
+    assert [e.iteration for e in fams[f"{s.id}/run 3: encoder"]] == [100, 200, 300]
+    with AppState(path, jobs=False) as app:
+        doc, tab = build(app, "embeddings", sessions=[s.id])
+        assert errors(doc) == []
+        pick, snap = doc.get_model_by_name("set"), doc.get_model_by_name("snapshot")
+        labels = dict(pick.options)
+        assert labels[f"{s.id}/run 3: encoder"] == "run 3: encoder (12 words, 3 snapshots)"
+        assert labels[f"{s.id}/run 3: fc2 outputs"] == "run 3: fc2 outputs (12 words, 3 snapshots)"
+        assert pick.value == f"{s.id}/run 3: encoder" and snap.end == 2
+        for fam in (f"{s.id}/run 3: encoder", f"{s.id}/run 3: fc2 outputs"):
+            pick.value = fam
+            seen = []
+            for k in range(3):
+                snap.value = k
+                seen.append(snap.title)
+                assert len(doc.get_model_by_name("points").data["x"]) == 12
+            assert [t.split("(")[0] for t in seen] == [
+                f"Snapshot: iteration {it} " for it in (100, 200, 300)]
+            assert fam.split("/", 1)[1] in doc.get_model_by_name("quality").text
+        doc, tab = build(app, "embeddings", sessions=[s.id], set=s.id)  # (an older link)
+        assert doc.get_model_by_name("set").value == f"{s.id}/run 3: encoder"
+        doc, tab = build(app, "embeddings", sessions=[old.id])
+        assert doc.get_model_by_name("snapshot").end == 1
+        assert dict(doc.get_model_by_name("set").options)[f"{old.id}/lee"].startswith("lee (")

@@ -303,7 +303,9 @@ PAYLOADS = ['<img src=x onerror="window.__pwned=1">', "<script>window.__pwned=2<
 def hostile_store(path: Path) -> dict:
     """Every stored text field holds one of PAYLOADS: session name, tag keys and values,
     worker, metric, layer and parameter names, static info, finding check, layer and
-    message, embedding set name, words, metadata column names and values."""
+    message, embedding set name, words, metadata column names and values. Two workers of
+    an adversarial objective (their names in its note, a finding's worker named on its
+    marker), recorded without an optimizer, on the CPU (the explanations beside them)."""
     import embedviz
     from embedviz.records import EmbeddingSet, Finding, Histogram, Projection, Summary, Update
 
@@ -312,9 +314,14 @@ def hostile_store(path: Path) -> dict:
     layer = p[0]
     weight = f"{layer}.weight"
     with embedviz.open_store(path) as store:
-        s = store.create_session(name=p[0], tags={p[1]: p[2], "lr": p[4]})
+        s = store.create_session(name=p[0], tags={p[1]: p[2], "lr": p[4]},
+                                 info={"objective": "adversarial"})
         worker = p[5]
+        store.write([Update(s.id, p[3], i, score=1.0 + i / 100) for i in range(0, 200, 10)])
         store.put_static(s.id, worker, {
+            "listener": {"frequency": 10, "updates": "parameter change", "lr": "step",
+                         "activations": True, "histograms": True},
+            "hardware": {"devices": ["cpu"]},
             "model": {"type": p[1], "n_params": 10, "layers": [
                 {"name": layer, "type": p[2], "n_params": 10, "params": {"weight": [2, 5]}}]},
             "optimizer": {"type": p[3], "defaults": {"lr": 0.1}},
@@ -349,7 +356,7 @@ def test_hostile_strings_from_the_store_stay_text_on_every_page(tmp_path, browse
     proc, url = serve(tmp_path / "hostile.db")
     try:
         browser.get_log("browser")
-        for name in PAGES:
+        for name in (*PAGES, "overview&worker=*"):  # (the second: both workers' spread)
             open_page(browser, f"{url}?page={name}&session={ids['session']}")
             wait_for(browser, HELD, 20)
             time.sleep(1.0)
@@ -364,7 +371,7 @@ def test_hostile_strings_from_the_store_stay_text_on_every_page(tmp_path, browse
             shown = browser.execute_script(DEEP + "return texts(document).join('\\n');")
             assert PAYLOADS[0] in shown, name  # (as written: the session picker at least)
             assert browser.execute_script(PAGE_ERROR) == "", name
-            shoot(browser, tmp_path, f"hostile-{name}")
+            shoot(browser, tmp_path, f"hostile-{name}".replace("&worker=*", "-all"))
         # the strings in the widgets that show them, as written
         open_page(browser, f"{url}?page=health&session={ids['session']}")
         shown = wait_for(browser, DEEP + "const t = texts(document).join('\\n'); "
@@ -376,6 +383,9 @@ def test_hostile_strings_from_the_store_stay_text_on_every_page(tmp_path, browse
                                          f"return t.includes({json.dumps(PAYLOADS[5])}) ? t : '';", 20)
         for text in (PAYLOADS[0], PAYLOADS[2], PAYLOADS[4], PAYLOADS[5]):
             assert text in shown
+        # the explanations: the objective naming both workers, how updates were measured
+        assert f"workers' losses ({PAYLOADS[5]}, {PAYLOADS[3]})" in shown
+        assert "updates are measured from parameter changes" in shown
         # a finding's hover (a template: each field in it is escaped)
         from selenium.webdriver.common.action_chains import ActionChains
 

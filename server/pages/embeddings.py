@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 from typing import Any
 
 import numpy as np
@@ -78,13 +79,31 @@ a.download = "selection.tsv"; document.body.appendChild(a); a.click(); a.remove(
 """
 
 
+#: what a snapshot's name may end with (word2vec's "name, epoch N"): not part of its family
+SNAPSHOT_SUFFIX = re.compile(r",\s*(?:epoch|iteration)\s+\d+\s*$")
+
+
+def family_name(name: str) -> str:
+    """The name of the family a snapshot belongs to: its own, less a trailing ", epoch N"
+    or ", iteration N" (word2vec's snapshots are named so)."""
+    return SNAPSHOT_SUFFIX.sub("", name)
+
+
+def family_key(e: EmbeddingInfo) -> str:
+    """A snapshot's family: its session and its family name (a session may hold several:
+    an encoder's rows and a layer's outputs); a set of no training: itself."""
+    if e.session is None or e.iteration is None:
+        return e.key
+    return f"{e.session}/{family_name(e.name)}"
+
+
 def families(infos: list[EmbeddingInfo]) -> dict[str, list[EmbeddingInfo]]:
-    """Embedding sets as the page lists them: a training session's snapshots together (by
-    iteration: the snapshot slider walks them), every other set alone."""
+    """Embedding sets as the page lists them: the snapshots of one family of a training
+    session (its session and name, see :func:`family_key`) together, in iteration order
+    (the snapshot slider walks them), every other set alone."""
     out: dict[str, list[EmbeddingInfo]] = {}
     for e in infos:
-        name = e.session if e.session is not None and e.iteration is not None else e.key
-        out.setdefault(name, []).append(e)
+        out.setdefault(family_key(e), []).append(e)
     for sets in out.values():
         sets.sort(key=lambda e: (e.iteration if e.iteration is not None else -1, e.created))
     return out
@@ -270,17 +289,29 @@ class EmbeddingsPage(Reactions):
 
     # ------------------------------------------------------------ choosing what to show
     def options(self) -> list[tuple[str, str]]:
-        names = {s.id: s.name or s.id for s in self.provider.sessions()}
+        """The picker's families, each labelled with its name (a session's snapshots: the
+        name the listener gave them, the same at every iteration)."""
         out = []
         for fam, sets in self.fams.items():
             last = sets[-1]
-            label = names.get(fam, last.name) if fam in names else last.name
+            label = family_name(last.name) if fam != last.key else last.name
             extra = f", {len(sets)} {self.t('snapshots')}" if len(sets) > 1 else ""
             out.append((fam, f"{label} ({last.n} {self.t('words')}{extra})"))
         return out
 
+    def resolve(self, fam: str | None, default: str | None = None) -> str | None:
+        """A family by its key, or by its session's id (an older link's, or a session's
+        first family); ``default`` when none matches."""
+        if fam in self.fams:
+            return fam
+        return next((f for f, sets in self.fams.items()
+                     if fam is not None and f != sets[-1].key and sets[-1].session == fam), default)
+
     def open_family(self, fam: str, snapshot: int | None = None, proj: str | None = None) -> None:
         """Show family ``fam`` at snapshot index ``snapshot`` (the last when None)."""
+        if fam not in self.fams:
+            fam = self.resolve(fam) or fam
+            self.silently(self.pick, "value", fam)
         sets = self.fams[fam]
         n = len(sets)
         self.snap.end = max(n - 1, 1)
@@ -385,8 +416,7 @@ class EmbeddingsPage(Reactions):
 
     def _quality(self, e: EmbeddingSet, p: Projection) -> str:
         t, q = self.t, p.quality
-        names = {s.id: s.name or s.id for s in self.provider.sessions()}
-        name = (f"{names.get(e.session, e.name)}, {t('iteration')} {e.iteration:,}"
+        name = (f"{family_name(e.name)}, {t('iteration')} {e.iteration:,}"
                 if e.session and e.iteration is not None else e.name)
         bits = [f"{esc(name)}: {e.n:,} {esc(t('words'))}, {esc(p.method)}"]
         if p.state != "done":
@@ -579,9 +609,11 @@ def build(ctx: Context) -> Page:
         return Page(note(t("No embedding sets in this store: plot_vocab(...) with store=, "
                            "Word2VecListener or embedviz.project(...) adds them.")))
     names = list(page.fams)
-    picked = [s.id for s in ctx.sessions if s.id in page.fams]
-    fam = ctx.state.get("set")
-    fam = fam if fam in page.fams else (picked[0] if picked else names[-1])
+    of = {f: sets[-1].session for f, sets in page.fams.items() if f != sets[-1].key}
+    picked = [f for s in ctx.sessions for f in names if of.get(f) == s.id]
+    # (an older link names a session: its first family)
+    fam = page.resolve(ctx.state.get("set"), picked[0] if picked else names[-1])
+    assert fam is not None
     page.pick.options = page.options()
     page.pick.value = fam
     snap = ctx.state.get("snap")

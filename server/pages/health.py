@@ -77,8 +77,11 @@ def build(ctx: Context) -> Page:
         button.disabled = not new
         if new:
             f = state["found"][new[0]]
+            # (a session of several workers: which one the finding is about)
+            who = (f" [{t('worker')} {f.worker}]"
+                   if len(ctx.provider.workers(f.session)) > 1 else "")
             whole.text = (f"<p><b>{esc(severity_text(f.severity, t.lang))}: {esc(f.check)}"
-                          f"{esc(' (' + f.layer + ')') if f.layer else ''}</b><br>"
+                          f"{esc(' (' + f.layer + ')') if f.layer else ''}{esc(who)}</b><br>"
                           f"{esc(describe(f, t.lang))}</p>")
         else:
             whole.text = ""

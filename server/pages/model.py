@@ -22,9 +22,10 @@ from bokeh.models import (  # type: ignore[attr-defined]
 )
 from bokeh.palettes import Viridis256
 from bokeh.plotting import figure
-from embedviz.server.charts import TOOLS, Chart, palette, set_x_axis
+from embedviz.server import explain
+from embedviz.server.charts import ALL, TOOLS, Chart, palette, set_x_axis
 from embedviz.server.data import histogram_grid, layer_rows, log10_ratio
-from embedviz.server.page import Context, Page, div, esc, note, stack
+from embedviz.server.page import Context, Page, div, esc, hint, note, stack
 
 from embedviz.layers import forward_order, layer_of, tensor_names
 from embedviz.store import HistogramRecord, SessionInfo
@@ -122,6 +123,12 @@ def _layer(ctx: Context, shown: list[SessionInfo], params: list[str], acts: list
     def name(s: SessionInfo, text: str) -> str:
         return f"{ctx.label(s)}: {text}" if several else text
 
+    def why(fn: Any, *args: Any) -> str | None:
+        """Why a chart is empty, for every session shown (None: nothing to say)."""
+        return explain.join(((ctx.label(s), fn(t, *args, ctx.keys(s), ctx.static(s)))
+                             for s in shown), several)
+    how_updates = why(explain.updates)
+
     if mine:
         ratio = ctx.chart(f"{t('Update:param ratio (log10)')}: {module}", height=240)
         ratio.fig.add_layout(BoxAnnotation(bottom=-4, top=-2, fill_alpha=0.07, fill_color="green"))
@@ -142,7 +149,13 @@ def _layer(ctx: Context, shown: list[SessionInfo], params: list[str], acts: list
                     mags.add(s, worker, name(s, f"{short} {t('mean |param|')}"),
                              (f"param/{p}/mean_magnitude",), width=2.0,
                              **{**style(s, i, len(mine)), "dash": "solid"})
-        children.append(row(_panel(ctx, ratio), _panel(ctx, mags), sizing_mode="stretch_width"))
+        children.append(row(_panel(ctx, ratio, how_updates), _panel(ctx, mags, how_updates),
+                            sizing_mode="stretch_width"))
+        if how_updates and ratio.lines:  # (measured without an optimizer: say how)
+            children.append(hint(how_updates, name="updates-note"))
+    no_acts = why(explain.activations)
+    if own not in acts and no_acts:
+        children.append(hint(no_acts, name="activations-note"))
     if own in acts:
         act = ctx.chart(f"{t('Activation mean +/- 2 stdev')}: {module}", height=240)
         dead = ctx.chart(f"{t('Dead units (zero fraction of the output)')}: {module}", height=240)
@@ -162,6 +175,10 @@ def _layer(ctx: Context, shown: list[SessionInfo], params: list[str], acts: list
         children.append(row(_panel(ctx, act), _panel(ctx, dead), sizing_mode="stretch_width"))
     hist = _histograms(ctx, shown, mine[0] if mine else None, own if own in acts else None,
                        module, at)
+    no_hist = explain.join(((ctx.label(s), explain.histograms(t, ctx.static(s))) for s in shown),
+                           several)
+    if no_hist:
+        children.append(hint(no_hist, name="histograms-note"))
     bad = ctx.chart(f"{t('NaN and Inf counts')}: {module}", height=200)
     lr = ctx.chart(t("Learning rate per parameter group"), height=200)
     kinds = [(k, s_) for k in ("param", "gradient", "update", "activation")
@@ -179,12 +196,15 @@ def _layer(ctx: Context, shown: list[SessionInfo], params: list[str], acts: list
             lr.add(s, worker, name(s, f"{t('group')} {key[3:]}"), (key,), **style(s, i, len(lrs)))
     for c in ctx.charts:
         c.load()
-    children += [hist.layout, row(_panel(ctx, bad), _panel(ctx, lr), sizing_mode="stretch_width")]
+    children += [hist.layout, row(_panel(ctx, bad), _panel(ctx, lr, why(explain.lr)),
+                                  sizing_mode="stretch_width")]
     return Page(stack(*children), list(ctx.charts), modes=hist.modes)
 
 
-def _panel(ctx: Context, chart: Chart) -> Any:
-    return chart.panel() if chart.lines else note(ctx.t("No series of this kind in the sessions picked."))
+def _panel(ctx: Context, chart: Chart, empty: str | None = None) -> Any:
+    """The chart, or why it is empty (``empty``: what was not recorded, and how to)."""
+    return chart.panel() if chart.lines else note(
+        empty or ctx.t("No series of this kind in the sessions picked."))
 
 
 def _histograms(ctx: Context, shown: list[SessionInfo], param: str | None, act: str | None,
@@ -202,8 +222,9 @@ def _histograms(ctx: Context, shown: list[SessionInfo], param: str | None, act: 
     for kind in ("param", "gradient", "update", "activation"):
         name = target[kind]
         for s in shown:
-            worker = ctx.worker_of(s)
-            if name is None or worker is None or f"{kind}/{name}/mean" not in ctx.keys(s):
+            # (histograms have no spread: all workers shown, those of the first)
+            worker = ctx.one_worker(s)
+            if name is None or worker is None or f"{kind}/{name}/mean" not in ctx.provider.keys(s.id, worker):
                 continue
             recs = _thin(ctx.provider.histograms(s.id, worker, f"{kind}/{name}"))
             if not recs:
@@ -211,6 +232,8 @@ def _histograms(ctx: Context, shown: list[SessionInfo], param: str | None, act: 
             reference = reference or recs
             image, lo, hi, its = histogram_grid(recs)
             who = f" ({ctx.label(s)})" if len(shown) > 1 else ""
+            if ctx.worker_of(s) == ALL:
+                who += f" ({t('worker')} {worker})"
             fig = figure(title=f"{t('Histograms over time')}: {labels[kind]} {name or module}{who}",
                          height=220, sizing_mode="stretch_width", tools=TOOLS, x_range=ctx.x_range,
                          y_axis_label=t("value"))

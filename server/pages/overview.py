@@ -17,10 +17,11 @@ from bokeh.models import (  # type: ignore[attr-defined]
     Slider,
     Span,
 )
-from embedviz.server.charts import Chart, palette
+from embedviz.server import explain
+from embedviz.server.charts import ALL, Chart, palette
 from embedviz.server.data import log10, log10_ratio, model_rows
 from embedviz.server.findings import describe, severity_color, severity_text
-from embedviz.server.page import Context, Page, div, esc, note, stack
+from embedviz.server.page import Context, Page, div, esc, hint, note, stack
 
 from embedviz.health import SEVERITY_RANK
 from embedviz.layers import tensor_names, weight_names
@@ -72,22 +73,61 @@ def build(ctx: Context) -> Page:
 
     metrics = _metrics(ctx, shown)
     ratio = _ratio(ctx, shown)
-    stdevs = [_stdev(ctx, shown, kind, title) for kind, title in (
-        ("activation", "log10 stdev of activations"), ("gradient", "log10 stdev of gradients"),
-        ("update", "log10 stdev of updates"))]
+    stdevs = [_stdev(ctx, shown, kind, title) for kind, title in STDEVS]
     lr = _lr(ctx, shown)
     for c in ctx.charts:
         c.load()
     page.charts += ctx.charts
     draw_score(bool(ctx.state.get("log")))
+    several = len(shown) > 1
+
+    def why(fn: Any) -> str | None:
+        return explain.join(((ctx.label(s), fn(t, ctx.keys(s), ctx.static(s))) for s in shown),
+                            several)
+    how_updates = why(explain.updates)
     page.layout = stack(
+        *_adversarial(ctx, shown, marks.found),
         row(smooth, log_box), score_box,
         row(_panel(ctx, metrics), _info(ctx, shown), sizing_mode="stretch_width"),
-        _panel(ctx, ratio, t("No update:param ratio: no parameter updates were recorded in "
-                             "the sessions picked.")),
-        row(*[_panel(ctx, c) for c in stdevs], sizing_mode="stretch_width"),
-        _panel(ctx, lr, t("No learning rate was recorded in the sessions picked.")))
+        _panel(ctx, ratio, how_updates or t("No update:param ratio: no parameter updates were "
+                                            "recorded in the sessions picked.")),
+        *([hint(how_updates, name="updates-note")] if how_updates and ratio.lines else []),
+        row(*[_panel(ctx, c, why(explain.activations) if kind == "activation" else
+                     (how_updates if kind == "update" else None))
+              for c, (kind, _) in zip(stdevs, STDEVS)], sizing_mode="stretch_width"),
+        _panel(ctx, lr, why(explain.lr) or t("No learning rate was recorded in the sessions "
+                                            "picked.")))
     return page
+
+
+STDEVS = (("activation", "log10 stdev of activations"), ("gradient", "log10 stdev of gradients"),
+          ("update", "log10 stdev of updates"))
+
+
+def _adversarial(ctx: Context, shown: list[SessionInfo], found: list[Any]) -> list[Any]:
+    """A note for each session whose objective is adversarial (a GAN's G and D): said so
+    (session or static info, a finding), or two of its workers (not ranks of one job)
+    whose scores move against each other."""
+    out = []
+    for s in shown:
+        workers = ctx.provider.workers(s.id)
+        statics = [ctx.provider.static(s.id, w) for w in workers]
+        if explain.adversarial(s, statics, found) or (
+                len(workers) > 1 and not ctx.ranks(s) and ctx.provider.memo(
+                    ("against", s.id), lambda s=s, workers=workers: _against(ctx, s, workers))):
+            text = ctx.t(explain.ADVERSARIAL).format(workers=", ".join(workers))
+            out.append(hint(f"{ctx.label(s)}: {text}" if len(shown) > 1 else text,
+                            name="adversarial-note"))
+    return out
+
+
+def _against(ctx: Context, s: SessionInfo, workers: list[str]) -> bool:
+    scores = []
+    for w in workers:
+        if "score" in ctx.provider.keys(s.id, w):
+            got = ctx.provider.read(s.id, w, ("score",), max_points=1000)["score"]
+            scores.append((got.iterations, got.values))
+    return any(explain.against(a, b) for i, a in enumerate(scores) for b in scores[i + 1:])
 
 
 def _panel(ctx: Context, chart: Chart, empty: str | None = None) -> Any:
@@ -102,10 +142,29 @@ def _score(ctx: Context, shown: list[SessionInfo], log: bool) -> Chart:
     fig = Chart(ctx.provider, t, t("Score"), x_range=ctx.x_range, y_label=t("Score"),
                 height=300, log_axis=log, mode=ctx.mode, name="score")
     for s in shown:
-        if "score" in ctx.keys(s):
-            fig.add(s, ctx.worker_of(s) or "", ctx.label(s), ("score",), color=ctx.color(s),
-                    width=1.2, smooth=True)
+        lines = _score_workers(ctx, s)
+        for i, (worker, label) in enumerate(lines):
+            keys = ctx.keys(s) if worker in (ALL, ctx.worker_of(s)) else ctx.provider.keys(s.id, worker)
+            if "score" in keys:
+                # (a session's workers: a colour each when it is the only session shown,
+                # else its colour with a dash each)
+                style = ({"color": palette(len(lines))[i]} if len(shown) == 1 and len(lines) > 1
+                         else {"color": ctx.color(s), "dash": DASHES[i % len(DASHES)]})
+                fig.add(s, worker, label, ("score",), width=1.2, smooth=True, **style)
     return fig
+
+
+DASHES = ("solid", "dashed", "dotted", "dotdash")
+
+
+def _score_workers(ctx: Context, s: SessionInfo) -> list[tuple[str, str]]:
+    """(worker, label) of each score line of ``s``: the worker shown (or all of them as
+    their spread), but every worker of a session of several models (a GAN's "G" and "D",
+    whose losses are read together), each named."""
+    workers = ctx.provider.workers(s.id)
+    if len(workers) > 1 and not ctx.ranks(s):
+        return [(w, f"{ctx.label(s)}: {ctx.t('worker')} {w}") for w in workers]
+    return [(ctx.worker_of(s) or "", ctx.label(s))]
 
 
 def _metrics(ctx: Context, shown: list[SessionInfo]) -> Chart:
@@ -198,7 +257,8 @@ def _info(ctx: Context, shown: list[SessionInfo]) -> Any:
         rows = {("session", "started"): t.when(s.created), ("session", "last update"): t.when(last)}
         worker = ctx.worker_of(s)
         if worker is not None and len(s.workers) > 1:
-            rows[("session", "worker")] = worker
+            rows[("session", "worker")] = (f"{t('all workers')} ({', '.join(w.worker for w in s.workers)})"
+                                           if worker == ALL else worker)
         for sec, name, value in model_rows(ctx.static(s)):
             rows[(sec, name)] = value
         cols.append(rows)
@@ -228,7 +288,7 @@ class Findings:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.chart: Chart | None = None
-        self.sources: dict[str, ColumnDataSource] = {}
+        self.sources: dict[tuple[str, str], ColumnDataSource] = {}
         self.cursor, self.found = 0, []
         ids = {s.id for s in ctx.sessions}
         for c, f in ctx.provider.findings():
@@ -244,7 +304,7 @@ class Findings:
         hover = HoverTool(renderers=[], tooltips=FINDING_TIP)
         for g in chart.groups:
             src = ColumnDataSource({c: [] for c in self.COLUMNS})
-            self.sources[g.session.id] = src
+            self.sources[(g.session.id, g.worker)] = src
             seg = chart.fig.segment(g.x(None, chart.mode), 0, g.x(None, chart.mode), 1, source=src,
                                     y_range_name="floor", line_color="color", line_dash="dashed",
                                     line_alpha=0.7, line_width=1.5)
@@ -273,7 +333,11 @@ class Findings:
             return
         t = self.ctx.t
         for g in self.chart.groups:
-            mine = [f for f in found if f.session == g.session.id and f.worker == g.worker]
+            # (a spread's markers are every worker's findings; a session of several workers
+            # names the worker of each)
+            mine = [f for f in found if f.session == g.session.id
+                    and (f.worker == g.worker or (g.worker == ALL and f.worker in g.workers))]
+            named = len(self.ctx.provider.workers(g.session.id)) > 1
             mine.sort(key=lambda f: (SEVERITY_RANK.get(f.severity, 3), f.iteration))
             if not mine:
                 continue
@@ -293,8 +357,11 @@ class Findings:
                     "layer": [f.layer or "" for f in mine],
                     "message": [describe(f, t.lang) for f in mine],
                     "label": [f"{severity_text(f.severity, t.lang)}: {f.check}"
-                              + (f" ({f.layer})" if f.layer else "") for f in mine]}
-            src = self.sources[g.session.id]
+                              + (f" ({f.layer})" if f.layer else "")
+                              + (f" [{t('worker')} {f.worker}]" if named else "") for f in mine]}
+            if named:  # (the label drawn on the chart names the worker too)
+                data["check"] = [f"{c} [{f.worker}]" if c else c for c, f in zip(data["check"], mine)]
+            src = self.sources[(g.session.id, g.worker)]
             if stream:
                 src.stream(data)
             else:
