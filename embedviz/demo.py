@@ -57,7 +57,9 @@ def train_digits_mlp(store: Store, *, epochs: int = 8, frequency: int = 10, lr: 
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
                                 torch.nn.ReLU(), torch.nn.Linear(32, 10))
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    listener = StatsListener(store, frequency, session_name=name, num_classes=10,
+    # (budget=None: a 0.3 ms step would get its reports spaced to a handful; the demo is
+    # there to show every chart of a run, and it is over in seconds)
+    listener = StatsListener(store, frequency, session_name=name, num_classes=10, budget=None,
                              tags={"dataset": "sklearn digits", **(tags or {})},
                              hyperparameters={"lr": lr, "momentum": 0.9, "batch_size": 32,
                                               "epochs": epochs})

@@ -51,6 +51,8 @@ WINDOW = 40
 RELU_TYPES = ("ReLU", "ReLU6", "Threshold", "Hardtanh")
 TANH_TYPES = ("Tanh", "Hardtanh", "Softsign")
 SIGMOID_TYPES = ("Sigmoid", "Hardsigmoid")
+#: tables whose rows learn only when their tokens are in the batch (a low mean update is their way)
+SPARSE_TYPES = ("Embedding", "EmbeddingBag")
 WEIGHT_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Bilinear", "LazyLinear")
 LANGUAGES = ("en", "ja")
 SEVERITY_RANK = {"error": 0, "warning": 1, "info": 2}
@@ -658,7 +660,8 @@ def update_ratio_high(h: History, above: float, reports: int, warmup: int) -> li
 def update_ratio_low(h: History, below: float, reports: int, annealed: float) -> list[Hit]:
     if h.max_lr > 0 and h.lr < annealed * h.max_lr:
         return []  # (a schedule lowered the learning rate: small updates are its purpose)
-    return _ratio_held(h, lambda r: r < below, f"log10 ratio >= {below:g}", reports)
+    return [hit for hit in _ratio_held(h, lambda r: r < below, f"log10 ratio >= {below:g}", reports)
+            if h.layer(str(hit.layer).rpartition(".")[0]).get("type") not in SPARSE_TYPES]
 
 
 _CLIP_EN = ("Clip gradients (torch.nn.utils.clip_grad_norm_), lower the learning rate, normalize "

@@ -214,11 +214,11 @@ def train(store: embedviz.Store, run: Run, seed: int = 0) -> str:
     model = run.build()
     opt = run.optimizer(list(model.parameters()))
     sched = run.schedule(opt) if run.schedule else None
-    # (max_pending: room for every report, so a busy machine drops none and the findings
-    # are the same on any machine)
+    # (max_pending: room for every report and no cost budget, so a busy machine drops or
+    # spaces none and the findings are the same on any machine)
     listener = StatsListener(store, FREQUENCY, session_name=run.name, num_classes=10,
                              tags={"zoo": "broken" if run.planted else "healthy"},
-                             background="thread", max_pending=64)
+                             background="thread", max_pending=64, budget=None)
     gen = torch.Generator().manual_seed(seed)
     with listener.attach(model, opt):
         for it in range(run.iterations):
@@ -250,7 +250,8 @@ def train_gan(store: embedviz.Store, run: Run, seed: int = 0) -> str:
     D = nn.Sequential(nn.Linear(64, 64), nn.LeakyReLU(0.2), nn.Linear(64, 1))
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-3, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-3, betas=(0.5, 0.999))
-    common = dict(tags={"zoo": "healthy"}, background="thread", max_pending=64, checks=False)
+    common = dict(tags={"zoo": "healthy"}, background="thread", max_pending=64, checks=False,
+                  budget=None)
     lg = StatsListener(store, FREQUENCY, session_name=run.name, worker="G", **common)
     ld = StatsListener(store, FREQUENCY, session=lg.session, worker="D", **common)
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,7 @@ explorer's snapshot slider walks the sets of one session and name, aligned):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +21,8 @@ import torch
 
 from embedviz.errors import InvalidRecordError
 from embedviz.records import EmbeddingSet
+
+log = logging.getLogger("embedviz.monitor")
 
 #: rows kept from an embedding or a batch of outputs, at most (an even sample beyond it)
 MAX_ROWS = 5000
@@ -115,6 +118,7 @@ class Snapshots:
             raise InvalidRecordError(f"max_rows must be an integer >= 1 (got {max_rows!r})")
         self.every = every or 0
         self.max_rows = max_rows
+        self._cut: set[str] = set()  # (embeddings whose rows were cut: said once)
 
     def due(self, iteration: int) -> bool:
         return bool(self.embeddings) and self.every > 0 and iteration % self.every == 0
@@ -139,6 +143,10 @@ class Snapshots:
                     f"model.named_modules())")
             weight = module.weight.detach()
             k = min(int(weight.shape[0]), self.max_rows)
+            if k < weight.shape[0] and name not in self._cut:
+                self._cut.add(name)
+                log.warning("embedviz monitor: embeddings: keeping the first %d of %d rows of %r "
+                            "in each snapshot (snapshot_rows= keeps more)", k, weight.shape[0], name)
             rows = torch.arange(k, device=weight.device)
             vectors = torch.index_select(weight, 0, rows).cpu().float().numpy()
             if labels is None:

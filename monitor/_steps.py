@@ -85,10 +85,10 @@ class Steps:
         self.skipped += skipped
         return True, skipped
 
-    def next_slow(self, it: int, every: int, snapshot_every: int, probe: int = -1) -> int:
+    def next_slow(self, it: int, every: int, snapshot_every: int) -> int:
         """The first iteration from ``it`` on whose step() is not a counter: the one before
-        a report (hooks go in), a report (every ``every``), a snapshot, the ``probe``."""
+        a report (hooks go in), a report (every ``every``), a snapshot."""
         until = it + (every - 1 - it % every) if it % every else it
         if snapshot_every:
             until = min(until, it + (-it) % snapshot_every)
-        return min(until, probe) if probe >= it else until
+        return until

@@ -24,7 +24,7 @@ from embedviz.monitor._hooks import Guard, Hooks, guarded
 from embedviz.monitor._model import Watched, clean, watched
 from embedviz.monitor._options import check_attach, check_listener, lrs_of
 from embedviz.monitor._sink import ProcessSink, Report, Sink, ThreadSink, can_process
-from embedviz.monitor._snapshots import Snapshots
+from embedviz.monitor._snapshots import MAX_ROWS, Snapshots
 from embedviz.monitor._static import static_info
 from embedviz.monitor._steps import Steps
 
@@ -95,7 +95,9 @@ class StatsListener:
         the optimizer is not attached (or with a scaler); None: with an optimizer attached,
         an iteration ends at the step() call after an optimizer step.
     embeddings, snapshot_every: {nn.Embedding module name: labels of its rows}, snapshotted
-        as embedding sets of the session every ``snapshot_every`` iterations.
+        as embedding sets of the session every ``snapshot_every`` iterations;
+        ``snapshot_rows``: the first rows kept of each (the most frequent tokens of a
+        frequency-sorted vocabulary; the log says once when rows are left out).
     """
 
     def __init__(self, store: Store | str | os.PathLike, frequency: int = 10, *,
@@ -110,7 +112,7 @@ class StatsListener:
                  objective: str | None = None, checks: bool | dict = True,
                  budget: float | None = 0.03, accumulation: int | None = None,
                  embeddings: dict[str, Any] | None = None,
-                 snapshot_every: int | None = None) -> None:
+                 snapshot_every: int | None = None, snapshot_rows: int = MAX_ROWS) -> None:
         check_listener(frequency=frequency, bins=bins, max_pending=max_pending,
                        sample_limit=sample_limit, watch=watch, ignore=ignore,
                        background=background, num_classes=num_classes, checks=checks,
@@ -147,7 +149,7 @@ class StatsListener:
         self.epoch: int | None = None
         self._budget = Budget(frequency, budget)
         self._every = frequency  # the spacing of reports in use (see Budget)
-        self._snapshots = Snapshots(embeddings, snapshot_every)
+        self._snapshots = Snapshots(embeddings, snapshot_every, snapshot_rows)
         self._sink: Sink | None = None
         self._pool: BufferPool | None = None
         self._capture = Capture(sample_limit, self._acquire)
@@ -165,9 +167,6 @@ class StatsListener:
         self._device: torch.device | None = None
         self._dtype = torch.float32
         self._steps = Steps(accumulation, self._records)  # (where iterations end)
-        self._probe = -1  # the iteration that times the bare loop in this window (-1: none)
-        self._cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                       else os.cpu_count() or 1)
         self._window = self._new_window()
 
     # ------------------------------------------------------------------ attaching
@@ -319,8 +318,6 @@ class StatsListener:
             return
         w["steps"] += 1
         it, reporting = self.iteration, self._reporting()
-        if not reporting and (it == self._probe or (it + 1) % self._every == 0):
-            w["probe" if it == self._probe else "arm"] = (now, it)  # (the bare loop between: see _judge_cost)
         try:
             if reporting and self._sink is not None:
                 self._report(loss, now, skipped)
@@ -332,10 +329,8 @@ class StatsListener:
                 self._capture.reset()
                 self._hooks.done()
                 self._step_lrs = {}
-                self._probe = it + self._every // 2 if self._every >= 4 else -1
             self._steps.fast_until = self._steps.next_slow(
-                self.iteration, self._every, self._snapshots.every if self._snapshots.embeddings else 0,
-                self._probe)
+                self.iteration, self._every, self._snapshots.every if self._snapshots.embeddings else 0)
         if self._sink is not None:
             if self._reporting():
                 self._hooks.arm()
@@ -445,22 +440,18 @@ class StatsListener:
             static=static))
 
     def _judge_cost(self, w: dict, sink: Sink, elapsed: float) -> None:
-        """The budget: what the report cost against the loop's time. Measured: the window's
-        time less its iterations at the bare loop's pace, timed from a probe mid-window to
-        the iteration before the report (the background's work, a GIL it holds included);
-        in short windows, this thread's time in the listener and the background's CPU where
-        it competes for the same cores. Snapshots are not the reports' cost."""
-        probe, arm = w.get("probe"), w.get("arm")
-        snaps = self._snap_seconds - w["snap"]
-        if probe and arm and arm[1] > probe[1]:
-            bare = (arm[0] - probe[0]) / (arm[1] - probe[1])
-            cost = elapsed - w["steps"] * bare - snaps  # (unclamped: its noise averages out)
-        else:
-            cost = (self.guard.seconds - w["own"]) - snaps
-            if sink.in_process or torch.get_num_threads() >= self._cores:
-                cost += max(sink.busy_seconds - w["busy"], 0.0)
+        """The budget: what the report cost against the loop's time. The cost is CPU time:
+        this thread's in the listener and the background's: a worker process's (though at
+        a low priority, it takes cores a compiled model's kernels use: +18% unspaced), a
+        thread's twice (it takes the interpreter's lock from training, and the hand-overs
+        cost as much again: a 0.15 ms step measured +21% counted once, +2% counted twice). Not
+        wall time: a busy machine or another listener in the same loop is not this
+        listener's cost. Snapshots are not the reports' cost."""
+        cost = (self.guard.seconds - w["own"]) - (self._snap_seconds - w["snap"])
+        cost += (2.0 if sink.in_process else 1.0) * max(sink.busy_seconds - w["busy"], 0.0)
         if self._budget.observe(cost, elapsed, w["steps"]) and self._every == self.frequency:
-            self.guard.warn_once("budget", self._budget.spaced())
+            self.guard.warn_once("budget", f"session {self.session} worker {self.worker}: "
+                                 f"{self._budget.spaced()}")
         self._every = self._budget.every
 
     def _behind(self) -> None:
@@ -469,7 +460,8 @@ class StatsListener:
             self.guard.warn_once("dropped", "the store is not keeping up: dropping reports "
                                  "(counted as monitor/dropped_reports)")
         elif self._budget.back_off() and self._every == self.frequency:
-            self.guard.warn_once("budget", self._budget.spaced())
+            self.guard.warn_once("budget", f"session {self.session} worker {self.worker}: "
+                                 f"{self._budget.spaced()}")
         self._every = self._budget.every
 
     def _static(self, sink: Sink) -> dict:

@@ -163,6 +163,8 @@ class Tab(Reactions):
             several = several or len(mine) > 1
             names += [w for w in mine if w not in names]
         values = ([ALL] if several else []) + names
+        if wanted == "all" and "all" not in names:  # (the URL's "*", as a person would write it)
+            wanted = ALL
         self.silently(self.worker, "options",
                       [(ALL, self.t("all workers"))] * several + [(w, w) for w in names])
         value = wanted if wanted in values else (self.worker.value if self.worker.value in values

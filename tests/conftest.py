@@ -50,3 +50,17 @@ def digits():
 def mlp() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
+
+
+@pytest.fixture(autouse=True)
+def _no_listener_left_hooked(request):
+    """A test leaves no listener hooked into torch (module hooks are global: one left behind
+    would run in every later test's models)."""
+    from torch.nn.modules.module import _global_forward_hooks
+
+    before = set(_global_forward_hooks)
+    yield
+    left = [k for k in _global_forward_hooks if k not in before]
+    for k in left:  # (so that one leak fails one test, not every later one)
+        _global_forward_hooks.pop(k, None)
+    assert not left, f"{request.node.name} left a listener's forward hook in place: remove() it"

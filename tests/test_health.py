@@ -189,6 +189,19 @@ def test_the_checks_take_weights_by_the_shared_rule():
     assert found == [("update_ratio_low", "rnn.weight_hh_l0")]
 
 
+def test_an_embedding_table_is_not_told_its_updates_are_tiny():
+    """An embedding's rows learn only when their tokens are in the batch: its mean
+    update:param ratio is low by design (word_language_model's encoder at lr=20)."""
+    tiny = {"param/encoder.weight": {"mm": 1.0}, "update/encoder.weight": {"mm": 1e-6},
+            "param/decoder.weight": {"mm": 1.0}, "update/decoder.weight": {"mm": 1e-6}}
+    layers = {"model": {"layers": [
+        {"name": "encoder", "type": "Embedding", "params": {"weight": [1000, 64]}},
+        {"name": "decoder", "type": "Linear", "params": {"weight": [1000, 64]}}]}}
+    records = [Static("s", "0", layers)] + [_update(i, 1.0 - i / 100, **tiny) for i in range(8)]
+    found = [(f.check, f.layer) for f in check_records(records) if f.check == "update_ratio_low"]
+    assert found == [("update_ratio_low", "decoder.weight")]
+
+
 def _update(i, score, **summaries):
     return Update("s", "0", i, score=score, summaries={
         k: Summary(count=10, mean=0.0, stdev=v.get("stdev", 1.0), mean_magnitude=v.get("mm", 1.0),
@@ -266,7 +279,7 @@ def test_the_worker_process_runs_the_checks_too(tmp_path):
     model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), zoo.Poison(at=12),
                                 torch.nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    listener = StatsListener(path, 2, background="process", num_classes=2, max_pending=64)
+    listener = StatsListener(path, 2, background="process", num_classes=2, max_pending=64, budget=None)
     with listener.attach(model, opt):
         for _ in range(30):
             loss = torch.nn.functional.cross_entropy(model(torch.randn(16, 8)), torch.randint(2, (16,)))

@@ -124,7 +124,7 @@ def test_the_rule_reads_the_layer_table_a_listener_records():
     model = Net()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     store = embedviz.open_store(":memory:")
-    listener = StatsListener(store, 1, background="thread")
+    listener = StatsListener(store, 1, background="thread", budget=None)
     with listener.attach(model, opt):
         for _ in range(2):
             loss = model(torch.randint(20, (4, 5))).pow(2).mean()

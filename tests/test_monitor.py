@@ -72,7 +72,7 @@ def test_recorded_statistics_are_what_the_optimizer_did(make, digits, store):
     relu.register_forward_hook(lambda m, i, o: acts.__setitem__("relu", o.detach().clone()))
     zero_fractions = []
     seen = train(model, StatsListener(store, FREQ, session="run", max_pending=10_000,
-                                 sample_limit=None), digits, 23,
+                                 sample_limit=None, budget=None), digits, 23,
                  hook=lambda i, m: zero_fractions.append(float((acts["relu"] == 0).float().mean())))
     relu_name = "1" if isinstance(model, torch.nn.Sequential) else "act"
     assert store.read_series("run", "score").iterations.tolist() == [0, 5, 10, 15, 20]
@@ -119,7 +119,7 @@ def test_an_injected_nan_shows_up_at_the_layer_where_it_appeared(digits, store):
     torch.manual_seed(0)
     poison = Poison()
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.Tanh(), poison, torch.nn.Linear(32, 10))
-    listener = StatsListener(store, FREQ, session="nan", max_pending=10_000)
+    listener = StatsListener(store, FREQ, session="nan", max_pending=10_000, budget=None)
 
     def arm(i, m):
         poison.armed = i >= 9  # from iteration 10's forward on
@@ -137,7 +137,7 @@ def test_an_injected_nan_shows_up_at_the_layer_where_it_appeared(digits, store):
 def test_frequency_and_filters_are_honoured(digits):
     store = MemoryStore()
     listener = StatsListener(store, 7, session="f", watch=["2.*", "2"], histograms=False,
-                             max_pending=10_000)
+                             max_pending=10_000, budget=None)
     train(mlp(), listener, digits, 30)
     assert store.read_series("f", "score").iterations.tolist() == [0, 7, 14, 21, 28]
     keys = store.series_keys("f")
@@ -151,7 +151,7 @@ def test_removing_the_listener_removes_every_hook(digits):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     from torch.nn.modules.module import _global_forward_hooks
 
-    handle = StatsListener(MemoryStore(), FREQ).attach(model, opt)
+    handle = StatsListener(MemoryStore(), FREQ, budget=None).attach(model, opt)
     assert _global_forward_hooks and opt._optimizer_step_pre_hooks  # (iteration 0 is reported)
     handle.remove()
     assert not any(m._forward_hooks for m in model.modules()) and not _global_forward_hooks
@@ -163,7 +163,7 @@ def test_hooks_are_in_place_only_around_reported_iterations(digits):
 
     model = mlp()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    listener = StatsListener(MemoryStore(), 3, session="h")
+    listener = StatsListener(MemoryStore(), 3, session="h", budget=None)
     hooked = []
     X, y = digits
     with listener.attach(model, opt):
@@ -227,7 +227,7 @@ def test_a_stalled_store_neither_blocks_training_nor_grows_memory(digits):
     t0 = time.perf_counter()
     handle = _one_batch_loop(listener, digits, 300)
     elapsed = time.perf_counter() - t0
-    assert elapsed < 20  # a blocked write would take 60 s
+    assert elapsed < 45  # a blocked write would take 60 s
     # all but what waits (4), what one batch holds (<= 50) and the one being written
     assert listener.dropped_reports >= 300 - 4 - 50 - 1
     t1 = time.perf_counter()
@@ -265,7 +265,7 @@ def test_memory_stays_flat_over_10000_iterations(digits, tmp_path):
 
 def test_log_metric_and_bad_arguments(digits):
     store = MemoryStore()
-    listener = StatsListener(store, FREQ, session="m", max_pending=10_000)
+    listener = StatsListener(store, FREQ, session="m", max_pending=10_000, budget=None)
     model = mlp()
     train(model, listener, digits, 6)
     with listener.attach(model):
@@ -283,7 +283,7 @@ def test_large_tensors_are_summarized_from_an_even_sample():
     store = MemoryStore()
     torch.manual_seed(0)
     model = torch.nn.Linear(400, 400)  # 160,000 weights > sample_limit
-    listener = StatsListener(store, 1, session="big", sample_limit=16384)
+    listener = StatsListener(store, 1, session="big", sample_limit=16384, budget=None)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with listener.attach(model, opt):
         loss = model(torch.randn(8, 400)).pow(2).mean()
@@ -330,7 +330,7 @@ def test_a_nan_outside_the_sample_is_counted_exactly():
     store = MemoryStore()
     torch.manual_seed(0)
     model = torch.nn.Linear(400, 400)  # 160,000 weights, sampled in 256 blocks of 16, 624 apart
-    listener = StatsListener(store, 1, session="s", sample_limit=4096)
+    listener = StatsListener(store, 1, session="s", sample_limit=4096, budget=None)
     with torch.no_grad():
         model.weight[3, 1] = math.nan  # position 1201: not one of the sampled positions
         model.weight[7, 2] = math.inf
@@ -368,7 +368,7 @@ def test_nan_gradients_under_a_finite_loss_are_counted_exactly():
         fc1.bias[3] = 0.0  # unit 3 is exactly 0 for every example
     model = torch.nn.Sequential(fc1, SqrtOfSquare(), torch.nn.Linear(400, 10))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    listener = StatsListener(store, 1, session="g", sample_limit=4096)
+    listener = StatsListener(store, 1, session="g", sample_limit=4096, budget=None)
     with listener.attach(model, opt):
         loss = model(torch.rand(8, 64)).pow(2).mean()
         opt.zero_grad()
@@ -401,7 +401,7 @@ def test_gradients_are_recorded_as_the_optimizer_saw_them(digits):
     only argument): an optimizer that clears gradients in place does not hide them."""
     store = MemoryStore()
     model = mlp()
-    listener = StatsListener(store, 1, session="c")
+    listener = StatsListener(store, 1, session="c", budget=None)
     opt = ConsumingSGD(model.parameters(), lr=0.1)
     seen = train(model, listener, digits, 3, optimizer=opt)
     got = store.read_series("c", "gradient/0.weight/mean_magnitude").values
@@ -415,7 +415,7 @@ def test_large_activations_are_sampled_by_whole_examples(digits):
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), torch.nn.ReLU(), torch.nn.Linear(512, 10))
     seen = {}
     model[1].register_forward_hook(lambda m, i, o: seen.__setitem__("relu", o.detach().clone()))
-    listener = StatsListener(store, 1, session="a", sample_limit=4096)
+    listener = StatsListener(store, 1, session="a", sample_limit=4096, budget=None)
     X, y = digits
     with listener.attach(model):
         loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
@@ -438,7 +438,7 @@ def test_channels_last_weights_are_followed_step_by_step():
     model = torch.nn.Conv2d(16, 32, 5).to(memory_format=torch.channels_last)  # 12,800 weights
     assert not model.weight.is_contiguous()
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    listener = StatsListener(store, 1, session="cl", sample_limit=4096)
+    listener = StatsListener(store, 1, session="cl", sample_limit=4096, budget=None)
     means = []
     with listener.attach(model, opt):
         for _ in range(3):
@@ -464,7 +464,7 @@ def test_gradient_accumulation_records_each_activation_once(digits):
     model[1].register_forward_hook(lambda m, i, o: first.setdefault("relu", o.detach().clone()))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     X, y = digits
-    with StatsListener(store, 1, session="acc").attach(model, opt) as handle:
+    with StatsListener(store, 1, session="acc", budget=None).attach(model, opt) as handle:
         opt.zero_grad()
         for k in range(4):
             xb, yb = X[16 * k:16 * (k + 1)], y[16 * k:16 * (k + 1)]
@@ -487,7 +487,7 @@ def test_a_validation_pass_between_steps_is_not_taken_for_the_activations(digits
         model = mlp()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         store = MemoryStore()
-        listener = StatsListener(store, FREQ, session="v")
+        listener = StatsListener(store, FREQ, session="v", budget=None)
         with listener.attach(model, opt):
             for i in range(4 * FREQ):
                 xb, yb = X[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32]
@@ -530,7 +530,7 @@ def test_accumulation_counts_the_first_passs_nan_and_lets_its_outputs_go(digits)
     model[0].register_forward_hook(lambda m, i, o: kept.append(weakref.ref(o.untyped_storage())))
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     X, y = digits
-    with StatsListener(store, 1, session="acc", sample_limit=4096).attach(model, opt) as handle:
+    with StatsListener(store, 1, session="acc", sample_limit=4096, budget=None).attach(model, opt) as handle:
         opt.zero_grad()
         for k in range(2):
             poison.armed = k == 0
@@ -554,7 +554,7 @@ def test_a_nan_in_an_unsampled_example_is_counted_exactly(digits):
     store = MemoryStore()
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 512), Poison(), torch.nn.Linear(512, 10))
-    listener = StatsListener(store, 1, session="p", sample_limit=4096)
+    listener = StatsListener(store, 1, session="p", sample_limit=4096, budget=None)
     X, _ = digits
     with listener.attach(model):
         out = model(X[:64])
@@ -614,7 +614,7 @@ def test_outputs_changed_in_place_after_their_module_are_recorded_as_it_made_the
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     reports = list(range(0, 30, FREQ))
     with StatsListener(store, FREQ, session="ip", sample_limit=None,
-                       max_pending=10_000).attach(model, opt) as handle:  # (none dropped)
+                       max_pending=10_000, budget=None).attach(model, opt) as handle:  # (none dropped)
         for i in range(30):
             model.bump = i in (10, 15, 16)
             loss = torch.nn.functional.cross_entropy(model(X[i * 32:(i + 1) * 32]), y[i * 32:(i + 1) * 32])

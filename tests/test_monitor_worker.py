@@ -157,7 +157,7 @@ def test_the_store_options_reach_the_worker(digits, tmp_path):
     """A store opened with synchronous=FULL is written with it by the worker process too."""
     db = tmp_path / "full.db"
     listener = StatsListener(f"sqlite:///{db}?synchronous=FULL", 1, session="f",
-                             background="process")
+                             background="process", budget=None)
     handle, one_step = _stepper(listener, digits)
     (pid,) = workers()
     with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -194,7 +194,7 @@ def test_closing_twice_concurrently_around_a_stuck_worker_leaves_the_programs_fi
     own behind."""
     before = set(os.listdir("/proc/self/fd"))
     listener = StatsListener(tmp_path / "stuck.db", 1, session="s", background="process",
-                             close_timeout=1.0)
+                             close_timeout=1.0, budget=None)
     handle, one_step = _stepper(listener, digits)
     (pid,) = workers()
     os.kill(pid, signal.SIGSTOP)
@@ -231,7 +231,8 @@ def test_a_listener_removed_right_after_attach_touches_no_file_later(digits, tmp
     """The issue's repro: attach, remove at once (the worker still starting), open files,
     wait: they are all still open and hold what the program wrote."""
     for _ in range(3):
-        handle, _ = _stepper(StatsListener(tmp_path / "quick.db", 1, background="process"), digits)
+        handle, _ = _stepper(StatsListener(tmp_path / "quick.db", 1, background="process",
+                                           budget=None), digits)
         handle.remove()
     mine = _open_files(tmp_path, 20)
     time.sleep(1.0)
@@ -242,7 +243,8 @@ def test_a_listener_removed_right_after_attach_touches_no_file_later(digits, tmp
 def test_many_short_trainings_in_a_row_into_one_store(digits, tmp_path):
     db = tmp_path / "many.db"
     for k in range(11):
-        handle, one_step = _stepper(StatsListener(db, 1, session=f"run{k}", background="process"),
+        handle, one_step = _stepper(StatsListener(db, 1, session=f"run{k}", background="process",
+                                                  budget=None),
                                     digits)
         for _ in range(3):
             one_step()
@@ -430,7 +432,7 @@ def test_word2vec_and_small_models_start_no_process(digits, tmp_path):
     from embedviz.monitor import Word2VecListener
     from gensim.models import Word2Vec
 
-    handle, one_step = _stepper(StatsListener(tmp_path / "small.db", 1), digits)
+    handle, one_step = _stepper(StatsListener(tmp_path / "small.db", 1, budget=None), digits)
     one_step()
     assert workers() == []
     handle.remove()

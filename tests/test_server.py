@@ -827,6 +827,7 @@ def test_all_ranks_are_drawn_as_their_median_and_spread_and_followed_live(tmp_pa
         assert [g.worker for g in chart(tab, "log10 update:param").groups] == ["0"]  # (one rank)
         doc, tab = build(app, "overview", sessions=[sid], worker="*")
         assert errors(doc) == [] and "worker=%2A" in tab.url.text
+        assert build(app, "overview", sessions=[sid], worker="all")[1].worker.value == "*"
         assert "median across the workers" in note_text(doc, "spread-note")
         ratio = chart(tab, "log10 update:param")
         (g,) = ratio.groups
