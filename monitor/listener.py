@@ -386,6 +386,7 @@ class StatsListener:
     def _report(self, loss: Any, now: float, skipped: bool) -> None:
         sink, cap = self._sink, self._capture
         assert sink is not None
+        spacing = self._every  # (this report's: dropped reports or its cost may change the next)
         no_room = not sink.in_process and self._pool is not None and self._pool.warning
         if sink.gone or no_room:  # the worker died, or no shared memory: a thread from here on
             if no_room:
@@ -411,7 +412,6 @@ class StatsListener:
         nonfinite = cap.nonfinite(loss if loss is not None else float("nan"), self._hooks.stepped)
         lrs = self._step_lrs or self._hooks.lrs or self._hooks.optimizer_lrs()
         scalars = {f"lr/{k}": v for k, v in lrs.items()}
-        spacing = self._every
         if w["steps"] and self.iteration > 0:
             scalars["timing/iteration_ms"] = 1000.0 * elapsed / w["steps"]
             scalars["timing/batches_per_s"] = w["steps"] / elapsed
@@ -428,7 +428,7 @@ class StatsListener:
             scalars["memory/device_max_allocated_bytes"] = float(torch.cuda.max_memory_allocated(device))
         scalars["monitor/dropped_reports"] = float(self.dropped_reports)
         scalars["monitor/failed_reports"] = float(self._lost_before[1] + sink.failed)
-        scalars["monitor/report_every"] = float(spacing)  # (this report's; the next may differ)
+        scalars["monitor/report_every"] = float(spacing)
         static = None if self._static_sent else self._static(sink)
         self._static_sent = True
         buf = cap.take()

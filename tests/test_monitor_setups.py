@@ -346,10 +346,9 @@ def test_a_tiny_fast_model_gets_its_reports_spaced_within_the_budget(db, caplog,
     assert every[0] == 1 and every[-1] > 1 and float(every[-1]).is_integer()
     its = _stats(store, "tiny0", "score").iterations
     assert len(its) == len(every)
-    # (aligned: multiples of the spacing in use; one CI run under a full load saw a report off
-    # it, cause not found yet: the test names them, and fails on more than one in fifty)
-    off = [(it, e) for it, e in zip(its, every) if it % e]
-    assert len(off) <= len(its) / 50, off
+    # (aligned: multiples of the spacing in use, recorded before reports dropped meanwhile
+    # widen it for the next)
+    assert [(it, e) for it, e in zip(its, every) if it % e] == []
     assert len(its) < steps / 3
     budget_lines = [r for r in caplog.records if "budget" in r.getMessage()]
     assert len(budget_lines) == 3  # once per listener (three runs)
