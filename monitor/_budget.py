@@ -24,6 +24,9 @@ SLACK = 2.0
 TOLERANCE = 1.2
 #: at most this many times the asked frequency
 MAX_FACTOR = 10_000
+#: one judgement raises the spacing at most this many times (a window measured wrong would
+#: otherwise space reports past the run's end, with no report left to correct it)
+GROWTH = 8
 
 
 class Budget:
@@ -38,13 +41,19 @@ class Budget:
         self.iteration: float | None = None  # seconds per iteration of the bare loop
         self._windows = 0
 
-    def observe(self, cost: float, elapsed: float, iterations: int) -> bool:
+    def observe(self, cost: float, elapsed: float, iterations: int,
+                inline: float | None = None) -> bool:
         """One window between reports: the report's ``cost`` (s), the window's ``elapsed``
-        wall time and its ``iterations``; True when this spaced reports further apart."""
+        wall time and its ``iterations``; ``inline``: the part of ``cost`` spent on the loop's
+        own thread (all of it by default). Only that part is taken out of ``elapsed`` for the
+        bare loop's time: a background's time overlaps the loop's (counted in full, it can
+        exceed the window and make the loop look free). True when this spaced reports further
+        apart."""
         if self.fraction <= 0 or iterations <= 0 or elapsed <= 0:
             return False
         self._windows += 1
-        bare = max(elapsed - cost, 1e-3 * elapsed) / iterations  # (cost may be below 0: noise)
+        inline = cost if inline is None else inline
+        bare = max(elapsed - inline, 1e-3 * elapsed) / iterations  # (may be below 0: noise)
         if self.cost is None or self.iteration is None or self._windows <= WARMUP_REPORTS:
             self.cost, self.iteration = cost, bare  # (the latest, until judged)
             return False
@@ -56,7 +65,7 @@ class Budget:
             every = f * math.ceil(needed / f)
         elif needed * SLACK < every:
             every = f * math.ceil(needed * SLACK / f)
-        every = max(f, min(every, f * MAX_FACTOR))
+        every = max(f, min(every, GROWTH * self.every, f * MAX_FACTOR))
         grew, self.every = every > self.every, every
         return grew
 

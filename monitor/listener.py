@@ -447,9 +447,9 @@ class StatsListener:
         cost as much again: a 0.15 ms step measured +21% counted once, +2% counted twice). Not
         wall time: a busy machine or another listener in the same loop is not this
         listener's cost. Snapshots are not the reports' cost."""
-        cost = (self.guard.seconds - w["own"]) - (self._snap_seconds - w["snap"])
-        cost += (2.0 if sink.in_process else 1.0) * max(sink.busy_seconds - w["busy"], 0.0)
-        if self._budget.observe(cost, elapsed, w["steps"]) and self._every == self.frequency:
+        inline = (self.guard.seconds - w["own"]) - (self._snap_seconds - w["snap"])
+        cost = inline + (2.0 if sink.in_process else 1.0) * max(sink.busy_seconds - w["busy"], 0.0)
+        if self._budget.observe(cost, elapsed, w["steps"], inline) and self._every == self.frequency:
             self.guard.warn_once("budget", f"session {self.session} worker {self.worker}: "
                                  f"{self._budget.spaced()}")
         self._every = self._budget.every
