@@ -8,9 +8,12 @@ histogram (the histogram is precomputed for both, so only writing is timed); its
 includes the final flush. Then reads back a worker of 100,000 updates of 250 series: a
 whole series, a zoom into 1% and the last half downsampled to 1,000 points; all 250 series
 at once (read_many) against a loop of read_series, downsampled and as a live tick; and
-sessions() of 3 such workers, before (the old query) and now.
+sessions() of 3 such workers, before (the old query) and now. With ``--postgres`` the same
+writes and reads run on a PostgreSQL store too (``auto``: a throw-away server started here,
+as the tests do), with the app's overview page built over each (100,000 iterations x 10
+layers).
 
-    python benchmarks/bench_store.py [--updates 300] [--read-updates 100000]
+    python benchmarks/bench_store.py [--updates 300] [--read-updates 100000] [--postgres auto|URL]
 """
 
 from __future__ import annotations
@@ -51,8 +54,8 @@ def realistic_updates(n: int, session: str) -> list[Update]:
     return out
 
 
-def bench_ours(updates: list[Update], folder: str, batch: int) -> float:
-    store = embedviz.open_store(os.path.join(folder, f"ours-{batch}.db"))
+def bench_ours(updates: list[Update], folder: str, batch: int, target: str | None = None) -> float:
+    store = embedviz.open_store(target or os.path.join(folder, f"ours-{batch}.db"))
     store.create_session("bench")
     t0 = time.perf_counter()
     for i in tqdm(range(0, len(updates), batch), desc=f"embedviz (batch {batch})", leave=False):
@@ -99,7 +102,7 @@ def fill_long(path: str, n: int) -> None:
     """Worker "0": ``n`` updates of 250 series (a random walk of scores among them);
     workers "1" and "2": ``n`` scores each."""
     store = embedviz.open_store(path)
-    store.yield_gil = False
+    store.yield_gil = False  # type: ignore[attr-defined]
     store.create_session("long")
     rng = np.random.default_rng(1)
     scores = np.cumsum(rng.normal(0, 1, n))
@@ -133,6 +136,8 @@ def statements(store: embedviz.Store, fn: Callable[[], object]) -> int:
     """How many SQL statements ``fn()`` runs on this thread's connection."""
     seen: list[str] = []
     conn = store._conn()  # type: ignore[attr-defined]
+    if not hasattr(conn, "set_trace_callback"):  # (SQLite's alone)
+        return -1
     conn.set_trace_callback(seen.append)
     try:
         fn()
@@ -174,7 +179,8 @@ def bench_reads(path: str, n: int) -> dict[str, float]:
         out[f"many {name} statements"] = statements(reader, lambda kw=kw: many(**kw))
         out[f"loop {name} statements"] = statements(reader, lambda kw=kw: loop(**kw))
     conn = reader._conn()  # type: ignore[attr-defined]
-    out["sessions before"] = best_ms(lambda: conn.execute(OLD_SESSIONS_SQL).fetchall())
+    out["sessions before"] = best_ms(lambda: conn.execute(OLD_SESSIONS_SQL).fetchall()) \
+        if hasattr(conn, "set_trace_callback") else float("nan")
     out["sessions first"] = min(first_sessions(path) for _ in range(5))
     out["sessions"] = best_ms(reader.sessions)
     out["changes"] = best_ms(reader.changes)
@@ -207,7 +213,11 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=300)
     parser.add_argument("--read-updates", type=int, default=100_000,
                         help="updates of the worker read back (default 100,000)")
+    parser.add_argument("--postgres", default=None, metavar="auto|URL",
+                        help="also a PostgreSQL store: auto starts a throw-away server")
     args = parser.parse_args()
+    if args.postgres:
+        return compare_postgres(args)
     updates = realistic_updates(args.updates, "bench")
     with tempfile.TemporaryDirectory() as folder:
         ours_1 = bench_ours(updates, folder, 1)
@@ -224,6 +234,49 @@ def main() -> None:
     print(f"  ratio embedviz (one per transaction) / TensorBoard: {ours_1 / tb:.1f}x "
           f"(target >= 1.0x: {'met' if ours_1 >= tb else 'MISSED'})")
     report_reads(reads, args.read_updates)
+
+
+def compare_postgres(args: argparse.Namespace) -> None:
+    """The writes, the reads and the overview page on SQLite and PostgreSQL, side by side."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "tests"))
+    sys.path.insert(0, os.path.dirname(__file__))
+    from bench_app import fill_training, timed_page
+    from pgcluster import Cluster
+
+    cluster = Cluster() if args.postgres == "auto" else None
+    url = (lambda: cluster.url()) if cluster else (lambda: args.postgres)  # noqa: E731
+    updates = realistic_updates(args.updates, "bench")
+    n = args.read_updates
+    rows: dict[str, list[float]] = {}
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for _name, target in (("SQLite", None), ("PostgreSQL", url())):
+                rows.setdefault("write, 1 update a transaction (updates/s)", []).append(
+                    bench_ours(updates, folder, 1, target))
+                rows.setdefault("write, 10 updates a transaction (updates/s)", []).append(
+                    bench_ours(updates, folder, 10, target and url()))
+                long = url() if target else os.path.join(folder, "long.db")
+                fill_long(long, n)
+                r = bench_reads(long, n)
+                for key, label in (("whole score", "whole score to 1,000 points (ms)"),
+                                   ("whole stat", "whole statistic to 1,000 points (ms)"),
+                                   ("zoom stat", "zoom into 1% (ms)"),
+                                   ("many downsampled", "250 series at once, to 200 points (ms)"),
+                                   ("many tick", "250 series, a live tick (ms)"),
+                                   ("sessions", "sessions() (ms)"), ("changes", "changes() (ms)")):
+                    rows.setdefault(label, []).append(r[key])
+                app = url() if target else os.path.join(folder, "app.db")
+                session = fill_training(app, n, 10)
+                rows.setdefault(f"overview page of {n:,} iterations x 10 layers (s)", []).append(
+                    timed_page(app, "overview", session))
+    finally:
+        if cluster:
+            cluster.close()
+    print(f"\n{'':<52} {'SQLite':>12} {'PostgreSQL':>12}")
+    for label, (a, b) in rows.items():
+        print(f"{label:<52} {a:12.2f} {b:12.2f}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ in :mod:`embedviz.monitor`, the Bokeh app in :mod:`embedviz.server`.
 
 from __future__ import annotations
 
+import atexit
+import sys
+
 from embedviz.errors import (
     EmbedvizError,
     ImportFormatError,
@@ -29,6 +32,16 @@ from embedviz.records import (
     Update,
 )
 from embedviz.store import Store, open_store
+
+
+@atexit.register
+def _close_remote_stores() -> None:
+    """Remote stores left open are closed (what they hold sent or spooled) at exit, after
+    the listeners' sinks have flushed into them: registered here, at the first import of
+    embedviz, before any sink's (atexit runs the last registered first)."""
+    remote = sys.modules.get("embedviz.store.remote")
+    if remote is not None:
+        remote.close_at_exit()
 
 
 def __getattr__(name: str):

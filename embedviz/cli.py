@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sqlite3
 import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
 
 from embedviz.errors import EmbedvizError, UnknownSessionError
-from embedviz.store import SessionInfo, SQLiteStore, Store, open_store
+from embedviz.store import SessionInfo, SQLiteStore, Store, backend_failure, open_store
 from embedviz.store.base import check_output_path
 
 #: t-SNE's early exaggeration phase: openTSNE's 250 iterations, at most a third of the run
@@ -203,17 +202,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"embedviz: {os.path.abspath(path)} is a new, empty store: its pages fill as "
               "soon as a training records into it", flush=True)
     return _serve(args.store, port=args.port, host=args.host, origins=args.allow_websocket_origin,
-                  lang=args.lang, show=args.show)
+                  lang=args.lang, show=args.show, token_file=args.token_file)
 
 
 def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | None,
-           show: bool) -> int:
+           show: bool, token_file: str | None = None) -> int:
     from embedviz.server import make_server
 
-    server = make_server(store, port=port, host=host, allow_websocket_origin=origins, lang=lang)
+    server = make_server(store, port=port, host=host, allow_websocket_origin=origins, lang=lang,
+                         token_file=token_file)
     server.start()
     url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{server.port}/"
     print(f"embedviz: serving {store} at {url}  (Ctrl+C stops it)", flush=True)
+    if token_file is not None:
+        print(f"embedviz: trainings post to {url}ingest with the token in {token_file} "
+              f"(open_store('{url.rstrip('/')}', token=...), or EMBEDVIZ_TOKEN_FILE)", flush=True)
+        if os.stat(token_file).st_mode & 0o077:
+            print(f"embedviz: warning: other users can read {token_file}: chmod 600 it",
+                  file=sys.stderr, flush=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print("embedviz: warning: the token travels in clear text over http: on a shared "
+                  "network, put the server behind TLS (a reverse proxy) and post to https://",
+                  file=sys.stderr, flush=True)
     if show:
         server.io_loop.add_callback(server.show, "/")
     try:
@@ -222,6 +232,35 @@ def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | 
         pass
     finally:
         server.stop()
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from embedviz.store.remote import read_token_file, sync
+
+    if args.token_file is None and not (os.environ.get("EMBEDVIZ_TOKEN")
+                                        or os.environ.get("EMBEDVIZ_TOKEN_FILE")):
+        raise EmbedvizError("embedviz sync needs the server's token: pass --token-file FILE "
+                            "(the file given to `embedviz serve --token-file`), or set "
+                            "EMBEDVIZ_TOKEN_FILE")
+    token = None if args.token_file is None else read_token_file(args.token_file)
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:  # (a long spool: a line every 2 s)
+        if time.monotonic() - last[0] >= 2.0 or done == total:
+            last[0] = time.monotonic()
+            print(f"embedviz sync: {done} of {total} records sent", file=sys.stderr, flush=True)
+
+    report = sync(args.spool, args.to, token, progress=progress)
+    for folder in report.busy:
+        print(f"embedviz sync: skipped {folder}: a running process is sending it",
+              file=sys.stderr)
+    if not report.synced and not report.busy:
+        print(f"{args.spool}: nothing to send (no spool there)")
+        return 0
+    print(f"synced {report.written + report.duplicates + report.rejected} records from "
+          f"{len(report.synced)} spool(s): {report.written} stored, {report.duplicates} "
+          f"already stored, {report.rejected} rejected by the server")
     return 0
 
 
@@ -275,7 +314,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", choices=["en", "ja"], default=None,
                    help="page language (default: the browser's)")
     p.add_argument("--show", action="store_true", help="open it in a browser")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="take posts of training machines at /ingest with the token in FILE "
+                   "(without it, posts are refused)")
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("sync", help="send a spool left behind by a training that ended while "
+                       "the server could not be reached")
+    p.add_argument("spool", help="the spool folder a training named (or a folder of several, "
+                   "e.g. ~/.cache/embedviz/spool)")
+    p.add_argument("--to", default=None, metavar="URL",
+                   help="the server, http://HOST:PORT (default: the one each spool was meant for)")
+    p.add_argument("--token-file", default=None, metavar="FILE",
+                   help="the server's token (default: $EMBEDVIZ_TOKEN, or the file "
+                   "$EMBEDVIZ_TOKEN_FILE)")
+    p.set_defaults(func=cmd_sync)
     p = sub.add_parser("tsne", help="project word vectors with t-SNE into a standalone HTML plot")
     p.add_argument("vectors", help="word2vec .vec/.txt/.bin, projector tensors.tsv, or .npy (with --labels)")
     p.add_argument("-o", "--output", default="vocab.html", help="the HTML file to write")
@@ -337,13 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _reader_gone()
-    except (EmbedvizError, OSError, sqlite3.DatabaseError) as exc:
-        if args.debug:
+    except Exception as exc:
+        why = backend_failure(exc)  # (a store damaged or a server gone after it was opened)
+        if args.debug or (why is None and not isinstance(exc, (EmbedvizError, OSError))):
             raise
-        why = str(exc)
-        if isinstance(exc, sqlite3.DatabaseError):  # (a store damaged after it was opened)
-            why = (f"the store is damaged or unreadable ({exc}): restore it from a copy, or "
-                   "recover what is left with `sqlite3 FILE .recover`")
+        why = why or str(exc)
         print(f"embedviz {args.command}: error: {why} (--debug shows where)", file=sys.stderr)
         return 2
 

@@ -245,20 +245,20 @@ def run(store: Store, html: str | None = "vocab.html", *, again: bool = False,
     done = n > 0 and all(sets[n].get(p) is not None and sets[n][p].tags.get(STATE) == "done"
                          for p in PARTS)
     if done and not again:
-        print(f"embedviz demo: {store.url} already holds the demo (set {n}); not recording it "
+        print(f"embedviz demo: {store.label} already holds the demo (set {n}); not recording it "
               "again (`embedviz demo --again` records a new set)")
         return {p: sets[n][p].id for p in PARTS}
     if done or n == 0 or again:
         n, left = n + 1, {}
     else:
         left = sets[n]
-        print(f"embedviz demo: completing the interrupted demo (set {n}) in {store.url}")
+        print(f"embedviz demo: completing the interrupted demo (set {n}) in {store.label}")
     sizes = {**EPOCHS, **(epochs or {})}
     t0 = time.time()
     ids = {p: _record(store, n, p, left.get(p), sizes[p]) for p in PARTS}
     if html:
         plot_last_snapshot(store, ids["lee-word2vec"], html)
-    print(f"\nrecorded in {time.time() - t0:.1f} s into {store.url}")
+    print(f"\nrecorded in {time.time() - t0:.1f} s into {store.label}")
     _summary(store, ids, html)
     return ids
 

@@ -131,6 +131,9 @@ class Histogram:
         if np.any(self.counts < 0) or self.underflow < 0 or self.overflow < 0:
             raise _fail("histogram counts must be >= 0", self.counts.min(), "check the counts")
         self.underflow, self.overflow = int(self.underflow), int(self.overflow)
+        if max(self.underflow, self.overflow) > INT64_MAX:  # (what the stores hold)
+            raise _fail("histogram underflow and overflow must be at most 2**63 - 1",
+                        max(self.underflow, self.overflow), "check the counts")
 
     @classmethod
     def trusted(cls, edges: np.ndarray, counts: np.ndarray, underflow: int, overflow: int

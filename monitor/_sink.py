@@ -42,7 +42,8 @@ from embedviz.monitor._report import Report, report_records, rss_bytes
 
 from embedviz.health import Checker, store_peers
 from embedviz.records import Record
-from embedviz.store import SQLiteStore, Store, open_store
+from embedviz.store import Store, open_store
+from embedviz.store.sql import SQLStore
 
 log = logging.getLogger("embedviz.monitor")
 
@@ -61,9 +62,10 @@ NOTICE = struct.Struct("<qqq")
 
 
 def can_process(store: Any, on_cpu: bool) -> bool:
-    """Whether a :class:`ProcessSink` can serve: an SQLite store opened for writing, tensors
-    on the CPU (``on_cpu``: their capture buffers are memfd memory), Linux."""
-    return (isinstance(store, SQLiteStore) and not store.readonly and on_cpu
+    """Whether a :class:`ProcessSink` can serve: an SQL store (its worker reopens it from its
+    URL) opened for writing, tensors on the CPU (``on_cpu``: their capture buffers are memfd
+    memory), Linux."""
+    return (isinstance(store, SQLStore) and not store.readonly and on_cpu
             and hasattr(os, "memfd_create") and hasattr(socket, "send_fds"))
 
 
@@ -284,7 +286,7 @@ class ProcessSink(Sink):
 
     in_process = False
 
-    def __init__(self, store: SQLiteStore, pool: Any, *, close_timeout: float = 5.0,
+    def __init__(self, store: SQLStore, pool: Any, *, close_timeout: float = 5.0,
                  flush_seconds: float = 1.0, checks: dict | None = None) -> None:
         self.pool, self.close_timeout = pool, close_timeout
         self._warned: set[str] = set()
@@ -499,7 +501,7 @@ def main(url: str, fd: int, bell: int, parent: int, flush_seconds: float,
     sock.setblocking(False)  # (socket.recv_fds and send_fds drop their flags argument)
     maps: dict[int, np.ndarray] = {}
     writer = BatchWriter(open_store(url), flush_seconds, parent, checks)
-    if isinstance(writer.store, SQLiteStore):
+    if isinstance(writer.store, SQLStore):
         writer.store.yield_gil = False  # (no training thread here to yield to)
 
     def done(index: int) -> None:

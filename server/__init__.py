@@ -21,7 +21,8 @@ APP_DIR = Path(__file__).parent / "app"
 class AppState:
     """What one app server owns: its store, the read layer over it (``provider``) and
     the pool that runs projections from the embeddings page (``jobs``; None for a store
-    opened read-only). ``close()`` is idempotent."""
+    opened read-only) and the thread that writes what the ingest endpoint is posted
+    (:meth:`ingest_writer`). ``close()`` is idempotent."""
 
     def __init__(self, target: Any, *, lang: str | None = None, jobs: bool = True) -> None:
         from embedviz.server.provider import Provider
@@ -37,7 +38,19 @@ class AppState:
             from embedviz.server.jobs import Jobs
 
             self.jobs = Jobs(self.store)
+        self._writer: Any = None
         self._closed = False
+
+    def ingest_writer(self) -> Any:
+        """The executor that parses and writes posts to /ingest: one thread, so posts are
+        written one at a time, in order, off the event loop (made at the first post)."""
+        if self._closed:
+            raise RuntimeError("the app's state is closed")
+        if self._writer is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="embedviz-ingest")
+        return self._writer
 
     def __enter__(self) -> AppState:
         return self
@@ -51,6 +64,8 @@ class AppState:
         self._closed = True
         if self.jobs is not None:
             self.jobs.close()
+        if self._writer is not None:  # (the post being written lands before the store closes)
+            self._writer.shutdown(wait=True, cancel_futures=True)
         if self.own_store:
             self.store.close()
 
@@ -77,13 +92,21 @@ def app_settings(argv: list[str]) -> dict:
 
 
 def make_server(store: str = "runs.db", *, port: int = 5006, host: str = "127.0.0.1",
-                allow_websocket_origin: list[str] | None = None, lang: str | None = None) -> Any:
-    """A Bokeh server (not started) that serves the app at ``/``. Binds 127.0.0.1; another
-    ``host`` needs the exact origins the browser will use in ``allow_websocket_origin``."""
+                allow_websocket_origin: list[str] | None = None, lang: str | None = None,
+                token_file: str | os.PathLike | None = None) -> Any:
+    """A Bokeh server (not started) that serves the app at ``/`` and the ingest endpoint
+    at ``/ingest`` (embedviz.server.ingest: it takes posts with the token held in
+    ``token_file``; without one it refuses them, saying how to enable it). Binds 127.0.0.1;
+    another ``host`` needs the exact origins the browser will use in
+    ``allow_websocket_origin``."""
     from bokeh.application import Application
     from bokeh.application.handlers import DirectoryHandler
     from bokeh.server.server import Server
+    from embedviz.server.ingest import Ingest, IngestHandler
 
+    from embedviz.store.remote import read_token_file
+
+    token = None if token_file is None else read_token_file(token_file)
     origins = list(allow_websocket_origin or [])
     if any(o.strip() in ("*", "") for o in origins):
         raise EmbedvizError("--allow-websocket-origin must name exact origins (host:port), "
@@ -98,7 +121,8 @@ def make_server(store: str = "runs.db", *, port: int = 5006, host: str = "127.0.
     app = Application(DirectoryHandler(filename=str(APP_DIR), argv=argv))
     return Server({"/": app}, port=port, address=host, allow_websocket_origin=origins,
                   check_unused_sessions_milliseconds=10_000,
-                  unused_session_lifetime_milliseconds=30_000)
+                  unused_session_lifetime_milliseconds=30_000,
+                  extra_patterns=[(r"/ingest", IngestHandler, {"ingest": Ingest(token)})])
 
 
 def show(store: Any = "runs.db", *, port: int | None = None, lang: str | None = None,

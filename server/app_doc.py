@@ -91,7 +91,7 @@ class Tab(Reactions):
         self.doc.title = "embedviz"
         known = self.provider.sessions()
         self.header = div(f"<div class='ev-head'><b>embedviz</b> &middot; "
-                          f"{esc(self.app.store.url)}</div>", sizing_mode="stretch_width")
+                          f"{esc(self.app.store.label)}</div>", sizing_mode="stretch_width")
         page = self._arg("page") or ""
         self.current = page if page in PAGES else ("overview" if known else "embeddings")
         for key in PAGE_STATE[self.current]:

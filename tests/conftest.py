@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,13 +13,40 @@ from sklearn.datasets import load_digits
 import embedviz
 from embedviz.records import Histogram, Summary, Update
 
-BACKENDS = ["memory", "sqlite"]
+sys.path.insert(0, str(Path(__file__).parent))  # (tests/pgcluster.py)
+
+BACKENDS = ["memory", "sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throw-away PostgreSQL server for the session's tests (tests/pgcluster.py); skipped
+    with the reason where none can be started, unless EMBEDVIZ_REQUIRE_POSTGRES=1 (CI)."""
+    from pgcluster import Cluster
+
+    try:
+        cluster = Cluster()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        if os.environ.get("EMBEDVIZ_REQUIRE_POSTGRES") == "1":
+            raise
+        pytest.skip(f"no PostgreSQL server: {exc}")
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def postgres_url(pg_cluster):
+    """The URL of a new, empty PostgreSQL store (a schema of its own)."""
+    return pg_cluster.url()
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
     """The same store contract, once per backend."""
-    target = ":memory:" if request.param == "memory" else str(tmp_path / "runs.db")
+    if request.param == "postgres":
+        target = request.getfixturevalue("postgres_url")
+    else:
+        target = ":memory:" if request.param == "memory" else str(tmp_path / "runs.db")
     s = embedviz.open_store(target)
     yield s
     s.close()

@@ -117,6 +117,8 @@ TRAIN = """
     from embedviz.monitor import StatsListener
 
     store_path, ranks = sys.argv[1], sys.argv[2]
+    out = sys.argv[3] if len(sys.argv) > 3 else store_path  # (where a store URL is no path)
+    background = sys.argv[4] if len(sys.argv) > 4 else "thread"
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(0)  # (one model: DDP checks that the ranks start the same)
@@ -127,7 +129,7 @@ TRAIN = """
     X = torch.randn(64, 8, generator=g)
     y = X[:, :1] * (1.0 + rank) + 0.1 * torch.randn(64, 1, generator=g)
     listener = StatsListener(store_path, frequency=1, ranks=ranks, max_pending=1000,
-                             background="thread", checks=False, budget=None)
+                             background=background, checks=False, budget=None)
     losses = []
     with listener.attach(model, opt):
         for i in range(12):
@@ -138,7 +140,7 @@ TRAIN = """
             opt.step()
             listener.step(loss, batch_size=16)
             losses.append(loss.item())
-    with open(f"{store_path}.{rank}.json", "w") as f:
+    with open(f"{out}.{rank}.json", "w") as f:
         json.dump({"losses": losses, "session": listener.session}, f)
     dist.destroy_process_group()
 """
@@ -148,11 +150,18 @@ wired = "ranks" in inspect.signature(StatsListener.__init__).parameters
 
 @pytest.mark.slow
 @pytest.mark.skipif(not wired, reason="StatsListener does not take ranks= yet")
-def test_torchrun_two_ranks_record_one_session_with_a_worker_each(tmp_path):
-    db = tmp_path / "runs.db"
-    torchrun(tmp_path, TRAIN, str(db), "all")
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_torchrun_two_ranks_record_one_session_with_a_worker_each(tmp_path, backend, request):
+    """Two ranks write one session at once: into one SQLite file (a thread each), into a
+    PostgreSQL server (each rank's listener a worker process that reopens the store)."""
+    if backend == "postgres":
+        target = request.getfixturevalue("postgres_url")
+        torchrun(tmp_path, TRAIN, target, "all", str(tmp_path / "runs.db"), "process")
+    else:
+        target = str(tmp_path / "runs.db")
+        torchrun(tmp_path, TRAIN, target, "all")
     logged = [json.loads((tmp_path / f"runs.db.{r}.json").read_text()) for r in (0, 1)]
-    store = embedviz.open_store(db)
+    store = embedviz.open_store(target)
     sessions = store.sessions()
     assert len(sessions) == 1
     session = sessions[0]
@@ -170,6 +179,26 @@ def test_torchrun_two_ranks_record_one_session_with_a_worker_each(tmp_path):
         assert len(store.read_series(session.id, "update/0.weight/mean_magnitude",
                                      worker=str(rank))) == 12
     store.close()
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_post_through_a_server_into_postgresql(tmp_path, postgres_url, monkeypatch):
+    """The ranks post to `embedviz serve` (the router), which writes into PostgreSQL."""
+    from tests.test_ingest import Serve
+
+    with Serve(postgres_url, tmp_path) as server:
+        monkeypatch.setenv("EMBEDVIZ_TOKEN_FILE", str(server.token_file))
+        torchrun(tmp_path, TRAIN, server.url, "all", str(tmp_path / "posted"))
+    logged = [json.loads((tmp_path / f"posted.{r}.json").read_text()) for r in (0, 1)]
+    with embedviz.open_store(postgres_url, readonly=True) as store:
+        (session,) = store.sessions()
+        assert logged[0]["session"] == logged[1]["session"] == session.id
+        assert [w.worker for w in session.workers] == ["0", "1"]
+        for rank in (0, 1):
+            score = store.read_series(session.id, "score", worker=str(rank))
+            assert score.iterations.tolist() == list(range(12))  # (each once)
+            assert np.allclose(score.values, logged[rank]["losses"], rtol=1e-6)
+            assert store.static(session.id, str(rank))["distributed"]["rank"] == rank
 
 
 @pytest.mark.slow

@@ -573,3 +573,80 @@ def test_a_finding_keeps_nan_and_inf_in_its_detail_as_numbers(store):
     (_, got), = store.findings("s")
     assert math.isnan(got.detail["value"]) and got.detail["args"] == {"value": -math.inf,
                                                                       "best": math.inf}
+
+
+def test_write_once_stores_a_record_sent_again_once(store):
+    """A retry after a lost reply sends the same records with the same seqs: stored once."""
+    batch = [Session("r"), Update("r", "0", 1, score=1.0), Metric("r", "acc", 0.5, 1),
+             Finding("r", "c", "m", 1)]
+    seqs = ["a:0", "a:1", "a:2", "a:3"]
+    assert store.write_once(batch, seqs) == 4
+    token = store.changes()
+    assert store.write_once(batch, seqs) == 0
+    more = [Update("r", "0", 2, score=2.0), Update("r", "0", 2, score=2.0), Metric("r", "acc", 0.6, 2)]
+    assert store.write_once(more, ["a:1", "a:4", None]) == 2  # (a:1 was the first update's)
+    assert store.read_series("r", "score").iterations.tolist() == [1, 2]
+    assert store.read_series("r", "metric/acc").values.tolist() == [0.5, 0.6]
+    assert len(store.findings("r")) == 1 and store.changes() != token
+    # a seq is the same only for the same session and worker
+    assert store.write_once([Update("r", "1", 5, score=0.0)], ["a:1"]) == 1
+    # twice in one batch: the first is written
+    assert store.write_once([Metric("r", "x", 1.0, 1), Metric("r", "x", 2.0, 1)], ["b", "b"]) == 1
+    assert store.read_series("r", "metric/x", worker="0").values.tolist() == [1.0]
+
+
+def test_a_refused_write_once_stores_neither_records_nor_receipts(store):
+    store.create_session("r")
+    with pytest.raises(embedviz.errors.UnknownSessionError):
+        store.write_once([Metric("r", "a", 1.0, 1), Metric("nope", "a", 1.0, 1)], ["1", "2"])
+    with pytest.raises(embedviz.errors.InvalidRecordError, match="one seq per record"):
+        store.write_once([Metric("r", "a", 1.0, 1)], [])
+    with pytest.raises(embedviz.errors.InvalidRecordError, match="seq"):
+        store.write_once([Metric("r", "a", 1.0, 1)], [7])
+    assert store.session("r").workers == []
+    assert store.write_once([Metric("r", "a", 1.0, 1)], ["1"]) == 1  # (its receipt was not kept)
+
+
+def test_several_writers_at_once_and_a_reader_following_with_cursors(store):
+    """Writers of several workers commit at once (each its own connection: ranks, machines);
+    a reader following with cursors meanwhile sees every point exactly once, in order."""
+    import threading
+
+    store.create_session("multi")
+    n, workers = 150, ["0", "1", "2"]
+    stores = [store if store.url == ":memory:" else embedviz.open_store(store.url)
+              for _ in workers]
+    errors: list[BaseException] = []
+
+    def write(s, worker):
+        try:
+            for i in range(n):
+                s.write([Update("multi", worker, i, score=float(i)), Metric("multi", "m", i, i, worker)])
+        except BaseException as exc:  # (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, w)) for s, w in zip(stores, workers)]
+    for t in threads:
+        t.start()
+    seen: dict[tuple[str, str], list[int]] = {}
+    cursors: dict[tuple[str, str], int] = {}
+
+    def follow():
+        for w in store.session("multi").workers:
+            for key in ("score", "metric/m"):
+                got = store.read_series("multi", key, worker=w.worker,
+                                        since=cursors.get((w.worker, key), 0))
+                seen.setdefault((w.worker, key), []).extend(got.iterations.tolist())
+                cursors[(w.worker, key)] = got.cursor
+
+    while any(t.is_alive() for t in threads):
+        follow()
+    for t in threads:
+        t.join()
+    follow()
+    assert not errors, errors
+    for w in workers:
+        assert seen[(w, "score")] == list(range(n)) and seen[(w, "metric/m")] == list(range(n))
+    for s in stores:
+        if s is not store:
+            s.close()

@@ -499,7 +499,7 @@ def test_changes_sees_commits_of_other_connections_and_processes(tmp_path):
 
 
 def test_sessions_count_updates_from_the_index_and_the_new_ids_only(tmp_path):
-    from embedviz.store.sqlite import _WORKERS_SQL
+    from embedviz.store.sql import _WORKERS_SQL
     path = tmp_path / "w.db"
     store = embedviz.open_store(path)
     store.create_session("s")

@@ -24,7 +24,7 @@ from embedviz.store.sqlite import SQLiteStore
 
 __all__ = [
     "EmbeddingInfo", "HistogramRecord", "ImportReport", "MemoryStore", "SQLiteStore", "Series",
-    "SessionInfo", "Store", "WorkerInfo", "downsample_index", "open_store",
+    "SessionInfo", "Store", "WorkerInfo", "backend_failure", "downsample_index", "open_store",
 ]
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -33,7 +33,8 @@ _OPTIONS = ("readonly", "synchronous")
 _MEMORY = ":memory:"
 
 
-def open_store(target: str | os.PathLike | Store, *, readonly: bool = False) -> Store:
+def open_store(target: str | os.PathLike | Store, *, readonly: bool = False,
+               token: str | None = None) -> Store:
     """Open the stats store ``target`` names (an SQLite file is created if missing, unless
     ``readonly``).
 
@@ -45,6 +46,11 @@ def open_store(target: str | os.PathLike | Store, *, readonly: bool = False) -> 
       an :class:`SQLiteStore`, the embedded default. In the URL form the path is
       percent-decoded (``%3F`` is a ``?``), as :attr:`Store.url` writes it, so
       ``open_store(store.url)`` reopens the same file with the same options.
+    - ``"postgresql://user@host:5432/db"``: a :class:`~embedviz.store.postgres.PostgresStore`
+      (a team's server; see its module for the options ``schema=`` and ``readonly=1``).
+    - ``"http://host:5006"`` (or ``https://``): a :class:`~embedviz.store.remote.RemoteStore`
+      that posts records to that ``embedviz serve`` (writes only), with ``token`` (default
+      ``$EMBEDVIZ_TOKEN``, else the file ``$EMBEDVIZ_TOKEN_FILE``; never in the URL).
     - a :class:`pathlib.Path` (any ``os.PathLike``): that file, as named (no options).
     - a :class:`Store`: itself.
 
@@ -68,6 +74,9 @@ def open_store(target: str | os.PathLike | Store, *, readonly: bool = False) -> 
     if not isinstance(target, str) or not target:
         raise StoreOpenError(f"open_store needs a path or URL (got {target!r}): pass e.g. "
                              "'runs.db', 'sqlite:///runs.db' or ':memory:'")
+    if token is not None and not target.startswith(("http://", "https://")):
+        raise StoreOpenError("token= is for a server's address (http://HOST:PORT): this "
+                             "store takes none")
     if literal:
         return SQLiteStore(target, readonly=readonly)
     if target in (_MEMORY, "memory://"):
@@ -84,13 +93,41 @@ def open_store(target: str | os.PathLike | Store, *, readonly: bool = False) -> 
             raise StoreOpenError(f"{target!r} names no file: write sqlite:///runs.db "
                                  "(relative) or sqlite:////abs/path/runs.db")
         return _sqlite(os.fsdecode(unquote_to_bytes(path)), parts.query, target, readonly)
+    if scheme in ("http", "https"):
+        if readonly:
+            raise StoreOpenError("a remote store only takes writes: open the server's store "
+                                 "(its path or postgresql:// URL) to read, or open the app")
+        from embedviz.store.remote import RemoteStore
+
+        return RemoteStore(target, token=token)
+    if scheme in ("postgresql", "postgres"):
+        from embedviz.store.postgres import PostgresStore
+
+        return PostgresStore(target, readonly=readonly)
     if scheme:
-        raise StoreOpenError(f"no store backend for {scheme}:// URLs in this version: use a "
-                             "file path, sqlite:///path or ':memory:'")
+        raise StoreOpenError(f"no store backend for {scheme}:// URLs: use a file path, "
+                             "sqlite:///path, postgresql://user@host/db or ':memory:'")
     path, mark, query = target.partition("?")
     if not mark or os.path.exists(target):
         return SQLiteStore(target, readonly=readonly)
     return _sqlite(path, query, target, readonly)
+
+
+def backend_failure(exc: BaseException) -> str | None:
+    """What a backend's own error, raised after its store was opened, means for a user and
+    what to do (None: not a backend's error)."""
+    import sqlite3
+    import sys
+
+    if isinstance(exc, sqlite3.DatabaseError):
+        return (f"the store is damaged or unreadable ({exc}): restore it from a copy, or "
+                "recover what is left with `sqlite3 FILE .recover`")
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return (f"the PostgreSQL server failed ({' '.join(str(exc).split())}): check that it still runs "
+                "and accepts this user (nothing half-written was kept: each batch is one "
+                "transaction)")
+    return None
 
 
 def _sqlite(path: str, query: str, target: str, readonly: bool) -> Store:

@@ -15,13 +15,13 @@ import io
 import os
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, cast
 
 import numpy as np
 
-from embedviz.errors import ImportFormatError, InvalidRecordError, UnknownSessionError
+from embedviz.errors import InvalidRecordError, UnknownSessionError
 from embedviz.records import (
     INT64_MAX,
     RECORD_TYPES,
@@ -34,7 +34,6 @@ from embedviz.records import (
     Session,
     Static,
     Update,
-    record_from_dict,
     split_summary_key,
 )
 from embedviz.store import codec
@@ -125,12 +124,37 @@ class Store(ABC):
         Sessions must exist (created earlier or earlier in the same batch).
         """
         batch = list(records)
-        for r in batch:
-            if not isinstance(r, tuple(RECORD_TYPES.values())):
-                raise InvalidRecordError(
-                    f"cannot store a {type(r).__name__}: pass records from embedviz.records "
-                    "(Session, Static, Update, Metric, Finding, EmbeddingSet, Projection)")
-            r.__post_init__()  # fields may have been changed since construction
+        self._validate(batch)
+        if batch:
+            self._write(batch)
+
+    def write_once(self, records: Iterable[Record], seqs: Sequence[str | None]) -> int:
+        """Write the records not written before, as :meth:`write` does (validated, one
+        atomic batch); returns how many were written.
+
+        Record i carries the receipt (session, worker, ``seqs[i]``): its session (a
+        Session's id) and worker, "" where it has none. A record whose receipt is stored is
+        skipped; the rest are written with their receipts, so a batch sent again (a retry
+        after a lost reply) is stored once. A seq of None: no receipt, always written.
+        """
+        batch = list(records)
+        seqs = list(seqs)
+        if len(seqs) != len(batch):
+            raise InvalidRecordError(f"write_once needs one seq per record (got {len(seqs)} "
+                                     f"for {len(batch)} records): pass None for a record without")
+        for q in seqs:
+            if q is not None and (not isinstance(q, str) or not q or len(q) > 200):
+                raise InvalidRecordError(f"a seq is a non-empty string of at most 200 "
+                                         f"characters, or None (got {q!r})")
+        self._validate(batch)
+        if not batch:
+            return 0
+        receipts = [None if q is None else _receipt(r, q) for r, q in zip(batch, seqs)]
+        return self._write(batch, receipts)
+
+    def _validate(self, batch: list[Record]) -> None:
+        """What :meth:`write` checks before it writes anything."""
+        check_records(batch)
         created = {r.id for r in batch if isinstance(r, Session)}
         wanted = {r.session for r in batch
                   if not isinstance(r, (Session, Projection)) and r.session is not None}
@@ -147,8 +171,6 @@ class Store(ABC):
         if unknown:
             raise UnknownSessionError(f"projection of unknown embedding set(s) {unknown}: "
                                       "store the EmbeddingSet first (store.put_embedding)")
-        if batch:
-            self._write(batch)
 
     def create_session(self, session_id: str | None = None, *, name: str | None = None,
                        tags: dict | None = None, info: dict | None = None) -> Session:
@@ -349,118 +371,9 @@ class Store(ABC):
         embedding sets whose key is stored, projections stored unchanged, static info equal
         to the stored one. The file is written in one transaction.
         """
-        report = ImportReport()
-        parsed: list[tuple[int, Record]] = []
+        from embedviz.store.jsonl import import_jsonl
 
-        def bad(lineno: int, reason: str, what: str) -> None:
-            if not skip_bad:
-                raise ImportFormatError(
-                    f"{source}: line {lineno} is {what} ({reason}); nothing was imported. Fix "
-                    "or delete that line, or pass --skip-bad to import every other line",
-                    line=lineno, path=str(source)) from None
-            report.bad_lines.append((lineno, reason))
-
-        with open(source, "rb") as f:  # (decoded a line at a time: a bad byte names its line)
-            for lineno, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                    parsed.append((lineno, record_from_dict(codec.loads(line))))
-                except (ValueError, KeyError, TypeError, RecursionError) as exc:
-                    if isinstance(exc, UnicodeDecodeError):
-                        reason = f"not UTF-8 ({exc}): is this a file from `embedviz export`?"
-                    elif isinstance(exc, RecursionError):
-                        reason = "JSON nested too deeply"
-                    else:
-                        reason = str(exc) or type(exc).__name__
-                    if not raw.endswith(b"\n"):  # what a killed exporter leaves behind
-                        reason = "truncated last line: " + reason
-                    bad(lineno, reason, "malformed")
-        parsed = self._linked(parsed, bad)
-        report.bad_lines.sort()
-        self._import([r for _, r in parsed], report)
-        return report
-
-    def _linked(self, parsed: list[tuple[int, Record]],
-                bad: Callable[[int, str, str], None]) -> list[tuple[int, Record]]:
-        """The parsed lines whose session (and, for a projection, embedding set) is in the
-        file or in the store; ``bad(lineno, reason, what)`` is told of the others."""
-        in_file = {r.id for _, r in parsed if isinstance(r, Session)}
-        wanted = {r.session for _, r in parsed if not isinstance(r, (Session, Projection))
-                  and r.session is not None}
-        known = in_file | self._session_ids(wanted - in_file)
-        kept: list[tuple[int, Record]] = []
-        for lineno, r in parsed:
-            if not isinstance(r, (Session, Projection)) and r.session is not None \
-                    and r.session not in known:
-                bad(lineno, f"its session {r.session!r} is neither in this file nor in the "
-                    "store: import the export that holds the session first, or export the "
-                    "session whole", "of an unknown session")
-                continue
-            kept.append((lineno, r))
-        keys = {r.key for _, r in kept if isinstance(r, EmbeddingSet)}
-        out = []
-        for lineno, r in kept:
-            if isinstance(r, Projection) and r.embedding not in keys:
-                if not self._has_embedding(r.embedding):
-                    bad(lineno, f"its embedding set {r.embedding!r} is neither in this file "
-                        "nor in the store: export the projection with its embedding set",
-                        "of an unknown embedding set")
-                    continue
-                keys.add(r.embedding)
-            out.append((lineno, r))
-        return out
-
-    def _import(self, parsed: list[Record], report: ImportReport) -> None:
-        present: dict[tuple[str, str], set[tuple]] = {}
-        known = self._session_ids({r.id for r in parsed if isinstance(r, Session)}
-                                  | {r.session for r in parsed if hasattr(r, "session")
-                                     and isinstance(r.session, str)})
-        sessions: set[str] = set()
-        embeddings: set[str] = set()
-        projections: dict[str, str | None] = {}  # id -> as stored (or imported), None: absent
-        statics: dict[tuple[str, str], str | None] = {}
-        batch: list[Record] = []
-        for record in parsed:
-            kind = _TYPE_NAMES[type(record)]
-            if isinstance(record, Session):
-                # (a session already stored is merged into: its name and tags are kept)
-                new = record.id not in known and record.id not in sessions
-                sessions.add(record.id)
-            elif isinstance(record, (Update, Metric, Finding)):
-                k = (record.session, record.worker)
-                if k not in present:
-                    present[k] = (self._iteration_index(*k) if record.session in known else set())
-                fp = _fingerprint(record)
-                new = fp not in present[k]
-                present[k].add(fp)
-            elif isinstance(record, EmbeddingSet):
-                new = record.key not in embeddings and not self._has_embedding(record.key)
-                embeddings.add(record.key)
-            elif isinstance(record, Projection):
-                if record.id not in projections:
-                    stored = self._projection(record.id)
-                    projections[record.id] = None if stored is None else codec.dumps(stored.to_dict())
-                text = codec.dumps(record.to_dict())
-                new = projections[record.id] != text
-                projections[record.id] = text
-            elif isinstance(record, Static):
-                k = (record.session, record.worker)
-                if k not in statics:
-                    info = self._static(*k) if record.session in known else None
-                    statics[k] = None if info is None else codec.dumps(info)
-                text = codec.dumps(record.info)
-                new = statics[k] != text
-                statics[k] = text
-            else:
-                new = True
-            if not new:
-                report.skipped_existing += 1
-                continue
-            batch.append(record)
-            report.imported[kind] = report.imported.get(kind, 0) + 1
-        self.write(batch)  # (one transaction: the file lands whole or not at all)
+        return import_jsonl(self, source, skip_bad=skip_bad)
 
     # ---------------------------------------------------------------- helpers
     def _resolve_worker(self, session: str, worker: str | None) -> str:
@@ -494,13 +407,21 @@ class Store(ABC):
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    @property
+    def label(self) -> str:
+        """The store's URL as shown to people (a password left out)."""
+        return self.url
+
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.url}>"
+        return f"<{type(self).__name__} {self.label}>"
 
     # ---------------------------------------------------------------- backend primitives
     @abstractmethod
-    def _write(self, records: list[Record]) -> None:
-        """Write validated records in one transaction."""
+    def _write(self, records: list[Record],
+               receipts: list[tuple[str, str, str] | None] | None = None) -> int:
+        """Write validated records in one transaction; with ``receipts`` (one per record,
+        see :meth:`write_once`), only those whose receipt is not stored, with their receipts.
+        Returns how many were written."""
 
     @abstractmethod
     def _session_ids(self, ids: set[str]) -> set[str]:
@@ -667,6 +588,22 @@ def replace_when_done(path: str) -> Iterator[IO[str]]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def check_records(batch: list[Record]) -> None:
+    """What :meth:`Store.write` checks of records before it reads the store: their types and
+    their own checks (fields may have been changed since construction)."""
+    for r in batch:
+        if not isinstance(r, tuple(RECORD_TYPES.values())):
+            raise InvalidRecordError(
+                f"cannot store a {type(r).__name__}: pass records from embedviz.records "
+                "(Session, Static, Update, Metric, Finding, EmbeddingSet, Projection)")
+        r.__post_init__()
+
+
+def _receipt(record: Record, seq: str) -> tuple[str, str, str]:
+    session = record.id if isinstance(record, Session) else getattr(record, "session", None)
+    return (session or "", getattr(record, "worker", None) or "", seq)
 
 
 def _fingerprint(record: Update | Metric | Finding) -> tuple:

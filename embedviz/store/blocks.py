@@ -1,4 +1,4 @@
-"""Pre-aggregated blocks of the SQLite store's series, and the reads that use them, so a
+"""Pre-aggregated blocks of the SQL stores' series, and the reads that use them, so a
 chart of a long series reads a few thousand rows instead of every one (a 100,000-point
 series: ~6,000 rows, not 100,000) and a zoom reads little more than its own part.
 
@@ -32,8 +32,8 @@ statement 3 alone; with a range but no ``max_points``, statements 1 and 3.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -87,27 +87,35 @@ def _aggregate(table: str, level: int) -> tuple[str, str]:
     return f"INSERT INTO {blocks} SELECT {key}, {level}, {span}, {', '.join(values)} {rows} GROUP BY {key}", last
 
 
-def roll(conn: sqlite3.Connection, table: str, series_id: int) -> None:
-    """Make every block of ``series_id`` whose rows are all written (inside the writer's
-    transaction)."""
+def roll(conn: Any, table: str, series_ids: list[int] | int) -> None:
+    """Make every block of the series ``series_ids`` whose rows are all written (inside the
+    writer's transaction): three statements a level for any number of series (where the
+    server is across a network, each statement is a round trip)."""
     blocks, key, _ = TABLES[table]
+    todo = sorted({series_ids} if isinstance(series_ids, int) else set(series_ids))
     for level in range(1, LEVELS + 1):
-        insert, last_col = _aggregate(table, level)
-        src, where = (table, "") if level == 1 else (blocks, f" AND level = {level - 1}")
-        row = conn.execute(f"SELECT last_id FROM {blocks} WHERE {key} = ? AND level = ? "
-                           "ORDER BY id DESC LIMIT 1", (series_id, level)).fetchone()
-        done = row[0] if row else 0
-        made = False
-        while True:
-            nth = conn.execute(f"SELECT id, {last_col} FROM {src} WHERE {key} = ?{where} AND "
-                               f"id > ? ORDER BY id LIMIT 1 OFFSET {FANOUT - 1}",
-                               (series_id, done)).fetchone()
-            if nth is None:
-                break
-            conn.execute(insert, (series_id, done, nth[0]))
-            done, made = nth[1], True
-        if not made:
+        if not todo:
             return  # (a level above can only grow from new blocks of this one)
+        insert, last_col = _aggregate(table, level)
+        src, where = (table, "") if level == 1 else (blocks, f" AND s.level = {level - 1}")
+        values = ", ".join(f"({int(sid)})" for sid in todo)
+        done = dict(conn.execute(
+            f"WITH v(sid) AS (VALUES {values}) SELECT v.sid, (SELECT last_id FROM {blocks} WHERE "
+            f"{key} = v.sid AND level = {level} ORDER BY id DESC LIMIT 1) FROM v").fetchall())
+        after = ", ".join(f"({int(sid)}, {int(done.get(sid) or 0)})" for sid in todo)
+        ends = conn.execute(
+            f"WITH v(sid, done) AS (VALUES {after}) SELECT sid, id, last FROM (SELECT s.{key} AS "
+            f"sid, s.id AS id, s.{last_col} AS last, row_number() OVER (PARTITION BY s.{key} "
+            f"ORDER BY s.id) AS rn FROM v JOIN {src} AS s ON s.{key} = v.sid AND "
+            f"s.id > v.done{where}) AS t WHERE rn % {FANOUT} = 0 ORDER BY sid, id").fetchall()
+        rows: list[tuple[int, int, int]] = []  # (a block: after the previous one's last, to its nth)
+        prev: dict[int, int] = {}
+        for sid, nth, last in ends:
+            rows.append((sid, prev.get(sid, int(done.get(sid) or 0)), nth))
+            prev[sid] = last
+        if rows:
+            conn.executemany(insert, rows)
+        todo = sorted(prev)
 
 
 #: iteration bounds of an open range, and the id bound of an open interval (SQLite integers)
@@ -149,7 +157,7 @@ class _Plan:
     blocks: np.ndarray | None = None
 
 
-def read_many(conn: sqlite3.Connection, wants: list[Want], *, start: int | None,
+def read_many(conn: Any, wants: list[Want], *, start: int | None,
               stop: int | None, max_points: int | None, use_blocks: bool = True) -> dict[str, Series]:
     """Each wanted series: its rows after its cursor with iterations in [start, stop] (None:
     unbounded), in write order, downsampled to ``max_points`` (None: every row); the cursor of
@@ -175,7 +183,7 @@ def read_many(conn: sqlite3.Connection, wants: list[Want], *, start: int | None,
                            columns[w.table].index(w.column), max_points) for w in wants}
 
 
-def _union(conn: sqlite3.Connection, parts: list[tuple[str, list[tuple], str]], width: int, *,
+def _union(conn: Any, parts: list[tuple[str, list[tuple], str]], width: int, *,
            keyed: bool = True, bounds: tuple[int, int] = (LOWEST, HIGHEST)) -> np.ndarray:
     """Run ``parts`` as one statement, their SELECTs joined by UNION ALL. A part is (the
     column names of a VALUES table of integers, its rows, a SELECT that reads it as ``{v}``
@@ -216,7 +224,7 @@ def _values(rows: list[tuple], args: list[int] | None) -> str:
     return ", ".join(out)
 
 
-def _per_job(conn: sqlite3.Connection, parts: list[tuple[str, list[tuple], str]], width: int,
+def _per_job(conn: Any, parts: list[tuple[str, list[tuple], str]], width: int,
              jobs: list[tuple[Source, tuple[int, int]]], bounds: tuple[int, int]) -> list[np.ndarray]:
     """The rows of ``parts`` (see :func:`_union`) for each job (a source and an id interval
     (lo, hi]), each sorted by id. Reading one source, a row's job is found from its id,
@@ -236,13 +244,14 @@ def _slots(names: list[str], width: int) -> str:
     return ", ".join(names + ["NULL"] * (width - len(names)))
 
 
-def _coarse(conn: sqlite3.Connection, sources: list[Source], lo: int, hi: int,
+def _coarse(conn: Any, sources: list[Source], lo: int, hi: int,
             ranged: bool) -> dict[Source, dict[int, np.ndarray]]:
     """Statement 1: per source and level >= 2, of its blocks after its cursor: [count, count
     wholly in [lo, hi], first id and last id of those not wholly outside it (NaN: none),
     first id, last id]."""
     touching = "b.last_it >= ?1 AND b.first_it <= ?2"
-    aggregates = (f"count(*), sum(b.first_it >= ?1 AND b.last_it <= ?2), min(CASE WHEN "
+    aggregates = (f"count(*), sum(CASE WHEN b.first_it >= ?1 AND b.last_it <= ?2 THEN 1 ELSE 0 "
+                  f"END), min(CASE WHEN "
                   f"{touching} THEN b.id END), max(CASE WHEN {touching} THEN b.last_id END)"
                   if ranged else "count(*), count(*), min(b.id), max(b.last_id)")  # (cheaper)
     levels = ", ".join(str(k) for k in range(2, LEVELS + 1))
@@ -272,7 +281,7 @@ def _window(since: int, counts: np.ndarray | None) -> list[tuple[int, int]]:
     return [(a, z) for a, z in out if z > a]
 
 
-def _plan(conn: sqlite3.Connection, sources: list[Source], coarse: dict, columns: dict,
+def _plan(conn: Any, sources: list[Source], coarse: dict, columns: dict,
           lo: int, hi: int, max_points: int) -> dict[Source, _Plan]:
     """Pick each source's level, fetch its blocks there (statement 2) and plan its read."""
     half = max_points // 2
@@ -341,7 +350,7 @@ def _gaps(lo: int, hi: int, b: np.ndarray, keep: np.ndarray) -> list[tuple[int, 
     return [(a, z) for a, z in out if z > a]
 
 
-def _rows(conn: sqlite3.Connection, plans: dict[Source, _Plan], columns: dict, lo: int,
+def _rows(conn: Any, plans: dict[Source, _Plan], columns: dict, lo: int,
           hi: int, ranged: bool) -> dict[Source, np.ndarray]:
     """Statement 3: the rows of each source's intervals (in the range), sorted by id; columns
     [job, id, iteration, wall time, value columns...]."""

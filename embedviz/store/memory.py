@@ -56,6 +56,7 @@ class MemoryStore(Store):
         self._embedding_map: dict[str, EmbeddingSet] = {}
         self._projection_map: dict[str, Projection] = {}
         self._version = 0  # changes(): one more per batch written
+        self._receipts: set[tuple[str, str, str]] = set()  # (see Store.write_once)
 
     def _append(self, key: tuple[str, str, str], iteration: int, wall_time: float, value) -> None:
         ids, its, times, values = self._series.setdefault(key, ([], [], [], []))
@@ -64,7 +65,23 @@ class MemoryStore(Store):
         times.append(wall_time)
         values.append(value)
 
-    def _write(self, records: list[Record]) -> None:
+    def _write(self, records: list[Record],
+               receipts: list[tuple[str, str, str] | None] | None = None) -> int:
+        with self._lock:
+            new: set[tuple[str, str, str]] = set()
+            if receipts is not None:
+                keep = []
+                for r, k in zip(records, receipts):
+                    if k is None or (k not in self._receipts and k not in new):
+                        keep.append(r)
+                        if k is not None:
+                            new.add(k)
+                records = keep
+            self._write_all(records)
+            self._receipts |= new  # (once written)
+            return len(records)
+
+    def _write_all(self, records: list[Record]) -> None:
         records = copy.deepcopy(records)  # the caller may reuse its objects
         with self._lock:
             self._version += 1  # (first: a batch that fails half-way changed the store too)
