@@ -168,6 +168,8 @@ def _beside(store: str, name: str) -> str:
     import os
 
     path = store.split("://", 1)[-1].partition("?")[0]
+    if "://" in store and not store.startswith("sqlite://"):
+        return name  # (a server's URL: postgresql://, http://)
     if store.startswith("sqlite://"):
         path = path[1:] if path.startswith("/") else path
     folder = os.path.dirname(path) if path and path != ":memory:" else ""

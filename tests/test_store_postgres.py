@@ -142,3 +142,11 @@ def test_a_value_postgresql_cannot_hold_is_refused_by_name_and_nothing_is_kept(p
         assert store.session("ok").workers == []
         store.write([Update("ok", "0", 1, score=1.0)])  # (the connection is fine after)
         assert store.read_series("ok", "score").values.tolist() == [1.0]
+
+
+def test_files_of_a_store_at_a_url_go_to_the_current_folder():
+    from embedviz.cli import _beside
+
+    assert _beside("postgresql://u@db.example/runs?schema=a", "vocab.html") == "vocab.html"
+    assert _beside("runs/x.db", "vocab.html") == "runs/vocab.html"
+    assert _beside("sqlite:///runs/x.db", "vocab.html") == "runs/vocab.html"
