@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 import time
@@ -195,6 +196,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    if args.token_file is not None:  # (checked before a store is made)
+        from embedviz.store.remote import read_token_file
+
+        read_token_file(args.token_file)
     path, _, query = args.store.partition("?")
     if "://" not in args.store and path != ":memory:" and not os.path.exists(path):
         if "readonly" in query or os.path.exists(args.store):
@@ -203,19 +208,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # (as TensorBoard does on an empty logdir: the pages fill when a training records)
         print(f"embedviz: {os.path.abspath(path)} is a new, empty store: its pages fill as "
               "soon as a training records into it", flush=True)
+    with open_store(args.store) as store:  # (a store that cannot be opened: one line, exit 2)
+        if args.token_file is not None and getattr(store, "readonly", False):
+            raise EmbedvizError(f"{store.label} is open read-only, so it cannot take posts: "
+                                "drop readonly=1 to take them, or --token-file to only read")
+        label = store.label
     return _serve(args.store, port=args.port, host=args.host, origins=args.allow_websocket_origin,
-                  lang=args.lang, show=args.show, token_file=args.token_file)
+                  lang=args.lang, show=args.show, token_file=args.token_file, label=label)
 
 
 def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | None,
-           show: bool, token_file: str | None = None) -> int:
+           show: bool, token_file: str | None = None, label: str | None = None) -> int:
     from embedviz.server import make_server
 
-    server = make_server(store, port=port, host=host, allow_websocket_origin=origins, lang=lang,
-                         token_file=token_file)
-    server.start()
+    try:
+        server = make_server(store, port=port, host=host, allow_websocket_origin=origins,
+                             lang=lang, token_file=token_file)
+        server.start()
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise EmbedvizError(f"port {port} is in use (another embedviz serve?): pick another "
+                            "with --port, e.g. --port 5007") from None
     url = f"http://{'localhost' if host in ('127.0.0.1', 'localhost') else host}:{server.port}/"
-    print(f"embedviz: serving {store} at {url}  (Ctrl+C stops it)", flush=True)
+    print(f"embedviz: serving {label or store} at {url}  (Ctrl+C stops it)", flush=True)
     if token_file is not None:
         print(f"embedviz: trainings post to {url}ingest with the token in {token_file} "
               f"(open_store('{url.rstrip('/')}', token=...), or EMBEDVIZ_TOKEN_FILE)", flush=True)

@@ -68,7 +68,9 @@ def _check_int(name: str, value: Any, *, optional: bool = False, minimum: int = 
     if value is None and optional:
         return
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        whole = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
         raise _fail(f"{name} must be an integer >= {minimum}", value,
+                    f"count {name} from {minimum}" if whole else
                     f"pass {name} as a whole number, e.g. int({name})")
     if value > INT64_MAX:  # (what the stores and numpy hold)
         raise _fail(f"{name} must be at most 2**63 - 1", value, f"check where {name} comes from")

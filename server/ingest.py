@@ -14,6 +14,7 @@ thread, off the event loop; bodies held at once are bounded (beyond: 429, retry)
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -102,6 +103,8 @@ def decode_body(body: bytes, encoding: str, limits: Limits) -> str:
         if d.unused_data:
             raise Rejected(400, "data follows the end of the gzip data: send one gzip stream")
         body = raw
+    elif body[:2] == b"\x1f\x8b":
+        raise Rejected(400, "the body is gzip data: send it with `Content-Encoding: gzip`")
     elif enc not in ("", "identity"):
         raise Rejected(415, f"Content-Encoding {encoding[:40]!r} is not taken: send gzip, or "
                        "no Content-Encoding")
@@ -158,6 +161,8 @@ def _parse_line(line: str, limits: Limits) -> tuple[Record, str | None]:
     if seq is not None and (not isinstance(seq, str) or not 0 < len(seq) <= 200):
         raise Rejected(400, f"seq must be a string of 1 to 200 characters or absent (got a "
                        f"{type(seq).__name__})")
+    if seq is None:  # (an export's line, posted as is: the same line twice is stored once)
+        seq = "line:" + hashlib.sha256(line.strip().encode("utf-8", "surrogatepass")).hexdigest()[:40]
     why = _scan(obj, line, limits.depth)
     if why:
         raise Rejected(400, why)
@@ -264,6 +269,11 @@ class IngestHandler(RequestHandler):
         self.ingest = ingest
         self._chunks: list[bytes] = []
         self._held = 0
+
+    def _request_summary(self) -> str:
+        """The access log's line: the path without its query (a token put there by mistake
+        must not land in the log)."""
+        return f"{self.request.method} {self.request.path} ({self.request.remote_ip})"
 
     def check_xsrf_cookie(self) -> None:
         """(A token authenticates a post, not a cookie: no page can send it.)"""

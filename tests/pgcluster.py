@@ -51,8 +51,9 @@ class Cluster:
         opts = (f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
                 "-c max_connections=200")
-        self._run(["pg_ctl", "-D", self.data, "-o", opts, "-l",
-                   os.path.join(self.folder, "log"), "-w", "-t", "60", "start"])
+        self._start = ["pg_ctl", "-D", self.data, "-o", opts, "-l",
+                       os.path.join(self.folder, "log"), "-w", "-t", "60", "start"]
+        self._run(self._start)
 
     def _run(self, cmd: list[str]) -> None:
         cmd = self._as + [os.path.join(self.bin, cmd[0])] + cmd[1:]
@@ -66,6 +67,11 @@ class Cluster:
             sep = "&" if "?" in self.external else "?"
             return f"{self.external}{sep}schema={schema}"
         return (f"postgresql://embedviz@127.0.0.1:{self.port}/postgres?schema={schema}")
+
+    def restart(self) -> None:
+        """Stop the server (every connection cut, as a restart by its admin) and start it."""
+        self._run(["pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"])
+        self._run(self._start)  # (its output to the log: a pipe held open would hang us)
 
     def close(self) -> None:
         if self.folder is None:

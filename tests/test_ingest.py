@@ -202,6 +202,37 @@ def test_a_post_is_stored_once_however_often_it_is_sent(served):
         assert len(h) == 1 and h[0].histogram == records[-1].summaries["param/fc.weight"].histogram
 
 
+def test_an_export_posted_as_is_twice_is_stored_once(served, tmp_path):
+    """`curl --data-binary @runs.jsonl`: lines without seqs; the same line again is no new record."""
+    server, db = served
+    src = tmp_path / "src.db"
+    with embedviz.open_store(src) as store:
+        store.create_session("exported")
+        store.write([update("exported", i) for i in range(3)])
+        store.log_metric("exported", "val", 0.5, 2)
+        body = io.StringIO()
+        store.export_jsonl(body)
+    data = body.getvalue().encode()
+    assert post(server.url, data) == (200, {"written": 5, "duplicates": 0})
+    assert post(server.url, data, compress=True) == (200, {"written": 0, "duplicates": 5})
+    with embedviz.open_store(f"{db}?readonly=1") as store:
+        assert store.read_series("exported", "score").iterations.tolist() == [0, 1, 2]
+        assert len(store.read_series("exported", "metric/val")) == 1
+
+
+def test_gzip_without_its_header_and_a_token_in_the_query_are_named_and_never_logged(served):
+    server, _ = served
+    status, reply = post(server.url, gzip.compress(line(Metric("s", "g", 1.0, 1))))
+    assert status == 400 and "Content-Encoding: gzip" in reply["error"]
+    host, port = server.url.split("//")[1].split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.request("POST", f"/ingest?token={TOKEN}", body=b"x", headers={"Content-Length": "1"})
+    assert conn.getresponse().status == 401
+    conn.close()
+    time.sleep(0.5)
+    assert TOKEN not in (server.folder / f"serve-{server.port}.log").read_text()
+
+
 def test_a_connection_cut_mid_post_stores_nothing_and_a_resent_post_is_stored_once(served):
     server, db = served
     records = [Metric("s", "cut", float(i), i) for i in range(30)]

@@ -150,3 +150,45 @@ def test_files_of_a_store_at_a_url_go_to_the_current_folder():
     assert _beside("postgresql://u@db.example/runs?schema=a", "vocab.html") == "vocab.html"
     assert _beside("runs/x.db", "vocab.html") == "runs/vocab.html"
     assert _beside("sqlite:///runs/x.db", "vocab.html") == "runs/vocab.html"
+
+
+def test_a_server_restart_costs_no_batch_and_readers_reconnect(pg_cluster, postgres_url):
+    """The admin restarts PostgreSQL: a writer's next batch waits for it and lands, a reader
+    (the app, each tick) finds a new connection."""
+    if pg_cluster.external:
+        pytest.skip("a server of EMBEDVIZ_TEST_POSTGRES_URL is not restarted by the tests")
+    writer, reader = embedviz.open_store(postgres_url), embedviz.open_store(postgres_url)
+    writer.create_session("r")
+    writer.write([Update("r", "0", 0, score=0.0)])
+    assert reader.read_series("r", "score").iterations.tolist() == [0]
+    token = reader.changes()
+    pg_cluster.restart()
+    writer.write([Update("r", "0", 1, score=1.0)])
+    assert reader.changes() != token
+    assert reader.read_series("r", "score").iterations.tolist() == [0, 1]
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.slow
+def test_a_listener_keeps_every_report_across_a_server_restart(pg_cluster, postgres_url, digits):
+    """Restarted mid-training: the batch in flight waits for the server and lands."""
+    if pg_cluster.external:
+        pytest.skip("a server of EMBEDVIZ_TEST_POSTGRES_URL is not restarted by the tests")
+    X, y = digits
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    listener = StatsListener(postgres_url, 1, session="restarted", background="thread",
+                             budget=None, max_pending=1000)
+    with listener.attach(model, opt):
+        for i in range(40):
+            if i == 15:
+                pg_cluster.restart()
+            loss = torch.nn.functional.cross_entropy(model(X[:64]), y[:64])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            listener.step(loss)
+    assert listener.dropped_reports == 0
+    with embedviz.open_store(postgres_url, readonly=True) as store:
+        assert store.read_series("restarted", "score").iterations.tolist() == list(range(40))

@@ -23,9 +23,12 @@ Needs psycopg 3 (``pip install 'embedviz[postgres]'``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import re
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +46,10 @@ from embedviz.errors import (
 )
 from embedviz.store.sql import RECEIPTS, SCHEMA, SQLStore
 
+log = logging.getLogger("embedviz.store")
+
+#: how long a write waits for a server that went away (a restart) before it fails
+RECONNECT_SECONDS = 60
 SCHEMA_VERSION = 2  # (the SQLite store's numbering: the same tables)
 #: embedviz's own options in the URL's query; the rest is libpq's
 _OPTIONS = ("schema", "readonly")
@@ -137,6 +144,13 @@ class PostgresStore(SQLStore):
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         ours = {k: v for k, v in query if k in _OPTIONS}
+        for k in _OPTIONS:
+            if sum(1 for q, _ in query if q == k) > 1:
+                raise StoreOpenError(f"{k}= is given twice in {_redacted(url)!r}: give it once")
+        if parts.password:
+            log.warning("embedviz: the URL of %s holds a password: it shows in process lists "
+                        "(the listener's worker process is given the URL); keep it in "
+                        "~/.pgpass or PGPASSWORD instead", _redacted(url))
         flag = ours.get("readonly", "0").lower()
         if flag not in _TRUE + _FALSE:
             raise StoreOpenError(f"readonly={ours['readonly']!r} in {_redacted(url)!r}: write "
@@ -154,6 +168,7 @@ class PostgresStore(SQLStore):
         #: what open_store() takes to open it again (the monitor's worker, the app's pool)
         self.url = urlunsplit(parts._replace(query=urlencode(keep)))
         #: the advisory lock of this store's writers (one per database and schema)
+        self._said_away = False
         self._lock_key = zlib.crc32(f"embedviz:{self.schema}".encode()) - 2**31
         self._conn()  # (fails here, naming the way out, when the server can't be reached)
         self._init_schema()
@@ -165,6 +180,8 @@ class PostgresStore(SQLStore):
     # ------------------------------------------------------------ connections
     def _conn(self) -> _Connection:
         local = self._local
+        if getattr(local, "pid", None) == os.getpid() and (local.conn.raw.closed or local.conn.raw.broken):
+            self._drop(local.conn)  # (the server restarted, or the network broke: a new one)
         if getattr(local, "pid", None) != os.getpid():
             psycopg = self._psycopg
             try:
@@ -172,9 +189,10 @@ class PostgresStore(SQLStore):
                                       cursor_factory=psycopg.RawCursor, connect_timeout=10)
             except psycopg.Error as exc:
                 raise StoreOpenError(
-                    f"cannot connect to {_redacted(self.url)}: {' '.join(str(exc).split())} Check that "
+                    f"cannot connect to {self.label}: {' '.join(str(exc).split())} Check that "
                     "the server runs and the URL's host, port, user and database (psql with the "
-                    "same URL tells the same); a password goes in ~/.pgpass or PGPASSWORD") from None
+                    "URL, less embedviz's schema= and readonly=, tells the same); a password "
+                    "goes in ~/.pgpass or PGPASSWORD") from None
             raw.execute(f'SET search_path TO "{self.schema}"')
             # every read joins a short list (series, id ranges) to an index: a nested loop.
             # Where the planner cannot see how short (a range per row), it would hash the
@@ -187,6 +205,31 @@ class PostgresStore(SQLStore):
             with self._lock:
                 self._all.append((os.getpid(), local.conn))
         return local.conn
+
+    def _drop(self, conn: _Connection) -> None:
+        """Forget this thread's broken connection."""
+        with self._lock:
+            self._all = [(pid, c) for pid, c in self._all if c is not conn]
+        with contextlib.suppress(Exception):
+            conn.close()
+        self._local.pid = None
+
+    def _write(self, records: list, receipts: list | None = None) -> int:
+        """A batch, tried again on a new connection while the server is away (a restart, a
+        network break) for up to RECONNECT_SECONDS: the failed try was rolled back whole."""
+        delay, deadline = 0.5, time.monotonic() + RECONNECT_SECONDS
+        while True:
+            try:
+                return super()._write(records, receipts)
+            except (self._psycopg.OperationalError, StoreOpenError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                if not self._said_away:
+                    self._said_away = True
+                    log.warning("embedviz: %s is away (%s); trying again for up to %d s",
+                                self.label, " ".join(str(exc).split())[:200], RECONNECT_SECONDS)
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     @contextmanager
     def _transaction(self) -> Iterator[_Connection]:
@@ -250,5 +293,16 @@ class PostgresStore(SQLStore):
                                     f"(schema {version}; this one reads up to {SCHEMA_VERSION}): "
                                     "upgrade embedviz (pip install -U embedviz)")
 
+    def _q(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """A read, tried once more on a new connection when the server cut this one (a
+        restart): the app's tick starts with changes(), so its reads find a fresh one."""
+        try:
+            return super()._q(sql, params)
+        except self._psycopg.OperationalError:
+            cut = getattr(self._local, "conn", None)
+            if cut is None or not (cut.raw.broken or cut.raw.closed):
+                raise
+            return super()._q(sql, params)
+
     def _changes(self) -> int:
-        return int(self._conn().execute("SELECT changes FROM meta").fetchone()[0])
+        return int(self._q("SELECT changes FROM meta")[0][0])
