@@ -638,3 +638,33 @@ def test_odd_targets_get_a_clear_error_or_the_right_store(tmp_path, monkeypatch)
     doc = embedviz.open_store.__doc__
     assert "module docstring" not in doc
     assert all(x in doc for x in ("readonly=1", "synchronous=", ":memory:", "sqlite:///", "%3F"))
+
+
+def _open_and_record(path, results):
+    try:
+        with embedviz.open_store(path) as s:
+            s.create_session("x")
+        results.put("ok")
+    except Exception as exc:  # (reported by the test)
+        results.put(repr(exc))
+
+
+@pytest.mark.slow
+def test_processes_creating_one_new_store_at_once_all_open_it(tmp_path):
+    """The ranks of a job open one new file at once: one creates the tables, the others see
+    a store (they read its tables and its application id apart, saw a foreign database:
+    2 of 180 openings failed so)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    failures = []
+    for k in range(100):
+        path = str(tmp_path / f"r{k}.db")
+        results = ctx.Queue()
+        procs = [ctx.Process(target=_open_and_record, args=(path, results)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        failures += [r for r in (results.get(timeout=10) for _ in procs) if r != "ok"]
+    assert failures == []

@@ -456,6 +456,12 @@ class Courier:
         self._poster.close()
 
 
+def _sync_warning(kind: str, message: str) -> None:
+    """(A refusal ends `embedviz sync` with an error saying the same: not said twice.)"""
+    if not kind.startswith("refused"):
+        log.warning("embedviz sync: %s", message)
+
+
 def _flat(first: list[bytes], rest: Iterable[list[bytes]]) -> list[bytes]:
     return first + [line for c in rest for line in c]
 
@@ -905,7 +911,7 @@ def sync(path: str | os.PathLike, url: str | None = None, token: str | None = No
                                     "meant for: pass --to URL")
             if target not in couriers:
                 couriers[target] = Courier(target, resolve_token(token), timeout,
-                                           warn=lambda _, m: log.warning("embedviz sync: %s", m))
+                                           warn=_sync_warning)
             courier = couriers[target]
             while (got := spool.oldest()) is not None:
                 seg, lines = got

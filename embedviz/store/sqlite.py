@@ -146,10 +146,16 @@ class SQLiteStore(SQLStore):
     def _init_schema(self) -> None:
         try:
             conn = self._conn()
-            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = [r[0] for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table'")]
+            # (one snapshot: another process creating the store commits its tables and its
+            # application id together; read apart, they looked like a foreign database)
+            conn.execute("BEGIN")
+            try:
+                app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                tables = [r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table'")]
+            finally:
+                conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             self.close()
             if not self.readonly and "readonly" in str(exc):  # (-wal or -shm not writable)
