@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,7 +179,15 @@ class SQLiteStore(SQLStore):
             self._add_blocks()
         if app_id == APPLICATION_ID or self.readonly:
             return
-        conn.execute("PRAGMA journal_mode = WAL")
+        deadline = time.monotonic() + self.busy_timeout
+        while True:  # (the switch to WAL is refused at once, not waited for, while another
+            try:     # process holds the file: ranks creating one new store at once)
+                conn.execute("PRAGMA journal_mode = WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
         with self._transaction() as conn:
             if conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID:
                 return  # another process created it while we waited for the lock
