@@ -15,11 +15,18 @@ users at once while a training writes.
                show a new report, the store calls per tick and per chart, the server's CPU
                and memory
 
+  maps         (--maps N ...) the embeddings page and plot_vocab's standalone HTML with N
+               projected words: first paint, a zoom into 1/40 of the map across, a search for
+               one word among them (each until drawn, measured in the browser), the server's
+               memory, the HTML's size; and the server's work for one view (embedviz.lod)
+               beside Datashader's aggregation and shading of the same points, when installed
+
 TensorBoard has no like figures (it loads event files up front and samples 1,000 points
 per scalar, in one page for one user); the figures stand against the issue's targets.
 
     python benchmarks/bench_app.py [--iterations 100000] [--layers 50] [--words 20000]
         [--clients 20] [--rate 10] [--seconds 30] [--keep DIR] [--no-browser]
+        [--maps 200000 1000000 [--only-maps]]
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -89,6 +97,31 @@ def fill_words(path: str, n: int) -> None:
         store.put_embedding(e)
         store.put_projection(Projection(e.key, "tsne", {}, coords=rng.normal(size=(n, 2)).astype(np.float32),
                                         quality={"knn_preservation": 0.3}, state="done", progress=1.0))
+
+
+def map_coords(n: int, seed: int = 3) -> np.ndarray:
+    """A t-SNE-like map: 60 clusters of different sizes and spreads, and a thin background."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(-40, 40, (60, 2))
+    which = rng.choice(60, n, p=rng.dirichlet(np.ones(60)))
+    spread = rng.uniform(0.5, 4, 60)[which, None]
+    coords = centres[which] + rng.normal(size=(n, 2)) * spread
+    coords[rng.random(n) < 0.02] = rng.uniform(-50, 50, (int(np.sum(rng.random(n) < 0.02)), 2))[:1]
+    return coords.astype(np.float32)
+
+
+def fill_map(path: str, n: int) -> list[str]:
+    """A store holding one set of ``n`` words (8-dimensional vectors) and its map."""
+    rng = np.random.default_rng(4)
+    words = [f"w{i}" for i in range(n)]
+    with embedviz.open_store(path) as store:
+        e = EmbeddingSet("map", words, rng.normal(size=(n, 8)).astype(np.float32),
+                         metadata={"count": list(range(n, 0, -1)),
+                                   "kind": [f"k{i % 9}" for i in range(n)]})
+        store.put_embedding(e)
+        store.put_projection(Projection(e.key, "tsne", {}, coords=map_coords(n), state="done",
+                                        progress=1.0))
+    return words
 
 
 # ---------------------------------------------------------------------------- page builds
@@ -219,17 +252,22 @@ def run_clients(url: str, k: int, seconds: float, out: str) -> None:
 
 
 # ---------------------------------------------------------------------------- the browser
-def browser_figures(url: str, charts: int) -> dict:
-    """First paint of ``url`` and a zoom into 1% of its score chart, in Chromium."""
+def chromium(size: str) -> Any:
+    """Debian's headless Chromium, driven by Selenium, its window ``size`` ("W,H")."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     for a in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-              "--disable-component-update", "--no-first-run", "--window-size=1500,1800"):
+              "--disable-component-update", "--no-first-run", f"--window-size={size}"):
         opts.add_argument(a)
     opts.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+
+
+def browser_figures(url: str, charts: int) -> dict:
+    """First paint of ``url`` and a zoom into 1% of its score chart, in Chromium."""
+    driver = chromium("1500,1800")
     try:
         paints = []
         for _ in range(3):
@@ -272,6 +310,176 @@ def browser_figures(url: str, charts: int) -> dict:
         driver.quit()
 
 
+MAP_READY = """
+if (!window.Bokeh || !Bokeh.documents.length) return null;
+const doc = Bokeh.documents[0], fig = doc.get_model_by_name("map");
+if (!fig || !doc.is_idle) return null;
+const v = Bokeh.index.find_one(fig);
+if (!v || !v.has_finished() || !doc.get_model_by_name("points").get_length()) return null;
+return performance.now();"""
+
+MAP_ZOOM = """
+const fig = Bokeh.documents[0].get_model_by_name("map"), xr = fig.x_range, yr = fig.y_range;
+window.__before = Bokeh.documents[0].get_model_by_name("points").data.x;
+const cx = (xr.start + xr.end) / 2 + (xr.end - xr.start) / 7, cy = (yr.start + yr.end) / 2;
+const sx = (xr.end - xr.start) / 80, sy = (yr.end - yr.start) / 80;
+window.__view = [cx - sx, cx + sx, cy - sy, cy + sy];
+xr.setv({start: cx - sx, end: cx + sx});
+yr.setv({start: cy - sy, end: cy + sy});
+Bokeh.index.find_one(fig).trigger_ranges_update_event();
+return performance.now();"""
+
+MAP_ZOOMED = """
+const d = Bokeh.documents[0].get_model_by_name("points").data;
+if (d.x === window.__before) return null;
+const [a, b, c, e] = window.__view;
+for (let i = 0; i < d.x.length; i++) if (d.x[i] < a || d.x[i] > b || d.y[i] < c || d.y[i] > e) return null;
+const v = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name("map"));
+return v.has_finished() ? performance.now() : null;"""
+
+
+def map_browser(url: str, word: str) -> dict:
+    """First paint (from navigation), zoom and search of a map page, in Chromium."""
+    driver = chromium("1400,1100")
+
+    def until(script: str, timeout: float = 60) -> float:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            got = driver.execute_script(script)
+            if got is not None:
+                return float(got)
+            time.sleep(0.01)
+        return float("nan")
+
+    try:
+        paints = []
+        for _ in range(2):
+            driver.get("about:blank")
+            driver.get(url)
+            paints.append(until(MAP_READY) / 1000)
+        t0 = driver.execute_script(MAP_ZOOM)
+        zoom = (until(MAP_ZOOMED, 30) - t0) / 1000
+        t1 = driver.execute_script("const s = Bokeh.documents[0].get_model_by_name('search');"
+                                   f"s.value_input = {json.dumps(word)}; return performance.now();")
+        found = until("const d = Bokeh.documents[0]; return d.get_model_by_name('found').text && "
+                      f"d.get_model_by_name('points').data.word.includes({json.dumps(word)}) && "
+                      "Bokeh.index.find_one(d.get_model_by_name('map')).has_finished() ? "
+                      "performance.now() : null;", 30)
+        return {"paints": paints, "zoom": zoom, "search": (found - t1) / 1000}
+    finally:
+        driver.quit()
+
+
+def view_work(n: int) -> dict:
+    """The server's work for one view of ``n`` points (the whole map; 1/40 of it across):
+    embedviz.lod against Datashader's aggregation and categorical shading (when installed)."""
+    from embedviz.lod import COARSE, MapLOD
+    from embedviz.plot import colours
+
+    coords = map_coords(n).astype(np.float64)
+    kinds = [f"k{i % 9}" for i in range(n)]
+    hexes, _ = colours(kinds)
+    t0 = time.perf_counter()
+    lod = MapLOD(coords, hexes, np.arange(n))
+    out: dict = {"index": time.perf_counter() - t0}
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    mid, q = (lo + hi) / 2, (hi - lo) / 80
+    views = {"whole": (lo[0], hi[0], lo[1], hi[1]),
+             "zoomed": (mid[0] - q[0], mid[0] + q[0], mid[1] - q[1], mid[1] + q[1])}
+    w, h = 820 // COARSE, 620 // COARSE
+    for name, (x0, x1, y0, y1) in views.items():
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            lod.view(x0, x1, y0, y1, w, h)
+            best = min(best, time.perf_counter() - t0)
+        out[f"ours {name}"] = best
+    try:
+        import datashader as ds
+        import datashader.transfer_functions as tf
+        import pandas as pd
+    except ImportError:
+        return out
+    frame = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1],
+                          "kind": pd.Categorical(kinds)})
+    key = dict(zip(sorted(set(kinds)), sorted(set(hexes))))
+    for name, (x0, x1, y0, y1) in views.items():
+        times = []
+        for _ in range(5 if name == "whole" else 3):
+            t0 = time.perf_counter()
+            canvas = ds.Canvas(plot_width=w, plot_height=h, x_range=(x0, x1), y_range=(y0, y1))
+            agg = canvas.points(frame, "x", "y", ds.count_cat("kind"))
+            tf.shade(agg, color_key=key, how="log").to_numpy()
+            times.append(time.perf_counter() - t0)
+        out[f"datashader {name}"] = min(times[1:]) if len(times) > 1 else times[0]
+        out.setdefault("datashader first call", times[0])
+    return out
+
+
+def run_maps(args: argparse.Namespace, folder: str) -> None:
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    from embedviz.plot import vocab_figure
+    from embedviz.projection import ProjectionResult
+    from embedviz.vocab import Vocabulary
+
+    rows = []
+    for n in args.maps:
+        path = os.path.join(folder, f"map_{n}.db")
+        if os.path.exists(path):
+            os.remove(path)
+        words = fill_map(path, n)
+        word = words[n // 3 + 7]
+        work = view_work(n)
+        port = free_port()
+        stats = os.path.join(folder, f"map_stats_{n}.json")
+        server = subprocess.Popen([sys.executable, HERE, "--role", "server", "--args", path,
+                                   str(port), stats], stdout=subprocess.PIPE, text=True)
+        assert server.stdout is not None and "serving" in server.stdout.readline()
+        try:
+            app = map_browser(f"http://localhost:{port}/?page=embeddings", word)
+            time.sleep(1.5)
+            with open(stats) as f:
+                rss = max(h["rss"] for h in json.load(f)) / 2**20
+        finally:
+            server.terminate()
+            server.wait(30)
+        with embedviz.open_store(path, readonly=True) as store:
+            e = store.embeddings()[0]
+            p = store.projections(e.key)[0]
+            e = store.embedding(e.key)
+        result = ProjectionResult(Vocabulary(e.labels, e.vectors, dict(e.metadata), "map"),
+                                  p.coords, p, None)
+        t0 = time.perf_counter()
+        html = os.path.join(folder, f"map_{n}.html")
+        with open(html, "w", encoding="utf-8") as f:
+            f.write(file_html(vocab_figure(result, color_by="kind")[1], INLINE, title="map"))
+        written = time.perf_counter() - t0
+        static = map_browser("file://" + html, word)
+        size = os.path.getsize(html) / 2**20
+        print(f"{n:,} points: app {app}, server {rss:.0f} MB; html {static}, {size:.0f} MB "
+              f"written in {written:.1f} s; one view's work {work}", flush=True)
+        rows.append((n, app, rss, static, size, written, work))
+    print(f"\n{'map':<46} {'measured':>30}  target")
+    for n, app, rss, static, size, written, work in rows:
+        for where, r in (("app", app), ("html", static)):
+            print(f"{f'{n:,} points, {where}: first paint (2 loads)':<46} "
+                  f"{', '.join(f'{x:.2f}' for x in r['paints']) + ' s':>30}  <= 3 s")
+            print(f"{f'{n:,} points, {where}: zoom to 1/40 across':<46} {r['zoom']:>28.2f} s  <= 1 s")
+            print(f"{f'{n:,} points, {where}: search one word':<46} {r['search']:>28.2f} s  <= 0.5 s")
+        print(f"{f'{n:,} points: server memory (peak)':<46} {rss:>27.0f} MB  -")
+        made = f"{size:.0f} MB, written in {written:.1f} s"
+        print(f"{f'{n:,} points: standalone HTML':<46} {made:>30}  -")
+        ours = f"{1000 * work['ours whole']:.0f} | {1000 * work['ours zoomed']:.0f} ms"
+        print(f"{f'{n:,} points: one view, whole | zoomed (ours)':<46} {ours:>30}  -")
+        if "datashader whole" in work:
+            theirs = (f"{1000 * work['datashader whole']:.0f} | "
+                      f"{1000 * work['datashader zoomed']:.0f} ms "
+                      f"(first call {work['datashader first call']:.1f} s)")
+            print(f"{f'{n:,} points: same, Datashader':<46} {theirs:>30}  -")
+
+
 # ---------------------------------------------------------------------------- main
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -283,6 +491,9 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--keep", default=None, help="keep the stores in this folder (and reuse them)")
     p.add_argument("--no-browser", action="store_true")
+    p.add_argument("--maps", type=int, nargs="*", default=[],
+                   help="also measure maps of these many points (e.g. 200000 1000000)")
+    p.add_argument("--only-maps", action="store_true", help="measure the maps only")
     p.add_argument("--role", default=None, help=argparse.SUPPRESS)
     p.add_argument("--args", nargs="*", default=[], help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -297,6 +508,10 @@ def main() -> None:
 
     folder = args.keep or tempfile.mkdtemp()
     os.makedirs(folder, exist_ok=True)
+    if args.maps:
+        run_maps(args, folder)
+        if args.only_maps:
+            return
     train = os.path.join(folder, f"train_{args.iterations}x{args.layers}.db")
     words = os.path.join(folder, f"words_{args.words}.db")
     if not os.path.exists(train):

@@ -300,9 +300,12 @@ def cmd_tsne(args: argparse.Namespace) -> int:
                          stop_lying_iteration=early,
                          learning_rate=args.learning_rate if args.learning_rate else "auto",
                          theta=args.theta, normalize=not args.no_normalize, use_pca=args.use_pca,
-                         metric=args.metric, random_state=args.seed)
+                         metric=args.metric, random_state=args.seed,
+                         until="max_iter" if args.fixed else "converged")
     store = open_store(args.store) if args.store else None
-    plot_vocab(args.vectors, tsne, top_n=args.top, color_by=args.color_by, output=args.output,
+    if args.top < 0:
+        raise EmbedvizError(f"--top {args.top}: give a number of words, or 0 for every word")
+    plot_vocab(args.vectors, tsne, top_n=args.top or None, color_by=args.color_by, output=args.output,
                store=store, labels=args.labels, binary=args.binary, allow_pickle=args.allow_pickle,
                include=args.include or (), exclude=args.exclude or ())
     print(f"wrote {args.output}")
@@ -349,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tsne", help="project word vectors with t-SNE into a standalone HTML plot")
     p.add_argument("vectors", help="word2vec .vec/.txt/.bin, projector tensors.tsv, or .npy (with --labels)")
     p.add_argument("-o", "--output", default="vocab.html", help="the HTML file to write")
-    p.add_argument("--top", type=int, default=1000, help="the N most frequent words (default 1000)")
+    p.add_argument("--top", type=int, default=1000,
+                   help="the N most frequent words (default 1000; 0: every word)")
     p.add_argument("--perplexity", type=float, default=30.0)
     p.add_argument("--max-iter", type=int, default=750,
                    help="iterations in all, early exaggeration included (default 750)")
@@ -357,6 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="iterations of early exaggeration (stop_lying_iteration), the first of "
                    f"--max-iter (default: {EARLY_ITERATIONS}, or a third of --max-iter when that "
                    "is fewer)")
+    p.add_argument("--fixed", action="store_true",
+                   help="run all --max-iter iterations (default: stop when the map has converged)")
     p.add_argument("--learning-rate", type=float, default=None, help="default: n/12 (openTSNE's auto)")
     p.add_argument("--theta", type=float, default=0.5)
     p.add_argument("--metric", default="euclidean")

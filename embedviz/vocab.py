@@ -138,17 +138,64 @@ def _first_bad_text_line(path: Path, dim: int, count: int, numbers: bool = True)
     return None if seen >= count else f"the file holds {seen} vectors, the header says {count}"
 
 
+def _binary_cut(path: Path, count: int, dim: int) -> str | None:
+    """Where a word2vec binary file stops holding whole vectors ("vector N of M, 'word', is
+    cut short at byte B"), or None; reads the file once, a block at a time."""
+    size, step = path.stat().st_size, dim * 4
+    with open(path, "rb") as f:
+        f.readline()
+        buf, at = b"", f.tell()
+        for k in range(count):
+            while True:
+                space = buf.find(b" ")
+                if space >= 0:
+                    break
+                more = f.read(1 << 20)
+                if not more:
+                    return (f"vector {k + 1:,} of {count:,} is missing (the file ends at byte "
+                            f"{size:,})")
+                buf += more
+            word = buf[:space].lstrip(b"\n").decode("utf-8", "replace")
+            start = at + space + 1
+            while len(buf) < space + 1 + step:
+                more = f.read(1 << 20)
+                if not more:
+                    return (f"vector {k + 1:,} of {count:,} ({word!r}, from byte {start:,}) is "
+                            f"cut short: the file ends at byte {size:,}")
+                buf += more
+            buf = buf[space + 1 + step:]
+            at = start + step
+    return None
+
+
 def _from_word2vec_file(path: Path, binary: bool, notes: list[str]) -> Vocabulary:
     from gensim.models import KeyedVectors
 
-    count, dim = _check_word2vec_header(path, binary)
+    try:
+        count, dim = _check_word2vec_header(path, binary)
+    except ProjectionError as size_error:
+        # (a short row makes a small file look truncated: name the row when there is one)
+        header = path.open("rb").readline().split()[:2]
+        problem = (None if binary else _first_bad_text_line(path, int(header[1]), int(header[0]),
+                                                            numbers=False)
+                   if len(header) == 2 and all(h.isdigit() for h in header) else None)
+        if problem and not problem.startswith("the file holds"):
+            also = str(size_error).removeprefix(f"{path}: ")
+            raise ProjectionError(f"{path}: {problem}: fix that line (and: {also})") from None
+        if binary and len(header) == 2 and all(h.isdigit() for h in header):
+            where = _binary_cut(path, int(header[0]), int(header[1]))
+            if where:
+                raise ProjectionError(f"{path}: {where}: the file is truncated, or the header's "
+                                      "count is wrong") from None
+        raise
     problem = None if binary else _first_bad_text_line(path, dim, count, numbers=False)
     if problem:
         raise ProjectionError(f"{path}: {problem}: fix that line (or the header's count)")
     try:
         kv = KeyedVectors.load_word2vec_format(str(path), binary=binary, unicode_errors="replace")
     except (ValueError, EOFError) as exc:
-        where = (_first_bad_text_line(path, dim, count) if not binary else None) or str(exc)
+        where = (_first_bad_text_line(path, dim, count) if not binary else
+                 _binary_cut(path, count, dim)) or str(exc)
         raise ProjectionError(f"{path}: cannot read it as word2vec {'binary' if binary else 'text'}"
                               f" ({where}); fix that line or pass binary="
                               f"{not binary} if the format is the other one") from None

@@ -98,6 +98,7 @@ JA: dict[str, str] = {
     "Method": "手法",
     "Perplexity": "パープレキシティ",
     "Iterations": "反復回数",
+    "Stop when converged": "収束したら止める",
     "Top N words": "上位 N 語",
     "Run": "実行",
     "running": "実行中",

@@ -20,7 +20,7 @@ from embedviz.errors import ProjectionError
 from embedviz.records import EmbeddingSet
 
 #: a t-SNE that is still running whenever a test looks
-LONG = {"max_iter": 50_000, "random_state": 0}
+LONG = {"max_iter": 50_000, "random_state": 0, "until": "max_iter"}  # (long: to be stopped)
 
 
 def until(condition, timeout: float = 60.0) -> None:
@@ -185,7 +185,7 @@ if __name__ == "__main__":
                      np.random.default_rng(0).normal(size=(300, 20)))
     store.put_embedding(e)
     jobs = Jobs(store)
-    job = jobs.submit(e.key, params={"max_iter": 50_000})
+    job = jobs.submit(e.key, params={"max_iter": 50_000, "until": "max_iter"})
     while job.progress == 0:
         time.sleep(0.05)
     print(job.pid, flush=True)

@@ -33,7 +33,8 @@ def test_parameters_reach_opentsne():
     assert kw["perplexity"] == 12 and kw["metric"] == "cosine" and kw["random_state"] == 3
     assert kw["negative_gradient_method"] == "bh" and kw["initialization"] == "pca"
     assert kw["neighbors"] == "exact"
-    assert BarnesHutTsne().opentsne_kwargs(200_000, 300)["neighbors"] == "annoy"
+    assert BarnesHutTsne().opentsne_kwargs(200_000, 300)["neighbors"] == "faiss"
+    assert BarnesHutTsne(neighbors="annoy").opentsne_kwargs(200_000, 300)["neighbors"] == "annoy"
     assert BarnesHutTsne().opentsne_kwargs(20_000)["negative_gradient_method"] == "fft"
     assert BarnesHutTsne(negative_gradient_method="bh").opentsne_kwargs(20_000)["negative_gradient_method"] == "bh"
 
@@ -64,7 +65,7 @@ def test_store_records_progress_and_reuses_the_result(tmp_path):
     v = clusters(n_per=60)
     seen = []
     t = BarnesHutTsne(random_state=0, progress=False, max_iter=400, callback_every=25,
-                      callback=lambda it, err, emb: seen.append(it))
+                      until="max_iter", callback=lambda it, err, emb: seen.append(it))
     first = project(v, t, store=store, session="s", stream_every=50)
     assert seen[:3] == [25, 50, 75] and seen[-1] == 400
     p = store.projection(first.projection.id)
@@ -72,7 +73,7 @@ def test_store_records_progress_and_reuses_the_result(tmp_path):
     assert p.quality["knn_preservation"] > 0.3 and "trustworthiness" in p.quality
     assert store.embedding(p.embedding).labels == v.labels
     again = project(v, BarnesHutTsne(random_state=0, progress=False, max_iter=400,
-                                     callback_every=25), store=store, session="s")
+                                     callback_every=25, until="max_iter"), store=store, session="s")
     assert again.reused and np.array_equal(again.coords, first.coords)
     other = project(v, BarnesHutTsne(random_state=0, progress=False, max_iter=400,
                                      perplexity=10), store=store, session="s")

@@ -382,6 +382,54 @@ def test_a_store_with_only_plot_vocab_output_opens_on_its_maps(tmp_path):
             assert errors(doc) == [] and "No training sessions" in texts(doc)
 
 
+def test_a_large_map_sends_a_density_image_and_the_points_in_view(tmp_path):
+    """Above LOD_POINTS the browser gets an image of the view and at most VIEW_POINTS points
+    (the most important first); zoomed in, every point of the view; the search looks at
+    every word on the server; a click names the word under the mouse, not a row."""
+    from bokeh.events import RangesUpdate
+
+    from embedviz.lod import LOD_POINTS, VIEW_POINTS
+
+    rng = np.random.default_rng(0)
+    n = LOD_POINTS + 10_000
+    coords = rng.normal(size=(n, 2)).astype(np.float32)
+    words = [f"w{i}" for i in range(n)]
+    words[n - 7] = "needle"
+    path = tmp_path / "big.db"
+    with embedviz.open_store(path) as store:
+        e = EmbeddingSet("big", words, rng.normal(size=(n, 4)).astype(np.float32),
+                         metadata={"count": list(range(n, 0, -1))})
+        store.put_embedding(e)
+        store.put_projection(Projection(e.key, "tsne", coords=coords, state="done"))
+    with AppState(path, jobs=False) as app:
+        doc, tab = build(app, "embeddings")
+        points, density = doc.get_model_by_name("points"), doc.get_model_by_name("density")
+        assert len(points.data["x"]) == VIEW_POINTS and len(density.data["image"]) == 1
+        image = density.data["image"][0]
+        assert image.dtype == np.uint32 and (image >> 24).max() == 255  # (the densest: opaque)
+        assert points.data["word"][0] == "w0"  # (the most frequent first)
+        fig = doc.get_model_by_name("map")
+        fig.x_range.update(start=0.0, end=0.05)
+        fig.y_range.update(start=0.0, end=0.05)
+        fig._trigger_event(RangesUpdate(fig, x0=0.0, x1=0.05, y0=0.0, y1=0.05))
+        inside = np.flatnonzero((coords[:, 0] >= 0) & (coords[:, 0] <= 0.05)
+                                & (coords[:, 1] >= 0) & (coords[:, 1] <= 0.05))
+        assert 0 < len(inside) <= VIEW_POINTS
+        assert sorted(points.data["word"]) == sorted(words[i] for i in inside)
+        assert density.data["image"] == []
+        row = 3
+        points.selected.indices = [row]
+        title = doc.get_model_by_name("neighbours-title").text
+        assert points.data["word"][row] in title
+        search = doc.get_model_by_name("search")
+        search.value_input = "needle"
+        assert doc.get_model_by_name("found").text.startswith("1 ")
+        hits = doc.get_model_by_name("hits").data
+        assert hits["x"] == [pytest.approx(float(coords[n - 7, 0]))]
+        assert "needle" in points.data["word"]  # (the view moved to it)
+        assert errors(doc) == []
+
+
 def test_the_embeddings_page_searches_shows_neighbours_and_a_legend(recorded):
     app, ids = recorded
     doc, tab = build(app, "embeddings", sessions=[ids["w2v"]])
@@ -598,6 +646,7 @@ def test_form_runs_are_projections_drawn_when_done_and_a_tsne_can_be_cancelled(t
         doc.get_model_by_name("method").value = "tsne"
         form["Top N words"].value = None
         form["Iterations"].value = 5000
+        doc.get_model_by_name("converge").active = []  # (all 5000: long enough to cancel)
         doc.get_model_by_name("run")._trigger_event(ButtonClick(doc.get_model_by_name("run")))
         assert run_until(("running",), 60).startswith("running")  # (and past 0%)
         assert "running" in doc.get_model_by_name("quality").text  # (drawn as it converges)

@@ -406,3 +406,89 @@ def test_hostile_strings_from_the_store_stay_text_on_every_page(tmp_path, browse
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+MAP_ZOOM = """
+const fig = Bokeh.documents[0].get_model_by_name("map"), xr = fig.x_range, yr = fig.y_range;
+const cx = (xr.start + xr.end) / 2, cy = (yr.start + yr.end) / 2;
+const sx = (xr.end - xr.start) / 200, sy = (yr.end - yr.start) / 200;
+window.__view = [cx - sx, cx + sx, cy - sy, cy + sy];
+xr.setv({start: cx - sx, end: cx + sx});
+yr.setv({start: cy - sy, end: cy + sy});
+Bokeh.index.find_one(fig).trigger_ranges_update_event();"""
+
+# every point drawn lies in the zoomed view, and the density image is gone
+MAP_ZOOMED = """
+const doc = Bokeh.documents[0], d = doc.get_model_by_name("points").data;
+const [a, b, c, e] = window.__view;
+if (!d.x.length) return false;
+for (let i = 0; i < d.x.length; i++) if (d.x[i] < a || d.x[i] > b || d.y[i] < c || d.y[i] > e) return false;
+const image = [...doc.all_models].find((m) => m.type === "GlyphRenderer" && m.glyph.type === "ImageRGBA");
+return !image.visible || !doc.get_model_by_name("density").data.image.length;"""
+
+
+def million_map(n: int = 1_000_000) -> tuple[np.ndarray, list[str]]:
+    rng = np.random.default_rng(0)
+    coords = rng.normal(size=(n, 2)).astype(np.float32)
+    words = [f"w{i}" for i in range(n)]
+    words[n - 1] = "<img src=x onerror=alert(1)>needle"
+    return coords, words
+
+
+def check_million_map(browser, folder: Path, name: str) -> None:
+    from embedviz.lod import VIEW_POINTS
+
+    held = browser.execute_script("return Bokeh.documents[0].get_model_by_name('points').get_length()")
+    assert 0 < held <= VIEW_POINTS + 10  # (not the million)
+    assert browser.execute_script("return Bokeh.documents[0].get_model_by_name('density').data.image.length") == 1
+    shoot(browser, folder, f"{name}-whole")
+    browser.execute_script(MAP_ZOOM)
+    assert wait_for(browser, MAP_ZOOMED, 20), "the zoomed view was not redrawn with its own points"
+    shoot(browser, folder, f"{name}-zoomed")
+    browser.execute_script("const s = Bokeh.documents[0].get_model_by_name('search');"
+                           "s.value_input = 'needle';")
+    assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('points').data.word"
+                             ".some((w) => w.endsWith('needle'))", 20), "the match was not drawn"
+    assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('found').text.startsWith('1 ')", 10)
+    shoot(browser, folder, f"{name}-search")
+    assert browser.execute_script("return document.images.length") == 0  # (the word is text)
+    assert errors(browser) == []
+
+
+@pytest.mark.slow
+def test_a_million_point_map_zooms_and_searches_in_the_app_and_in_a_standalone_page(tmp_path, browser):
+    """The embeddings page and plot_vocab's HTML with 1,000,000 points: an image of the view
+    and a few thousand points reach the browser; zoomed in, the view's own points; the search
+    finds a word among the million (and shows it as text)."""
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    import embedviz
+    from embedviz.plot import vocab_figure
+    from embedviz.projection import ProjectionResult
+    from embedviz.records import EmbeddingSet, Projection
+    from embedviz.vocab import Vocabulary
+
+    coords, words = million_map()
+    path = tmp_path / "million.db"
+    with embedviz.open_store(path) as store:
+        e = EmbeddingSet("million", words, coords)
+        store.put_embedding(e)
+        store.put_projection(Projection(e.key, "tsne", coords=coords, state="done"))
+    proc, url = serve(path)
+    try:
+        open_page(browser, url + "?page=embeddings")
+        assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('points')?.get_length() > 0", 60)
+        check_million_map(browser, tmp_path, "million-app")
+        browser.get("about:blank")  # (before the server goes: its socket closing is no error)
+        errors(browser)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    result = ProjectionResult(Vocabulary(words, coords, {}, "million"), coords,
+                              Projection("k", "tsne", {}), None)
+    html = tmp_path / "million.html"
+    html.write_text(file_html(vocab_figure(result)[1], INLINE, title="million"), encoding="utf-8")
+    open_page(browser, html.as_uri())
+    assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('points')?.get_length() > 0", 60)
+    check_million_map(browser, tmp_path, "million-html")

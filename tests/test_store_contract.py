@@ -166,6 +166,22 @@ def test_embeddings_and_projections(store):
     assert store.find_projection(key, "tsne", {"perplexity": 3.0, "theta": 0.5}) is None
 
 
+def test_vectors_beyond_a_value_limit_are_stored_in_parts_and_read_back_whole(store, monkeypatch):
+    """SQLite's and PostgreSQL's values end at 1 GB (a million 300-d vectors are 1.2 GB):
+    a large set is stored in parts; here the part size is made small instead."""
+    from embedviz.store import sql
+
+    monkeypatch.setattr(sql, "PART_BYTES", 1000)
+    rng = np.random.default_rng(6)
+    emb = EmbeddingSet("big", [f"w{i}" for i in range(101)], rng.normal(size=(101, 7)))
+    key = store.put_embedding(emb)
+    store.put_embedding(EmbeddingSet("again", emb.labels, emb.vectors))  # (stored once)
+    back = store.embedding(key)
+    assert back.vectors.shape == (101, 7)
+    assert np.array_equal(back.vectors, emb.vectors.astype(np.float32))
+    assert [e.key for e in store.embeddings()] == [key]
+
+
 def test_export_import_round_trip_is_lossless(store, tmp_path):
     rng = np.random.default_rng(5)
     store.create_session("s", name="run", tags={"note": "x"}, info={"nan": math.nan})

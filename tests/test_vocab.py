@@ -70,6 +70,12 @@ def _write(path, text: bytes):
 def test_bad_input_is_named(tmp_path):
     with pytest.raises(ProjectionError, match="header promises 1000000 vectors.*truncated"):
         load_vocabulary(_write(tmp_path / "h.vec", b"1000000 300\nthe 0.1 0.2\n"))
+    short = b"3 4\na 1 2 3 4\nb 1 2 3\nc 1 2 3 4\n"  # (short enough to look truncated)
+    with pytest.raises(ProjectionError, match="line 3 has 3 numbers after the word, the header says 4"):
+        load_vocabulary(_write(tmp_path / "s.vec", short))
+    rows = b"".join(w + b" " + np.arange(4, dtype=np.float32).tobytes() for w in (b"aa", b"bb", b"cc"))
+    with pytest.raises(ProjectionError, match=r"vector 3 of 3 \('cc', from byte 45\) is cut short"):
+        load_vocabulary(_write(tmp_path / "cut.bin", b"3 4\n" + rows[:-10]), binary=True)
     bad_row = b"3 2\nthe 0.1 0.2\ncat 0.3\ndog 0.5 0.6\n"
     with pytest.raises(ProjectionError, match="line 3 has 1 numbers after the word, the header says 2"):
         load_vocabulary(_write(tmp_path / "r.vec", bad_row))

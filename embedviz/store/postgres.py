@@ -44,7 +44,7 @@ from embedviz.errors import (
     StoreOpenError,
     StoreVersionError,
 )
-from embedviz.store.sql import RECEIPTS, SCHEMA, SQLStore
+from embedviz.store.sql import PARTS, RECEIPTS, SCHEMA, SQLStore
 
 log = logging.getLogger("embedviz.store")
 
@@ -132,6 +132,8 @@ def _redacted(url: str) -> str:
 
 class PostgresStore(SQLStore):
     """A stats store in a PostgreSQL database (see the module docstring)."""
+
+    _PARTS = _ddl(PARTS)
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         super().__init__()

@@ -97,6 +97,13 @@ RECEIPTS = ("CREATE TABLE IF NOT EXISTS receipts (session TEXT NOT NULL, worker 
             "seq TEXT NOT NULL, PRIMARY KEY (session, worker, seq))")
 
 
+#: an embedding set's vectors beyond PART_BYTES are stored in parts (SQLite's and PostgreSQL's
+#: values end at 1 GB: a million 300-dimensional vectors are 1.2 GB); made on first use
+PARTS = ("CREATE TABLE IF NOT EXISTS vector_parts (key TEXT NOT NULL, part INTEGER NOT NULL, "
+         "bytes BLOB NOT NULL, PRIMARY KEY (key, part))")
+PART_BYTES = 256 << 20
+
+
 #: each worker's iteration range from the (wid, iteration) index, O(log n) each, and how many
 #: updates it has beyond update id ? with the last one's wall time: a pass over those only
 #: (by_id: "NOT INDEXED" to walk the ids after ?; the first count, of every update, walks
@@ -140,6 +147,8 @@ class SQLStore(Store):
     #: SQL that makes the count of each worker's new updates walk the table's ids, not an
     #: index (SQLite's "NOT INDEXED"; empty where the planner picks well)
     _BY_ID = ""
+    #: the vector_parts table's DDL in this backend's types
+    _PARTS = PARTS
     readonly = False
 
     def __init__(self) -> None:
@@ -231,11 +240,20 @@ class SQLStore(Store):
                                  (wid, r.iteration, r.check, r.severity, r.layer, r.message,
                                   codec.dumps(r.detail), r.wall_time))
                 elif isinstance(r, EmbeddingSet):
+                    whole = np.ascontiguousarray(r.vectors, dtype=np.float32)
+                    raw = memoryview(whole).cast("B")
+                    big = len(raw) > PART_BYTES
                     conn.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                                  "ON CONFLICT (key) DO NOTHING",
                                  (r.key, r.name, r.session, r.iteration, r.n, r.vectors.shape[1],
-                                  codec.dumps(r.labels), r.vectors.tobytes(),
+                                  codec.dumps(r.labels), b"" if big else raw,
                                   codec.dumps(r.metadata), r.created))
+                    if big:
+                        conn.execute(self._PARTS)
+                        for part, at in enumerate(range(0, len(raw), PART_BYTES)):
+                            conn.execute("INSERT INTO vector_parts VALUES (?, ?, ?) "
+                                         "ON CONFLICT (key, part) DO NOTHING",
+                                         (r.key, part, raw[at:at + PART_BYTES]))
                 elif isinstance(r, Projection):
                     coords = None if r.coords is None else r.coords.tobytes()
                     ncomp = None if r.coords is None else r.coords.shape[1]
@@ -483,7 +501,15 @@ class SQLStore(Store):
         for r in self._conn().execute(
                 "SELECT key, name, session, iteration, n, dim, labels, vectors, metadata, created "
                 "FROM embeddings " + where + " ORDER BY created", params):
-            vectors = np.frombuffer(r[7], np.float32).reshape(r[4], r[5]).copy()
+            if len(r[7]) or not r[4] * r[5]:
+                vectors = np.frombuffer(r[7], np.float32).reshape(r[4], r[5]).copy()
+            else:  # (stored in parts: read into one array, a part at a time)
+                vectors = np.empty((r[4], r[5]), np.float32)
+                flat, at = memoryview(vectors).cast("B"), 0
+                for (chunk,) in self._conn().execute(
+                        "SELECT bytes FROM vector_parts WHERE key = ? ORDER BY part", (r[0],)):
+                    flat[at:at + len(chunk)] = chunk
+                    at += len(chunk)
             yield EmbeddingSet(name=r[1], labels=codec.loads(r[6]), vectors=vectors,
                                metadata=codec.loads(r[8]), session=r[2], iteration=r[3],
                                created=r[9], key=r[0])

@@ -13,9 +13,11 @@ import re
 from typing import Any
 
 import numpy as np
+from bokeh.events import RangesUpdate
 from bokeh.layouts import column, row
 from bokeh.models import (  # type: ignore[attr-defined]
     Button,
+    CheckboxGroup,
     ColumnDataSource,
     CustomJS,
     DataTable,
@@ -29,18 +31,19 @@ from bokeh.models import (  # type: ignore[attr-defined]
     TableColumn,
     TextInput,
 )
-from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 from embedviz.server.page import Context, Page, Reactions, div, esc, note, stack
 
-from embedviz.plot import label_order, place_labels
+from embedviz.lod import COARSE, LOD_POINTS, MapLOD, WordSearch
+from embedviz.plot import MISSING, colours, label_order, place_labels
 from embedviz.records import EmbeddingSet, Projection
 from embedviz.store import EmbeddingInfo
 
 log = logging.getLogger("embedviz.server")
 
 N_LABELS = 50
-MISSING = "#bbbbbb"  # (a point whose metadata value is NaN)
+#: matches ringed at most (a search of a million words may match most of them)
+MAX_RINGS = 2000
 #: the methods the form offers: UMAP only where umap-learn is installed
 METHODS = ["tsne", "pca"] + (["umap"] if importlib.util.find_spec("umap") else [])
 WIDTH, HEIGHT = 820, 620
@@ -49,6 +52,7 @@ EMPTY: dict[str, list] = {"x": [], "y": [], "word": [], "color": []}
 #: the search runs in the browser as the user types: a match is ringed and the view
 #: centred on the best one (an exact word before a part of one)
 SEARCH_JS = """
+if (src.tags.includes("lod")) return;  // (a large map: the server searches every word)
 const q = cb_obj.value_input.trim().toLowerCase();
 const words = src.data.word, xs = src.data.x, ys = src.data.y;
 const hx = [], hy = [];
@@ -141,29 +145,18 @@ def neighbours(vectors: np.ndarray, i: int, k: int = 10) -> tuple[np.ndarray, np
     return idx, 1.0 - sims[idx]
 
 
-def colours(values: list) -> tuple[list[str], list[tuple[str, str]]]:
-    """A colour per point from a column (categorical: a palette; numeric: viridis, log
-    where it spans orders) and the legend's (label, colour) pairs."""
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    if numeric and values:
-        a = np.asarray(values, dtype=float)
-        ok = np.isfinite(a)
-        if not ok.any():
-            return [MISSING] * len(values), [("NaN", MISSING)]
-        logged = bool(a[ok].min() > 0 and a[ok].max() / a[ok].min() > 100)
-        a = np.log10(np.where(ok, a, 1.0)) if logged else a
-        lo, hi = float(a[ok].min()), float(a[ok].max())
-        idx = ((np.where(ok, a, lo) - lo) / (hi - lo if hi > lo else 1) * 255).astype(int).clip(0, 255)
-        raw = np.asarray(values, dtype=float)[ok]
-        ends = [(f"{raw.min():.3g}", Viridis256[0]),
-                (f"{raw.max():.3g}" + (" (log)" if logged else ""), Viridis256[-1])]
-        if not ok.all():
-            ends.append(("NaN", MISSING))
-        return [Viridis256[i] if k else MISSING for i, k in zip(idx, ok)], ends
-    factors = sorted({str(v) for v in values})
-    base = Category10_10 if len(factors) <= 10 else Category20_20
-    pal = {f: base[i % len(base)] for i, f in enumerate(factors)}
-    return [pal[str(v)] for v in values], [(f, pal[f]) for f in factors]
+def few_classes(values: list, limit: int = 20) -> bool:
+    """Whether a column holds 2 to ``limit`` distinct values, not all numbers (a label that
+    colours a map well); stops reading at the ``limit + 1``-th value."""
+    try:
+        if len(set(values[:1000])) > limit:
+            return False
+        distinct = set(values)
+    except TypeError:  # (unhashable values)
+        distinct = {str(x) for x in values}
+    if not 1 < len(distinct) <= limit:
+        return False
+    return not all(isinstance(x, (int, float)) for x in distinct)
 
 
 def colour_column(e: EmbeddingSet, by: str) -> tuple[list[str], list[tuple[str, str]]]:
@@ -172,7 +165,12 @@ def colour_column(e: EmbeddingSet, by: str) -> tuple[list[str], list[tuple[str, 
         from sklearn.cluster import KMeans
 
         k = max(1, min(8, e.n))
-        got = KMeans(k, n_init=4, random_state=0).fit_predict(e.vectors)
+        if e.n > LOD_POINTS:  # (full k-means of a million vectors takes minutes)
+            from sklearn.cluster import MiniBatchKMeans
+
+            got = MiniBatchKMeans(k, n_init=3, batch_size=4096, random_state=0).fit_predict(e.vectors)
+        else:
+            got = KMeans(k, n_init=4, random_state=0).fit_predict(e.vectors)
         return colours([f"cluster {c}" for c in got])
     if by in e.metadata:
         return colours(list(e.metadata[by]))
@@ -202,6 +200,14 @@ class EmbeddingsPage(Reactions):
         self.drawn: tuple | None = None
         self.job: Any = None
         self._palette: dict[tuple[str, str], tuple[list[str], list]] = {}
+        #: a large map's level of detail (None: every point is in ``src``); ``shown``: the
+        #: original index of each row of ``src``; ``picked``: the clicked word's index
+        self.lod: MapLOD | None = None
+        self.shown: np.ndarray | None = None
+        self.picked: int | None = None
+        self._search: WordSearch | None = None
+        self.matched: list[int] = []
+        self._quiet = False
         self._widgets()
 
     # ------------------------------------------------------------ layout
@@ -221,6 +227,8 @@ class EmbeddingsPage(Reactions):
         self.labels = ColumnDataSource({"x": [], "y": [], "word": []})
         self.hits = ColumnDataSource({"x": [], "y": []}, name="hits")
         self.links = ColumnDataSource({"x0": [], "y0": [], "x1": [], "y1": []})
+        self.density = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []},
+                                        name="density")
         # (explicit ranges: a search moves them to its match; a DataRange1d would not stay)
         self.xr, self.yr = Range1d(start=0, end=1), Range1d(start=0, end=1)
         fig = figure(width=WIDTH, height=HEIGHT, output_backend="webgl", x_range=self.xr,
@@ -229,6 +237,7 @@ class EmbeddingsPage(Reactions):
         fig.toolbar.logo = None
         fig.axis.visible = False
         fig.grid.visible = False
+        fig.image_rgba(image="image", x="x", y="y", dw="dw", dh="dh", source=self.density)
         fig.segment("x0", "y0", "x1", "y1", source=self.links, color="#d62728", alpha=0.6,
                     line_width=1.5)
         points = fig.scatter("x", "y", source=self.src, size=6, alpha=0.75, color="color",
@@ -268,6 +277,8 @@ class EmbeddingsPage(Reactions):
                                        width=110)
         self.top = NumericInput(title=t("Top N words"), value=None, low=10, high=1_000_000,
                                 width=110, placeholder=t("all"))
+        self.converge = CheckboxGroup(labels=[t("Stop when converged")], active=[0],
+                                      name="converge", width=170)
         self.run = Button(label=t("Run"), button_type="primary", width=100, name="run")
         self.cancel = Button(label=t("Cancel"), width=100, name="cancel", disabled=True)
         self.status = Div(text="", width=420, name="status")
@@ -281,7 +292,8 @@ class EmbeddingsPage(Reactions):
                       div(f"<i>{esc(t('Click a word to list its nearest neighbours; lasso or box-select to list a group.'))}</i>",
                           width=330))
         form = column(div(f"<b>{esc(t('New projection'))}</b>"),
-                      row(self.method, self.perplexity, self.iterations, self.top, self.run,
+                      row(self.method, self.perplexity, self.iterations, self.top, self.converge,
+                          self.run,
                           self.cancel), self.status)
         return stack(row(self.pick, self.snap, self.which, self.colour),
                      row(self.search, self.found), self.quality, self.project_this,
@@ -320,8 +332,7 @@ class EmbeddingsPage(Reactions):
         self.set = None
         meta = self.provider.embedding(sets[-1].key).metadata
         # (a few classes, such as a digit or a label, colour the map by default)
-        classes = [c for c, vals in meta.items() if 1 < len({str(x) for x in vals}) <= 20
-                   and not all(isinstance(x, (int, float)) for x in vals)]
+        classes = [c for c, vals in meta.items() if few_classes(vals)]
         self.colour.options = self._colours(list(meta))
         wanted = self.ctx.state.get("colour")
         self.colour.value = wanted if wanted in ["none", "cluster", *meta] else (
@@ -371,8 +382,11 @@ class EmbeddingsPage(Reactions):
         self.links.data = {"x0": [], "y0": [], "x1": [], "y1": []}
         if changed_set:
             self._clear_word()
+            self._search, self.matched = None, []
         if p is None or p.coords is None:
-            self.coords = None
+            self.coords, self.lod, self.shown = None, None, None
+            self.src.tags = []
+            self.density.data = {"image": [], "x": [], "y": [], "dw": [], "dh": []}
             self.src.data = dict(EMPTY)
             self.labels.data = {"x": [], "y": [], "word": []}
             self.hits.data = {"x": [], "y": []}
@@ -387,24 +401,84 @@ class EmbeddingsPage(Reactions):
         self.coords = c
         self._fit(c)
         cols, pairs = self.colour_of(e, self.colour.value)
-        data: dict[str, Any] = {"x": c[:, 0], "y": c[:, 1], "word": e.labels, "color": cols}
-        for col, values in e.metadata.items():
-            data[f"m_{col}"] = [x if isinstance(x, (int, float, str)) else str(x) for x in values]
-        self.src.data = data
         # (a tooltip's label is text; its @{field} values are escaped by Bokeh)
         self.hover.tooltips = [(t("word"), "@word")] + [
             (col, f"@{{m_{col}}}") for col in e.metadata]
         self.legend.text = legend_html(pairs, t)
         order = label_order(c, e.metadata.get("count"))
+        self.quality.text = self._quality(e, p)
+        self.hits.data = {"x": [], "y": []}
+        word = self.ctx.state.get("word")
+        self.picked = e.labels.index(word) if word and word in e.labels else None
+        if e.n > LOD_POINTS:
+            self.lod = MapLOD(c, cols, order)
+            if self._search is None:  # (ready before the first search: it must answer quickly)
+                self._search = WordSearch(e.labels)
+            self.src.tags = ["lod"]
+            self.view()
+            return
+        self.lod, self.shown = None, None
+        self.src.tags = []
+        self.density.data = {"image": [], "x": [], "y": [], "dw": [], "dh": []}
+        self.src.data = self._columns(e, c, cols, None)
         chosen = place_labels(c, e.labels, order, max_labels=N_LABELS, width_px=WIDTH - 60,
                               height_px=HEIGHT - 60)
         self.labels.data = {"x": c[chosen, 0], "y": c[chosen, 1],
                             "word": [e.labels[i] for i in chosen]}
-        self.quality.text = self._quality(e, p)
-        self.hits.data = {"x": [], "y": []}
-        word = self.ctx.state.get("word")
-        if word and word in e.labels:
-            self.src.selected.indices = [e.labels.index(word)]
+        if self.picked is not None:
+            self.src.selected.indices = [self.picked]
+
+    @staticmethod
+    def _columns(e: EmbeddingSet, c: np.ndarray, cols: list[str],
+                 rows: np.ndarray | None) -> dict[str, Any]:
+        """The point source's columns, for every point or for ``rows``."""
+        pick = (lambda v: list(v)) if rows is None else (lambda v: [v[i] for i in rows])
+        xy = c if rows is None else c[rows]
+        data: dict[str, Any] = {"x": xy[:, 0], "y": xy[:, 1], "word": pick(e.labels),
+                                "color": pick(cols)}
+        for col, values in e.metadata.items():
+            data[f"m_{col}"] = [x if isinstance(x, (int, float, str)) else str(x)
+                                for x in pick(values)]
+        return data
+
+    def view(self) -> None:
+        """A large map's current view: its density image and the points worth drawing (the
+        most important first), their labels, the clicked word kept selected."""
+        e, c, lod = self.set, self.coords, self.lod
+        if e is None or c is None or lod is None:
+            return
+        x0, x1 = float(self.xr.start), float(self.xr.end)  # type: ignore[arg-type]
+        y0, y1 = float(self.yr.start), float(self.yr.end)  # type: ignore[arg-type]
+        image, shown = lod.view(x0, x1, y0, y1, WIDTH // COARSE, HEIGHT // COARSE)
+        # (the search's matches and the clicked word are drawn whatever their importance)
+        extra = np.asarray(self.matched[:MAX_RINGS] + ([self.picked] if self.picked is not None
+                                                        else []), dtype=np.int64)
+        if len(extra):
+            inside = ((c[extra, 0] >= x0) & (c[extra, 0] <= x1) & (c[extra, 1] >= y0)
+                      & (c[extra, 1] <= y1))
+            extra = extra[inside & ~np.isin(extra, shown)]
+            shown = np.concatenate([shown, extra])
+        self.shown = shown
+        self.density.data = ({"image": [], "x": [], "y": [], "dw": [], "dh": []} if image is None
+                             else {"image": [image], "x": [x0], "y": [y0], "dw": [x1 - x0],
+                                   "dh": [y1 - y0]})
+        cols, _ = self.colour_of(e, self.colour.value)
+        self.src.data = self._columns(e, c, cols, shown)
+        # (the search's matches in view get their labels first)
+        first = np.flatnonzero(np.isin(shown, self.matched[:10])) if self.matched else []
+        ranked = np.concatenate([first, np.setdiff1d(np.arange(len(shown)), first,
+                                                     assume_unique=True)]).astype(np.int64)
+        chosen = place_labels(c[shown], [e.labels[i] for i in shown], ranked,
+                              max_labels=N_LABELS, width_px=WIDTH - 60, height_px=HEIGHT - 60,
+                              bounds=((x0, y0), (x1, y1)))
+        rows = shown[chosen]
+        self.labels.data = {"x": c[rows, 0], "y": c[rows, 1], "word": [e.labels[i] for i in rows]}
+        at = np.flatnonzero(shown == self.picked) if self.picked is not None else []
+        self._quiet = True  # (the rows moved: the same word, not a new click)
+        try:
+            self.src.selected.indices = [int(at[0])] if len(at) else []
+        finally:
+            self._quiet = False
 
     def _fit(self, c: np.ndarray) -> None:
         lo, hi = c.min(axis=0), c.max(axis=0)
@@ -444,16 +518,20 @@ class EmbeddingsPage(Reactions):
     # ------------------------------------------------------------ the user's moves
     def on_select(self, attr: str, old: list[int], new: list[int]) -> None:
         e, c = self.set, self.coords
-        if e is None or c is None:
+        if e is None or c is None or self._quiet:
             return
+        if self.lod is not None and self.shown is not None:
+            new = [int(self.shown[i]) for i in new if i < len(self.shown)]
         new = [i for i in new if i < e.n]
         self.sel_src.data = {"word": [e.labels[i] for i in new]}
         if len(new) != 1:
             self.near_src.data = {"word": [], "cosine": [], "map": []}
             self.links.data = {"x0": [], "y0": [], "x1": [], "y1": []}
             self.ctx.state.pop("word", None)
+            self.picked = None
             return
         i = new[0]
+        self.picked = i
         idx, dist = neighbours(e.vectors, i)
         mapd = np.linalg.norm(c[idx] - c[i], axis=1)
         self.near_src.data = {"word": [e.labels[j] for j in idx],
@@ -469,7 +547,11 @@ class EmbeddingsPage(Reactions):
     def on_colour(self, attr: str, old: str, new: str) -> None:
         if self.set is not None and self.coords is not None:
             cols, pairs = self.colour_of(self.set, new)
-            self.src.data["color"] = cols
+            if self.lod is not None:
+                self.lod.recolour(cols)
+                self.view()
+            else:
+                self.src.data["color"] = cols
             self.legend.text = legend_html(pairs, self.t)
         self.ctx.state["colour"] = new
         self.ctx.changed()
@@ -484,23 +566,32 @@ class EmbeddingsPage(Reactions):
         self.ctx.changed()
 
     def find(self, query: str) -> None:
-        """What the search box's script does in the browser: ring the matches and centre
-        the view on the best (an exact word before a part of one)."""
-        q = query.strip().lower()
-        words = [str(w).lower() for w in self.src.data["word"]]
-        idx = [i for i, w in enumerate(words) if q and q in w]
-        xs, ys = self.src.data["x"], self.src.data["y"]
-        self.hits.data = {"x": [xs[i] for i in idx], "y": [ys[i] for i in idx]}
-        self.found.text = (f"{len(idx)} {self.t('match') if len(idx) == 1 else self.t('matches')}"
+        """What the search box's script does in the browser (and the server, for a large
+        map): ring the matches and centre the view on the best (an exact word before a part
+        of one)."""
+        q = query.strip()
+        e, c = self.set, self.coords
+        if e is None or c is None:
+            return
+        if self._search is None:
+            self._search = WordSearch(e.labels)
+        idx, exact = self._search.find(q)
+        self.matched = idx
+        ring = idx[:MAX_RINGS]
+        self.hits.data = {"x": c[ring, 0].tolist(), "y": c[ring, 1].tolist()}
+        self.found.text = (f"{len(idx):,} {self.t('match') if len(idx) == 1 else self.t('matches')}"
                            if q else "")
         if idx:
-            at = next((i for i in idx if words[i] == q), idx[0])
+            at = exact if exact >= 0 else idx[0]
             h = (float(self.yr.reset_end) - float(self.yr.reset_start)) / 6  # type: ignore[arg-type]
             w = (float(self.xr.reset_end) - float(self.xr.reset_start)) / 6  # type: ignore[arg-type]
-            self.xr.update(start=xs[at] - w, end=xs[at] + w)
-            self.yr.update(start=ys[at] - h, end=ys[at] + h)
+            self.xr.update(start=c[at, 0] - w, end=c[at, 0] + w)
+            self.yr.update(start=c[at, 1] - h, end=c[at, 1] + h)
+            self.view()
 
     def on_query(self, attr: str, old: str, new: str) -> None:
+        if self.lod is not None:
+            self.find(new)
         self.ctx.state["q"] = new
         self.ctx.changed()
 
@@ -517,7 +608,8 @@ class EmbeddingsPage(Reactions):
             n = min(int(self.top.value or e.n), e.n)
             params = {"perplexity": float(min(self.perplexity.value or 30, max(2, (n - 1) / 3))),
                       "max_iter": its, "stop_lying_iteration": min(250, its // 4),
-                      "random_state": 0}
+                      "random_state": 0,
+                      "until": "converged" if self.converge.active else "max_iter"}
         top = int(self.top.value) if self.top.value else None
         try:
             from embedviz.projection import make_estimator
@@ -597,6 +689,7 @@ class EmbeddingsPage(Reactions):
         self.colour.on_change("value", guarded(self.on_colour))
         self.search.on_change("value_input", self.on_query)
         self.src.selected.on_change("indices", self.on_select)
+        self.fig.on_event(RangesUpdate, lambda event: self.view())
         self.run.on_click(lambda: self.start())
         self.cancel.on_click(self.stop)
         self.project_this.on_click(lambda: self.start("tsne"))
@@ -632,4 +725,4 @@ def build(ctx: Context) -> Page:
     return Page(page.layout(), polls=[page.poll], view=page)
 
 
-__all__ = ["align", "build", "colours", "families", "neighbours"]
+__all__ = ["MISSING", "align", "build", "colours", "families", "neighbours"]
