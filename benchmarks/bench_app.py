@@ -18,7 +18,7 @@ users at once while a training writes.
   maps         (--maps N ...) the embeddings page and plot_vocab's standalone HTML with N
                projected words: first paint, a zoom into 1/40 of the map across, a search for
                one word among them (each until drawn, measured in the browser), the server's
-               memory, the HTML's size; and the server's work for one view (embedviz.lod)
+               memory (the set's 300-dimensional vectors included), the HTML's size; and the server's work for one view (embedviz.lod)
                beside Datashader's aggregation and shading of the same points, when installed
 
 TensorBoard has no like figures (it loads event files up front and samples 1,000 points
@@ -111,11 +111,15 @@ def map_coords(n: int, seed: int = 3) -> np.ndarray:
 
 
 def fill_map(path: str, n: int) -> list[str]:
-    """A store holding one set of ``n`` words (8-dimensional vectors) and its map."""
+    """A store holding one set of ``n`` words (300-dimensional vectors, as word2vec's) and
+    its map."""
     rng = np.random.default_rng(4)
     words = [f"w{i}" for i in range(n)]
+    vectors = np.empty((n, 300), np.float32)
+    for at in range(0, n, 100_000):
+        vectors[at:at + 100_000] = rng.standard_normal((min(100_000, n - at), 300), np.float32)
     with embedviz.open_store(path) as store:
-        e = EmbeddingSet("map", words, rng.normal(size=(n, 8)).astype(np.float32),
+        e = EmbeddingSet("map", words, vectors,
                          metadata={"count": list(range(n, 0, -1)),
                                    "kind": [f"k{i % 9}" for i in range(n)]})
         store.put_embedding(e)

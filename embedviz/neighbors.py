@@ -49,11 +49,10 @@ def have_faiss() -> bool:
 
 
 def _exact(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Brute force (faiss.knn reads ``base`` in place: an index would copy it)."""
     import faiss
 
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
-    return index.search(queries, k)[1]
+    return faiss.knn(np.ascontiguousarray(queries), base, k)[1]
 
 
 def _recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -97,7 +96,10 @@ class NeighborSearch:
     def _space(self, x: np.ndarray) -> np.ndarray:
         if self._pca is None:
             return x
-        return np.ascontiguousarray(self._pca.transform(x), dtype=np.float32)
+        out = np.empty((len(x), self._pca.n_components_), dtype=np.float32)
+        for at in range(0, len(x), 65536):  # (a block at a time: no centred copy of all of x)
+            out[at:at + 65536] = self._pca.transform(x[at:at + 65536])
+        return out
 
     def _sample(self) -> np.ndarray:
         n = len(self.x)
@@ -137,7 +139,7 @@ class NeighborSearch:
 
     def _batches(self, index: Any, base: np.ndarray, desc: str) -> np.ndarray:
         n = len(base)
-        out = np.empty((n, self.k + 1), dtype=np.int64)
+        out = np.empty((n, self.k + 1), dtype=np.int32 if n < 2**31 else np.int64)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -193,16 +195,18 @@ class NeighborSearch:
         if missing.any():
             found[missing] = _exact(base, base[missing], self.k + 1)
         idx = _drop_self(found, self.k)
-        # distances in the full space, nearest first (the reduction only found the candidates)
-        dist = np.empty(idx.shape, dtype=np.float32)
-        rows = max(64, (1 << 24) // (self.k * dim))  # (a batch's differences: ~64 MB)
+        del found
+        # distances in the full space, nearest first (the reduction only found the candidates);
+        # a block at a time, float64 as openTSNE's affinities want them
+        dist = np.empty(idx.shape, dtype=np.float64)
+        rows = max(64, (1 << 24) // (self.k * dim))  # (a block's differences: ~64 MB)
         for start in range(0, n, rows):
             stop = min(n, start + rows)
             diff = self.x[idx[start:stop]] - self.x[start:stop, None, :]
-            dist[start:stop] = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
-        order = np.argsort(dist, axis=1, kind="stable")
-        idx = np.take_along_axis(idx, order, axis=1)
-        dist = np.take_along_axis(dist, order, axis=1)
+            block = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+            order = np.argsort(block, axis=1, kind="stable")
+            idx[start:stop] = np.take_along_axis(idx[start:stop], order, axis=1)
+            dist[start:stop] = np.take_along_axis(block, order, axis=1)
         self.choice["method"] = method
         self.choice["recall"] = round(_recall(idx[sample], truth), 4)
         log.info("embedviz: %d nearest neighbours of %d points of %d dimensions: %s%s "
@@ -211,12 +215,21 @@ class NeighborSearch:
                  f"faiss IVF ({self.choice['nlist']} cells, {self.choice['nprobe']} searched)",
                  f" on {d} principal components" if d != dim else "",
                  100 * self.choice["recall"], len(sample))
-        return idx, dist.astype(np.float64)
+        return idx, dist
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_index"] = None  # (faiss indexes do not pickle: an exact one is made again)
+        return state
 
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k nearest indexed points of new ``queries`` (for placing points into a map)."""
         if self._index is None:
-            raise RuntimeError("build() first")
+            import faiss
+
+            base = self._space(self.x)
+            self._index = faiss.IndexFlatL2(base.shape[1])
+            self._index.add(base)
         q = np.ascontiguousarray(queries, dtype=np.float32)
         idx = self._index.search(self._space(q), k)[1]
         idx = np.where(idx < 0, 0, idx)
@@ -231,14 +244,21 @@ def opentsne_index(search: NeighborSearch) -> Any:
     """``search`` as an openTSNE ``KNNIndex`` (for ``PerplexityBasedNN(knn_index=...)``)."""
     from openTSNE.nearest_neighbors import KNNIndex
 
-    class _Index(KNNIndex):
+    class SearchIndex(KNNIndex):
         VALID_METRICS = ["euclidean"]
 
+        def __init__(self, search: NeighborSearch) -> None:
+            super().__init__(search.x, search.k, metric="euclidean", n_jobs=search.n_jobs,
+                             random_state=search.random_state)
+            self.search = search
+
         def build(self) -> tuple[np.ndarray, np.ndarray]:
-            return search.build()
+            return self.search.build()
 
         def query(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-            return search.query(query, k)
+            return self.search.query(query, k)
 
-    return _Index(search.x, search.k, metric="euclidean", n_jobs=search.n_jobs,
-                  random_state=search.random_state)
+        def __reduce__(self) -> tuple:  # (a class made here: pickled by what makes it)
+            return opentsne_index, (self.search,)
+
+    return SearchIndex(search)

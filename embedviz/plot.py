@@ -321,14 +321,17 @@ def vocab_figure(result: ProjectionResult, *, color_by: str | None = None, n_lab
         raise ProjectionError(f"color_by={color_by!r} is not a metadata column: use one of "
                               f"{sorted(vocab.metadata) + ['cluster']}")
     q = result.projection.quality
-    subtitle = (f"{len(vocab)} words, {result.projection.method}"
+    p = result.projection
+    subtitle = (f"{len(vocab)} words, {p.method}"
+                + (f" ({p.iteration} iterations)" if p.method == "tsne" and p.iteration else "")
                 + (f", kNN kept {q['knn_preservation']:.2f}" if "knn_preservation" in q else ""))
     if len(vocab) > LOD_POINTS:
         return _lod_figure(result, data, color_by, n_labels=n_labels,
                            title=title or f"{vocab.name}: {subtitle}", width=width, height=height)
     source = ColumnDataSource(data)
+    xr, yr = _fit_ranges(coords, width, height)
     fig = figure(title=title or f"{vocab.name}: {subtitle}", width=width, height=height,
-                 output_backend="webgl", match_aspect=True,
+                 output_backend="webgl", x_range=xr, y_range=yr,
                  tools="pan,wheel_zoom,box_zoom,box_select,lasso_select,tap,reset,save",
                  active_scroll="wheel_zoom")
     fig.axis.visible = False
@@ -358,14 +361,26 @@ def vocab_figure(result: ProjectionResult, *, color_by: str | None = None, n_lab
                             y_offset=-6, text_font_size="9pt", text_color="#333333"))
     search = TextInput(placeholder="search words (substring)", width=260)
     found = Div(text="", width=300)
-    search.js_on_change("value", CustomJS(args={"source": source, "found": found}, code="""
-        const q = cb_obj.value.trim().toLowerCase();
-        const words = source.data.word;
+    search.js_on_change("value_input", CustomJS(
+        args={"source": source, "found": found, "xr": xr, "yr": yr}, code="""
+        const q = cb_obj.value_input.trim().toLowerCase();
+        const words = source.data.word, X = source.data.x, Y = source.data.y;
         const hits = [];
-        if (q.length) { for (let i = 0; i < words.length; i++)
-            if (String(words[i]).toLowerCase().includes(q)) hits.push(i); }
+        let exact = -1;
+        if (q.length) { for (let i = 0; i < words.length; i++) {
+            const w = String(words[i]).toLowerCase();
+            if (!w.includes(q)) continue;
+            hits.push(i);
+            if (exact < 0 && w === q) exact = i;
+        } }
         source.selected.indices = hits;
         found.text = q.length ? `${hits.length} match${hits.length === 1 ? "" : "es"}` : "";
+        const at = exact >= 0 ? exact : (hits.length ? hits[0] : -1);
+        if (at >= 0) {  // (the view centred on the best match: the word itself before a part)
+            const hw = (xr.reset_end - xr.reset_start) / 6, hh = (yr.reset_end - yr.reset_start) / 6;
+            xr.setv({start: X[at] - hw, end: X[at] + hw});
+            yr.setv({start: Y[at] - hh, end: Y[at] + hh});
+        }
     """))
     return fig, column(row(search, found), fig)
 

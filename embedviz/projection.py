@@ -48,9 +48,24 @@ TOLERANCE = 2e-4
 Callback = Callable[[int, float, np.ndarray], Any]
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def _l2_normalize(x: np.ndarray, inplace: bool = False) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1, norms)
+    norms[norms == 0] = 1
+    if inplace:
+        x /= norms
+        return x
+    return x / norms
+
+
+class _Quiet(logging.Filter):
+    """openTSNE logs "Optimization was interrupted with callback." at INFO when a phase ends
+    on our stopping rule: not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "interrupted with callback" not in record.getMessage()
+
+
+logging.getLogger("openTSNE.tsne").addFilter(_Quiet())
 
 
 class BarnesHutTsne:
@@ -121,6 +136,7 @@ class BarnesHutTsne:
         self.until = until
         self.tolerance = tolerance
         self.neighbors_: dict = {}
+        self._owned = False
         self.n_jobs = n_jobs
         self.callback = callback
         self.callback_every = callback_every
@@ -183,6 +199,9 @@ class BarnesHutTsne:
         if not np.isfinite(x).all():
             raise ProjectionError("the vectors hold NaN or Inf: load them with "
                                   "embedviz.load_vocabulary, which drops and reports them")
+        if (x == x[0]).all():
+            raise ProjectionError(f"all {n} vectors are the same: a map of them has no shape "
+                                  "(is the embedding trained?)")
         limit = (n - 1) / 3
         if self.perplexity > limit:
             log.warning("embedviz: perplexity %s is too high for %d points; using %.2f "
@@ -245,7 +264,9 @@ class BarnesHutTsne:
     def _prepare(self, x: np.ndarray, fit: bool) -> np.ndarray:
         x = np.asarray(x, dtype=np.float32)
         if self.normalize:
-            x = _l2_normalize(x)
+            # (project() lends vectors it loaded itself: normalised where they lie, not copied)
+            owned = fit and self._owned and x.flags.c_contiguous and x.flags.writeable
+            x = _l2_normalize(x, inplace=owned)
         if self.use_pca and x.shape[1] > self.pca_components:
             if fit:
                 from sklearn.decomposition import PCA
@@ -367,7 +388,14 @@ class BarnesHutTsne:
                         break
         finally:
             if bar is not None:
+                if state["phase_end"] and not state["stopped"]:  # (converged: a full bar)
+                    bar.total = state["done"]
+                    bar.refresh()
                 bar.close()
+        if state["phase_end"] and not state["stopped"]:
+            log.info("embedviz: converged after %d of at most %d iterations (KL divergence %.4f "
+                     "falling by less than %g a step)", state["done"], self.max_iter,
+                     state["kl"], self.tolerance)
         self.method_ = kwargs["negative_gradient_method"]
         self.opentsne_ = embedding
         self.embedding_ = np.asarray(embedding, dtype=np.float32)
@@ -470,10 +498,11 @@ class UMAPProjection:
 
 # ---------------------------------------------------------------------------- quality
 def quality(x: np.ndarray, y: np.ndarray, *, k: int = 10, sample: int = 1000,
-            random_state: int = 0) -> dict:
+            random_state: int = 0, normalize: bool = False) -> dict:
     """How well ``y`` (the map) keeps the neighbourhoods of ``x`` (the input space).
 
-    On a random sample of ``sample`` points (all points if fewer): ``knn_preservation`` is
+    On a random sample of ``sample`` points (all points if fewer; ``normalize``: their rows of
+    x L2-normalised first): ``knn_preservation`` is
     the mean share of each point's ``k`` nearest neighbours in x that are among its k
     nearest in y; ``trustworthiness`` is scikit-learn's (1: no false neighbours in the map).
     """
@@ -482,7 +511,9 @@ def quality(x: np.ndarray, y: np.ndarray, *, k: int = 10, sample: int = 1000,
 
     n = len(x)
     idx = np.random.default_rng(random_state).choice(n, size=min(sample, n), replace=False)
-    xs, ys = np.asarray(x, dtype=np.float32)[idx], np.asarray(y, dtype=np.float32)[idx]
+    xs, ys = np.asarray(x[idx], dtype=np.float32), np.asarray(y[idx], dtype=np.float32)
+    if normalize:  # (the sample only: not a copy of all of x)
+        xs = _l2_normalize(xs)
     m = len(idx)
     kk = max(1, min(k, (m - 1) // 2))  # (trustworthiness needs k < m / 2)
     if m < 3:
@@ -533,6 +564,9 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
     from embedviz.store import open_store
 
     vocab = data if isinstance(data, Vocabulary) and not load else load_vocabulary(data, **load)
+    # (vectors read from a file here are ours: normalised in place, not copied; a million
+    # 300-d vectors are 1.2 GB. A model's or an array's are the caller's.)
+    owned = isinstance(data, (str, os.PathLike))
     est = estimator if estimator is not None else make_estimator(method)
     method = getattr(est, "method", method)
     params = est.params()
@@ -565,10 +599,11 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
 
     if hasattr(est, "callback") and isinstance(est, BarnesHutTsne):
         est.callback = stream
+        est._owned = owned
     try:
         coords = est.fit_transform(vocab.vectors)
-        xq = _l2_normalize(vocab.vectors) if getattr(est, "normalize", False) else vocab.vectors
-        measured = quality(xq, coords, sample=quality_sample)
+        measured = quality(vocab.vectors, coords, sample=quality_sample,
+                           normalize=bool(getattr(est, "normalize", False)))
     except BaseException as exc:  # (never left "running" in the store, Ctrl+C included)
         if store is not None:
             stopped = isinstance(exc, KeyboardInterrupt) and record.coords is not None
@@ -579,6 +614,7 @@ def project(data: Any, estimator: Any = None, *, method: str = "tsne", store: An
     finally:
         if isinstance(est, BarnesHutTsne):
             est.callback = user_callback
+            est._owned = False
     record.quality = measured
     if hasattr(est, "kl_divergence_"):
         record.quality["kl_divergence"] = est.kl_divergence_

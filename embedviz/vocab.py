@@ -91,6 +91,10 @@ def _check_word2vec_header(path: Path, binary: bool) -> tuple[int, int]:
     """The header's (count, dim), refused when the file cannot hold that many vectors."""
     with open(path, "rb") as f:
         header = f.readline()
+    if not header.strip():
+        raise ProjectionError(f"{path} is empty" if path.stat().st_size == 0 else
+                              f"{path}: the first line is blank; it should be "
+                              "'<count> <dimensions>'")
     try:
         count, dim = (int(x) for x in header.split()[:2])
     except ValueError:
@@ -122,9 +126,17 @@ def _first_bad_text_line(path: Path, dim: int, count: int, numbers: bool = True)
         f.readline()
         for lineno, line in enumerate(f, start=2):
             if not line.strip():
+                if seen < count:
+                    return f"line {lineno} is blank (one vector a line, no blank lines)"
                 continue
             seen += 1
+            if seen > count:
+                break
             parts = line.rstrip(b"\r\n").rstrip(b" ").split(b" ")
+            if len(parts) != dim + 1 and b"\t" in line:
+                return (f"line {lineno} is tab-separated: word2vec text separates the word and "
+                        "its numbers with spaces (a TensorBoard projector's tensors.tsv is "
+                        "read by that name)")
             if len(parts) != dim + 1:
                 return (f"line {lineno} has {len(parts) - 1} numbers after the word, the "
                         f"header says {dim}")
@@ -133,9 +145,10 @@ def _first_bad_text_line(path: Path, dim: int, count: int, numbers: bool = True)
                     [float(p) for p in parts[1:]]
                 except ValueError:
                     return f"line {lineno} holds something that is not a number"
-            if seen >= count:
-                break
-    return None if seen >= count else f"the file holds {seen} vectors, the header says {count}"
+    if seen < count:
+        return (f"the file holds {seen} vectors, the header says {count}: make the header's "
+                f"count {seen}")
+    return None
 
 
 def _binary_cut(path: Path, count: int, dim: int) -> str | None:
@@ -190,15 +203,21 @@ def _from_word2vec_file(path: Path, binary: bool, notes: list[str]) -> Vocabular
         raise
     problem = None if binary else _first_bad_text_line(path, dim, count, numbers=False)
     if problem:
-        raise ProjectionError(f"{path}: {problem}: fix that line (or the header's count)")
+        raise ProjectionError(f"{path}: {problem}" + ("" if "header's count" in problem
+                                                     else ": fix that line"))
     try:
         kv = KeyedVectors.load_word2vec_format(str(path), binary=binary, unicode_errors="replace")
     except (ValueError, EOFError) as exc:
-        where = (_first_bad_text_line(path, dim, count) if not binary else
-                 _binary_cut(path, count, dim)) or str(exc)
+        if binary:
+            where = _binary_cut(path, count, dim)
+            advice = ("the file is truncated, or the header's count is wrong" if where else
+                      "is it word2vec text? (binary=False; --binary left out on the command line)")
+        else:
+            where = _first_bad_text_line(path, dim, count)
+            advice = ("fix that line" if where else
+                      "is it word2vec binary? (binary=True; --binary on the command line)")
         raise ProjectionError(f"{path}: cannot read it as word2vec {'binary' if binary else 'text'}"
-                              f" ({where}); fix that line or pass binary="
-                              f"{not binary} if the format is the other one") from None
+                              f" ({where or exc}): {advice}") from None
     # gensim skips a duplicate word but leaves its slot empty (no word, a zero vector)
     filled = [i for i, w in enumerate(kv.index_to_key) if w is not None]
     vocab = _from_keyed_vectors(kv, path.stem)
@@ -375,10 +394,19 @@ def load_vocabulary(source: Any, *, labels: Any = None, metadata: Any = None,
                            {}, "array", notes)
     elif isinstance(source, (str, os.PathLike)):
         vocab = _from_path(Path(source), labels, metadata, binary, allow_pickle, notes)
+    elif isinstance(source, dict) and source and all(isinstance(w, str) for w in source):
+        rows = list(source.values())
+        try:
+            vectors = np.asarray(rows, dtype=np.float32)
+        except ValueError:
+            raise ProjectionError("a dict of word -> vector needs vectors of one length each "
+                                  "(as lists or arrays of numbers)") from None
+        vocab = Vocabulary(list(source), vectors, {}, "dict", notes)
     else:
         raise ProjectionError(f"cannot read vectors from a {type(source).__name__}: pass a "
                               "gensim model or KeyedVectors, a word2vec/TSV/.npy file, an "
-                              "array with labels, or an nn.Embedding with labels")
+                              "array with labels, a dict of word -> vector, or an "
+                              "nn.Embedding with labels")
     vocab.notes = notes
     if name:
         vocab.name = name

@@ -99,6 +99,7 @@ JA: dict[str, str] = {
     "Perplexity": "パープレキシティ",
     "Iterations": "反復回数",
     "Stop when converged": "収束したら止める",
+    "iterations run": "回反復",
     "Top N words": "上位 N 語",
     "Run": "実行",
     "running": "実行中",

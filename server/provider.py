@@ -50,7 +50,7 @@ class Provider:
         self._tails_kept: dict[tuple[str, str, str], _Tail] = {}
         #: the tabs open on this server (their owners)
         self.viewers: set[str] = set()
-        self._embeddings: OrderedDict[str, EmbeddingSet] = OrderedDict()
+        self._embeddings: OrderedDict[tuple[str, bool], EmbeddingSet] = OrderedDict()
         self._snapshots: OrderedDict[tuple, tuple[float, dict[str, Series]]] = OrderedDict()
 
     # ------------------------------------------------------------ generations
@@ -200,16 +200,18 @@ class Provider:
     def embeddings(self) -> list[EmbeddingInfo]:
         return self._cached(("embeddings",), self.store.embeddings)
 
-    def embedding(self, key: str) -> EmbeddingSet:
-        """A stored set (kept decoded for the next tab: a set's content never changes)."""
+    def embedding(self, key: str, vectors: bool = True) -> EmbeddingSet:
+        """A stored set (kept decoded for the next tab: a set's content never changes);
+        ``vectors=False``: words and metadata only, unless the whole set is kept already."""
         with self._lock:
-            got = self._embeddings.get(key)
-            if got is not None:
-                self._embeddings.move_to_end(key)
-                return got
-        got = self._call(self.store.embedding, key)
+            for k in ((key, True), (key, vectors)):
+                got = self._embeddings.get(k)
+                if got is not None:
+                    self._embeddings.move_to_end(k)
+                    return got
+        got = self._call(self.store.embedding, key, vectors)
         with self._lock:
-            self._embeddings[key] = got
+            self._embeddings[(key, vectors)] = got
             while len(self._embeddings) > EMBEDDINGS_KEPT:
                 self._embeddings.popitem(last=False)
         return got

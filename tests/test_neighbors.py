@@ -99,3 +99,19 @@ def test_the_user_callback_sees_every_step_it_asked_for_when_the_run_converges()
                       callback=lambda it, kl, y: seen.append(it))
     t.fit(clusters(1200, 10, seed=4))
     assert seen == list(range(25, t.n_iter_ + 1, 25)) and t.n_iter_ < 750
+
+
+def test_a_fitted_map_pickles_and_places_new_points_the_same_afterwards():
+    import pickle
+
+    x = clusters(3000, 20, seed=5)
+    t = BarnesHutTsne(random_state=0, progress=False).fit(x[:2900])
+    again = pickle.loads(pickle.dumps(t))
+    assert np.allclose(again.transform(x[2900:]), t.transform(x[2900:]))
+
+
+def test_identical_vectors_are_refused_with_the_reason():
+    from embedviz.errors import ProjectionError
+
+    with pytest.raises(ProjectionError, match="all 200 vectors are the same"):
+        BarnesHutTsne(progress=False).fit(np.ones((200, 20), np.float32))

@@ -492,3 +492,29 @@ def test_a_million_point_map_zooms_and_searches_in_the_app_and_in_a_standalone_p
     open_page(browser, html.as_uri())
     assert wait_for(browser, "return Bokeh.documents[0].get_model_by_name('points')?.get_length() > 0", 60)
     check_million_map(browser, tmp_path, "million-html")
+
+
+def test_a_small_standalone_map_searches_as_the_user_types_and_centres_the_match(tmp_path, browser):
+    from selenium.webdriver.common.by import By
+
+    from embedviz.plot import plot_vocab
+    from embedviz.projection import BarnesHutTsne
+    from embedviz.vocab import Vocabulary
+
+    rng = np.random.default_rng(0)
+    words = ["paris", "<b>bold</b>"] + [f"w{i}" for i in range(298)]
+    out = tmp_path / "small.html"
+    plot_vocab(Vocabulary(words, rng.normal(size=(300, 8)).astype(np.float32), {}),
+               BarnesHutTsne(random_state=0, progress=False), output=out)
+    open_page(browser, out.as_uri())
+    box = wait_for(browser, DEEP + "return find(document, 'input[placeholder^=\"search words\"]', null)")
+    assert box is not None
+    del By
+    before = browser.execute_script("return Bokeh.documents[0].roots()[0].children[1].x_range.start")
+    box.click()
+    box.send_keys("pari")  # (no Enter)
+    assert wait_for(browser, DEEP + "return find(document, 'div', '1 match') !== null", 10)
+    after = browser.execute_script("return Bokeh.documents[0].roots()[0].children[1].x_range.start")
+    assert after != before  # (the view moved to the match)
+    assert browser.execute_script("return document.images.length") == 0
+    assert errors(browser) == []

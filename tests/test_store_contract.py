@@ -180,6 +180,8 @@ def test_vectors_beyond_a_value_limit_are_stored_in_parts_and_read_back_whole(st
     assert back.vectors.shape == (101, 7)
     assert np.array_equal(back.vectors, emb.vectors.astype(np.float32))
     assert [e.key for e in store.embeddings()] == [key]
+    words = store.embedding(key, vectors=False)  # (a map's page: no gigabyte of vectors)
+    assert words.labels == emb.labels and words.key == key and words.n == 101
 
 
 def test_export_import_round_trip_is_lossless(store, tmp_path):

@@ -76,6 +76,14 @@ def test_bad_input_is_named(tmp_path):
     rows = b"".join(w + b" " + np.arange(4, dtype=np.float32).tobytes() for w in (b"aa", b"bb", b"cc"))
     with pytest.raises(ProjectionError, match=r"vector 3 of 3 \('cc', from byte 45\) is cut short"):
         load_vocabulary(_write(tmp_path / "cut.bin", b"3 4\n" + rows[:-10]), binary=True)
+    with pytest.raises(ProjectionError, match="line 3 is blank"):
+        load_vocabulary(_write(tmp_path / "b.vec", b"3 2\nthe 0.1 0.2\n\ncat 0.3 0.4\ndog 0.5 0.6\n"))
+    with pytest.raises(ProjectionError, match="line 2 is tab-separated"):
+        load_vocabulary(_write(tmp_path / "t.vec", b"1 2\nthe\t0.1\t0.2\n"))
+    with pytest.raises(ProjectionError, match="holds 1 vectors, the header says 2: make the header's count 1"):
+        load_vocabulary(_write(tmp_path / "c.vec", b"2 1\nthe 0.10000\n"))
+    with pytest.raises(ProjectionError, match="is empty"):
+        load_vocabulary(_write(tmp_path / "e.bin", b""), binary=True)
     bad_row = b"3 2\nthe 0.1 0.2\ncat 0.3\ndog 0.5 0.6\n"
     with pytest.raises(ProjectionError, match="line 3 has 1 numbers after the word, the header says 2"):
         load_vocabulary(_write(tmp_path / "r.vec", bad_row))
@@ -129,3 +137,10 @@ def test_a_set_read_back_from_a_store_loads_with_its_name_and_metadata():
                      metadata={"count": list(range(20))})
     vocab = embedviz.load_vocabulary(e)
     assert vocab.name == "mine" and vocab.labels == e.labels and vocab.metadata["count"] == list(range(20))
+
+
+def test_a_dict_of_words_and_vectors_is_a_vocabulary():
+    v = load_vocabulary({"<b>x</b>": [1.0, 0.0], "y": np.array([0.0, 1.0])})
+    assert v.labels == ["<b>x</b>", "y"] and v.vectors.shape == (2, 2)
+    with pytest.raises(ProjectionError, match="one length each"):
+        load_vocabulary({"x": [1.0, 0.0], "y": [1.0]})

@@ -308,8 +308,10 @@ class Store(ABC):
     def embeddings(self, session: str | None = None) -> list[EmbeddingInfo]:
         return self._embeddings(session)
 
-    def embedding(self, key: str) -> EmbeddingSet:
-        found = self._embedding(key)
+    def embedding(self, key: str, vectors: bool = True) -> EmbeddingSet:
+        """A stored set; ``vectors=False``: its words and metadata only (the vectors an
+        array of shape (n, 0)), for drawing a map without reading a gigabyte of vectors."""
+        found = self._embedding(key) if vectors else self._embedding_labels(key)
         if found is None:
             raise UnknownSessionError(f"unknown embedding set {key!r}: store.embeddings() "
                                       "lists the stored ones")
@@ -477,6 +479,9 @@ class Store(ABC):
 
     @abstractmethod
     def _embedding(self, key: str) -> EmbeddingSet | None: ...
+
+    def _embedding_labels(self, key: str) -> EmbeddingSet | None:
+        return self._embedding(key)  # (a backend that can leave the vectors out does)
 
     @abstractmethod
     def _projections(self, embedding: str | None) -> list[Projection]: ...

@@ -497,22 +497,29 @@ class SQLStore(Store):
                        sql + " ORDER BY created", (session,) if session else ())
         return [EmbeddingInfo(*r) for r in rows]
 
-    def _embedding_rows(self, where: str, params: tuple) -> Iterator[EmbeddingSet]:
+    def _embedding_rows(self, where: str, params: tuple,
+                        vectors: bool = True) -> Iterator[EmbeddingSet]:
         for r in self._conn().execute(
-                "SELECT key, name, session, iteration, n, dim, labels, vectors, metadata, created "
+                "SELECT key, name, session, iteration, n, dim, labels, "
+                + ("vectors" if vectors else "NULL") + ", metadata, created "
                 "FROM embeddings " + where + " ORDER BY created", params):
-            if len(r[7]) or not r[4] * r[5]:
-                vectors = np.frombuffer(r[7], np.float32).reshape(r[4], r[5]).copy()
+            if not vectors:
+                values = np.zeros((r[4], 0), np.float32)
+            elif len(r[7]) or not r[4] * r[5]:
+                values = np.frombuffer(r[7], np.float32).reshape(r[4], r[5]).copy()
             else:  # (stored in parts: read into one array, a part at a time)
-                vectors = np.empty((r[4], r[5]), np.float32)
-                flat, at = memoryview(vectors).cast("B"), 0
+                values = np.empty((r[4], r[5]), np.float32)
+                flat, at = memoryview(values).cast("B"), 0
                 for (chunk,) in self._conn().execute(
                         "SELECT bytes FROM vector_parts WHERE key = ? ORDER BY part", (r[0],)):
                     flat[at:at + len(chunk)] = chunk
                     at += len(chunk)
-            yield EmbeddingSet(name=r[1], labels=codec.loads(r[6]), vectors=vectors,
-                               metadata=codec.loads(r[8]), session=r[2], iteration=r[3],
-                               created=r[9], key=r[0])
+            yield EmbeddingSet.trusted(name=r[1], labels=codec.loads(r[6]), vectors=values,
+                                       metadata=codec.loads(r[8]), session=r[2],
+                                       iteration=r[3], created=r[9], key=r[0])
+
+    def _embedding_labels(self, key: str) -> EmbeddingSet | None:
+        return next(self._embedding_rows("WHERE key = ?", (key,), vectors=False), None)
 
     def _embedding(self, key: str) -> EmbeddingSet | None:
         return next(self._embedding_rows("WHERE key = ?", (key,)), None)
