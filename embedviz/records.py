@@ -284,6 +284,9 @@ class Update:
             self.score = _to_float("score", self.score)
         scalars = _check_json_dict("scalars", self.scalars)
         for key in scalars:
+            if not key.strip():
+                raise _fail("scalar keys must be non-empty names", key,
+                            "name scalars like 'lr/0' or 'timing/iteration_ms'")
             if key == "score" or key.startswith(_RESERVED_SCALAR_PREFIXES):
                 raise _fail("scalar keys may not be 'score' nor start with "
                             + ", ".join(_RESERVED_SCALAR_PREFIXES), key,

@@ -256,6 +256,7 @@ def test_unknown_session_names_the_way_out_and_writes_nothing(store):
     (lambda: Update("s", "0", 1, score="low"), r"score must be a number.*loss.item\(\)"),
     (lambda: Update("s", "", 1), "worker must be a non-empty string"),
     (lambda: Update("s", "0", 1, scalars={"score": 1.0}), "scalar keys may not be 'score'"),
+    (lambda: Update("s", "0", 1, scalars={"": 0.0}), "scalar keys must be non-empty names"),  # (fuzz: imported, then unreadable)
     (lambda: Update("s", "0", 1, summaries={"weights/fc": None}), "summary keys must be"),
     (lambda: Histogram([0, 1], [1, 2]), r"len\(edges\) == len\(counts\) \+ 1"),
     (lambda: Histogram([1, 0, 2], [1, 2]), "strictly increasing"),
