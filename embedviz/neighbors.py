@@ -90,7 +90,7 @@ class NeighborSearch:
         self.progress = progress
         self.choice: dict = {}
         self._pca = None
-        self._index = None
+        self._index: Any = None
 
     # ------------------------------------------------------------------ helpers
     def _space(self, x: np.ndarray) -> np.ndarray:
@@ -171,7 +171,7 @@ class NeighborSearch:
         if method == "auto":
             method = "exact" if n * n * d <= EXACT_WORK else "ivf"
         if method == "exact" or n < 4 * (self.k + 1):
-            index = faiss.IndexFlatL2(d)
+            index: Any = faiss.IndexFlatL2(d)
             index.add(base)
             method = "exact"
         else:

@@ -456,7 +456,7 @@ def content_key(labels: list[str], vectors: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
     h.update("\x1f".join(labels).encode("utf-8", "surrogatepass"))
     h.update(str(vectors.shape).encode())
-    h.update(memoryview(np.ascontiguousarray(vectors, dtype=np.float32)).cast("B"))
+    h.update(np.ascontiguousarray(vectors, dtype=np.float32).data.cast("B"))
     return h.hexdigest()
 
 

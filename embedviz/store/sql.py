@@ -241,7 +241,7 @@ class SQLStore(Store):
                                   codec.dumps(r.detail), r.wall_time))
                 elif isinstance(r, EmbeddingSet):
                     whole = np.ascontiguousarray(r.vectors, dtype=np.float32)
-                    raw = memoryview(whole).cast("B")
+                    raw = whole.data.cast("B")
                     big = len(raw) > PART_BYTES
                     conn.execute("INSERT INTO embeddings VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                                  "ON CONFLICT (key) DO NOTHING",
@@ -509,7 +509,7 @@ class SQLStore(Store):
                 values = np.frombuffer(r[7], np.float32).reshape(r[4], r[5]).copy()
             else:  # (stored in parts: read into one array, a part at a time)
                 values = np.empty((r[4], r[5]), np.float32)
-                flat, at = memoryview(values).cast("B"), 0
+                flat, at = values.data.cast("B"), 0
                 for (chunk,) in self._conn().execute(
                         "SELECT bytes FROM vector_parts WHERE key = ? ORDER BY part", (r[0],)):
                     flat[at:at + len(chunk)] = chunk

@@ -471,7 +471,7 @@ class EmbeddingsPage(Reactions):
         cols, _ = self.colour_of(e, self.colour.value)
         self.src.data = self._columns(e, c, cols, shown)
         # (the search's matches in view get their labels first)
-        first = np.flatnonzero(np.isin(shown, self.matched[:10])) if self.matched else []
+        first: Any = np.flatnonzero(np.isin(shown, self.matched[:10])) if self.matched else []
         ranked = np.concatenate([first, np.setdiff1d(np.arange(len(shown)), first,
                                                      assume_unique=True)]).astype(np.int64)
         chosen = place_labels(c[shown], [e.labels[i] for i in shown], ranked,
@@ -479,7 +479,7 @@ class EmbeddingsPage(Reactions):
                               bounds=((x0, y0), (x1, y1)))
         rows = shown[chosen]
         self.labels.data = {"x": c[rows, 0], "y": c[rows, 1], "word": [e.labels[i] for i in rows]}
-        at = np.flatnonzero(shown == self.picked) if self.picked is not None else []
+        at: Any = np.flatnonzero(shown == self.picked) if self.picked is not None else []
         self._quiet = True  # (the rows moved: the same word, not a new click)
         try:
             self.src.selected.indices = [int(at[0])] if len(at) else []
