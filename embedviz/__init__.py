@@ -59,6 +59,10 @@ def __getattr__(name: str):
         from embedviz.server import show
 
         return show
+    if name == "import_tensorboard":
+        from embedviz.tbimport import import_tensorboard
+
+        return import_tensorboard
     if name in ("load_vocabulary", "Vocabulary", "write_projector_tsv", "read_projector_tsv"):
         from embedviz import vocab
 
@@ -74,4 +78,5 @@ __all__ = [
     "UnknownSessionError", "Update", "__version__", "open_store",
     "BarnesHutTsne", "PCAProjection", "UMAPProjection", "project", "quality", "plot_vocab", "show",
     "load_vocabulary", "Vocabulary", "write_projector_tsv", "read_projector_tsv",
+    "import_tensorboard",
 ]

@@ -65,6 +65,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
+    if os.path.isdir(args.file):
+        return _import_tensorboard(args)
+    if not os.path.exists(args.file):
+        raise EmbedvizError(f"{args.file}: no such file or folder: pass a TensorBoard logdir "
+                            "or a .jsonl file from `embedviz export`")
+    if args.score is not None:
+        raise EmbedvizError(f"--score is for a TensorBoard logdir, and {args.file} is a file: "
+                            "drop --score, or pass the logdir")
     store = open_store(args.store)
     try:
         report = store.import_jsonl(args.file, skip_bad=args.skip_bad)
@@ -78,6 +86,30 @@ def cmd_import(args: argparse.Namespace) -> int:
     for line, reason in report.bad_lines:
         print(f"skipped line {line}: {reason}", file=sys.stderr)
     return 0
+
+
+def _import_tensorboard(args: argparse.Namespace) -> int:
+    from embedviz.tbimport import TensorBoardImporter
+
+    store = open_store(args.store)
+    try:
+        with TensorBoardImporter(args.file, store, score=args.score) as imp:
+            report = imp.poll(progress=True, require=True)
+    except BaseException:
+        _remove_if_new(store)
+        raise
+    finally:
+        store.close()
+    runs = (f" ({len(report.sessions)} run(s): {', '.join(report.sessions[:5])}"
+            f"{', ...' if len(report.sessions) > 5 else ''})" if report.sessions else "")
+    print(f"imported {report.summary()} from {args.file} into {args.store}{runs}")
+    for line in report.notes:
+        print(f"note: {line}", file=sys.stderr)
+    for line in report.problems:
+        print(f"problem: {line}", file=sys.stderr)
+    if report.sessions:
+        print(f"see them: embedviz serve {args.store}   (embedviz doctor {args.store}: findings)")
+    return 1 if report.problems else 0
 
 
 def _remove_if_new(store: Store) -> None:
@@ -128,18 +160,31 @@ def _labels(sessions: Sequence[SessionInfo]) -> dict[str, str]:
 def cmd_doctor(args: argparse.Namespace) -> int:
     import json
 
-    from embedviz.health import SEVERITY_RANK, check_session
+    from embedviz.health import SEVERITY_RANK, not_run, replay_session
     from embedviz.store import codec
 
     with open_store(args.store, readonly=True) as store:
         every = store.sessions()
         sessions = [_pick_session(args.store, every, args.session)] if args.session else every
         found = []
+        #: per session, the checks that could not run on any of its workers, and why
+        unjudged: dict[str, dict[str, str]] = {}
         for s in sessions:
             stored = [] if args.recheck else [f for _, f in store.findings(s.id)]
+            if stored:
+                found += stored
+                kept = (s.info.get("health") or {}).get("not_run") if isinstance(s.info, dict) else None
+                if isinstance(kept, dict) and kept:
+                    unjudged[s.id] = kept
+                continue
             # (a session recorded without the checks, or --recheck: compute them from its
             # series, every worker beside the others)
-            found += stored or check_session(store, s.id)
+            checker, replayed = replay_session(store, s.id)
+            found += replayed
+            gaps = [not_run(checker, s.id, w.worker) for w in s.workers]
+            common = {k: v for k, v in gaps[0].items() if all(k in g for g in gaps)} if gaps else {}
+            if common:
+                unjudged[s.id] = common
     #: the sessions of more than one worker: their findings name the worker (as do those of a
     #: worker not named "0", the default)
     several = {s.id for s in sessions if len(s.workers) > 1}
@@ -160,6 +205,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                   f"{worker}{f.layer or '-'}  iteration {f.iteration}"
                   + (f"  value {shown} (healthy: {f.detail['band']})" if "band" in f.detail else ""))
             print(f"        {worker.rstrip() + ' ' if worker else ''}{f.message}")
+    if unjudged:
+        label = _labels(every)
+        out = sys.stderr if args.json else sys.stdout
+        for sid, checks in unjudged.items():
+            print(f"{label.get(sid, sid)}: {len(checks)} check(s) could not run for want of "
+                  "data:", file=out)
+            by_reason: dict[str, list[str]] = {}
+            for name, why in checks.items():
+                by_reason.setdefault(why, []).append(name)
+            for why, names in by_reason.items():
+                print(f"        {', '.join(names)}: {why}", file=out)
     # (exit 1 on an error only: warnings and information leave a healthy run's status 0)
     return 1 if any(f.severity == "error" for f in found) else 0
 
@@ -213,12 +269,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise EmbedvizError(f"{store.label} is open read-only, so it cannot take posts: "
                                 "drop readonly=1 to take them, or --token-file to only read")
         label = store.label
+    if args.tensorboard is not None and not os.path.isdir(args.tensorboard):
+        raise EmbedvizError(f"--tensorboard {args.tensorboard}: no such folder: pass the folder "
+                            "you give `tensorboard --logdir`")
     return _serve(args.store, port=args.port, host=args.host, origins=args.allow_websocket_origin,
-                  lang=args.lang, show=args.show, token_file=args.token_file, label=label)
+                  lang=args.lang, show=args.show, token_file=args.token_file, label=label,
+                  tensorboard=args.tensorboard)
 
 
 def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | None,
-           show: bool, token_file: str | None = None, label: str | None = None) -> int:
+           show: bool, token_file: str | None = None, label: str | None = None,
+           tensorboard: str | None = None) -> int:
     from embedviz.server import make_server
 
     try:
@@ -242,6 +303,14 @@ def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | 
             print("embedviz: warning: the token travels in clear text over http: on a shared "
                   "network, put the server behind TLS (a reverse proxy) and post to https://",
                   file=sys.stderr, flush=True)
+    follower = None
+    if tensorboard is not None:
+        from embedviz.tbimport import Follower
+
+        print(f"embedviz: following {tensorboard} (imported into {label or store} every 5 s)",
+              flush=True)
+        follower = Follower(tensorboard, store,
+                            say=lambda line: print(line, file=sys.stderr, flush=True)).start()
     if show:
         server.io_loop.add_callback(server.show, "/")
     try:
@@ -249,6 +318,8 @@ def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | 
     except KeyboardInterrupt:
         pass
     finally:
+        if follower is not None:
+            follower.close()
         server.stop()
     return 0
 
@@ -338,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", default=None, metavar="FILE",
                    help="take posts of training machines at /ingest with the token in FILE "
                    "(without it, posts are refused)")
+    p.add_argument("--tensorboard", default=None, metavar="LOGDIR",
+                   help="import a TensorBoard logdir into the store, and what its trainings "
+                   "append, every 5 s")
     p.set_defaults(func=cmd_serve)
     p = sub.add_parser("sync", help="send a spool left behind by a training that ended while "
                        "the server could not be reached")
@@ -395,11 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", help="only this session")
     p.add_argument("-o", "--output", required=True, help="the .jsonl file to write")
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("import", help="merge a JSONL export into a store")
-    p.add_argument("file", help="a .jsonl file from `embedviz export`")
-    p.add_argument("store", help="store path or URL (created if missing)")
+    p = sub.add_parser("import", help="import a TensorBoard logdir, or merge a JSONL export, "
+                       "into a store (again: only what is new)")
+    p.add_argument("file", metavar="LOGDIR_OR_FILE",
+                   help="a TensorBoard logdir (what you pass to tensorboard --logdir), or a "
+                   ".jsonl file from `embedviz export`")
+    p.add_argument("store", nargs="?", default="runs.db",
+                   help="store path or URL (created if missing; default runs.db)")
     p.add_argument("--skip-bad", action="store_true",
-                   help="import every good line and report the bad ones")
+                   help="JSONL: import every good line and report the bad ones")
+    p.add_argument("--score", metavar="TAG", default=None,
+                   help="TensorBoard: the scalar tag that is the training loss (default: the "
+                   "first of loss, train_loss, Loss/train, ... met)")
     p.set_defaults(func=cmd_import)
     return parser
 

@@ -231,13 +231,20 @@ class History:
 
     def __init__(self) -> None:
         self.iterations: deque[int] = deque(maxlen=WINDOW)
+        #: the reports with a score (an imported histogram may come at a step without one)
         self.scores: deque[float] = deque(maxlen=WINDOW)
+        self.score_iterations: deque[int] = deque(maxlen=WINDOW)
+        self.scored = False  # (whether the newest report has a score)
+        #: (kind, stat) of which some report had a finite value, and the scalars seen
+        self.seen: set[tuple[str, str]] = set()
         self.all_scores: list[tuple[int, float]] = []  # (few: one per report)
         self.values: dict[tuple[str, str], deque] = {}
         self.first: dict[tuple[str, str], float] = {}
         self.static: dict = {}  # (the worker's static info: its layer table)
         self.order: list[str] = []  # modules in forward order
         self.metrics: dict[str, list[tuple[int, float]]] = {}
+        #: per metric: points seen, index of the lowest, its value, risen ever since, last value
+        self.trends: dict[str, list] = {}
         self.reports = 0
         self.start = self.best = math.nan  # (the first finite score, the lowest)
         self.lr = math.nan  # (the first parameter group's, now and at most)
@@ -263,9 +270,12 @@ class History:
         self.reports += 1
         self.memo = {}
         self.iterations.append(u.iteration)
+        self.scored = u.score is not None
         score = math.nan if u.score is None else float(u.score)
-        self.scores.append(score)
-        self.all_scores.append((u.iteration, score))
+        if self.scored:
+            self.scores.append(score)
+            self.score_iterations.append(u.iteration)
+            self.all_scores.append((u.iteration, score))
         if math.isfinite(score):
             self.start = score if math.isnan(self.start) else self.start
             self.best = score if not self.best <= score else self.best
@@ -282,6 +292,8 @@ class History:
             for stat in self.STATS.get(key.partition("/")[0], self.OTHER):
                 k = (key, stat)
                 value = float(getattr(sm, stat))
+                if value == value and (kind := key.partition("/")[0], stat) not in self.seen:
+                    self.seen.add((kind, stat))
                 q = self.values.get(k)
                 if q is None:
                     q = self.values[k] = deque([math.nan] * (len(self.iterations) - 1), maxlen=WINDOW)
@@ -363,7 +375,7 @@ class History:
             return self.context.objective == "adversarial"
         if len(self.scores) < min_points:
             return False
-        mine = dict(zip(self.iterations, self.scores))
+        mine = dict(zip(self.score_iterations, self.scores))
         for its, scores in self.context.peers().values():
             both = [(mine[i], v) for i, v in zip(its, scores) if i in mine]
             a = np.array(both, dtype=float).reshape(-1, 2)
@@ -411,12 +423,12 @@ _NAN_ADVICE_JA = ("学習率を下げる、勾配をクリッピングする (to
        explains={"loss_flat": "after", "update_ratio_low": "after", "update_ratio_high": "after",
                  "loss_diverging": "after"}, lr=-1)
 def nan(h: History) -> list[Hit]:
-    if math.isfinite(h.scores[-1]) and (not h.bad or h.skipped_now):
+    score = h.scores[-1] if h.scored else 0.0  # (a report without a score: not a NaN one)
+    if math.isfinite(score) and (not h.bad or h.skipped_now):
         return []  # (inf gradients of a step the grad scaler skipped: amp_skipping's)
     where = []
     for kind in ("activation", "param", "gradient", "update"):
         where += [f"{kind}/{k}" for k in h.keys(kind) if f"{kind}/{k}" in h.bad]
-    score = h.scores[-1]
     if not where and math.isfinite(score):
         return []
     if not where:
@@ -458,7 +470,14 @@ def _robust(a: np.ndarray) -> tuple[float, float]:
     x = np.arange(len(a)) - (len(a) - 1) / 2
     slope = float(x @ (a - a.mean())) / float(x @ x) if len(a) > 1 else 0.0
     rest = a - a.mean() - slope * x
-    return float(np.median(a)), 1.4826 * float(np.median(np.abs(rest - np.median(rest))))
+    return _median(a), 1.4826 * _median(np.abs(rest - _median(rest)))
+
+
+def _median(a: np.ndarray) -> float:
+    """np.median of a short finite array, without its overhead (a report runs several)."""
+    s = np.sort(a)
+    n = len(s)
+    return float(s[n // 2]) if n % 2 else float(0.5 * (s[n // 2 - 1] + s[n // 2]))
 
 
 @check("error", {"jump": 10.0, "sigmas": 6.0, "lost": 0.25, "reports": 4, "window": 20},
@@ -481,8 +500,10 @@ def loss_diverging(h: History, jump: float, sigmas: float, lost: float, reports:
     before it that has given back ``lost`` of the progress made (above where it started:
     all of it). One side of a game (``h.adversarial()``) diverges only by a blow-up."""
     s = np.array(h.scores)
+    if len(s) < 2:
+        return []
     now, start, best = float(s[-1]), h.first_level, h.best
-    if not (math.isfinite(now) and math.isfinite(start)) or len(s) < 2:
+    if not (math.isfinite(now) and math.isfinite(start)):
         return []
     log = best > 0  # (every finite score so far positive)
     f = np.log if log else (lambda v: v)
@@ -523,7 +544,7 @@ def loss_diverging(h: History, jump: float, sigmas: float, lost: float, reports:
             low -= 1
     else:
         low = int(np.argmin(tail[:-1]))
-    its = list(h.iterations)[-len(tail):]
+    its = list(h.score_iterations)[-len(tail):]
     since = its[min(low + 1, len(its) - 1)]
     recent_median = float(np.exp(ref)) if log else ref
     band = (f"< {_fmt(jump)}x the first score; a rise held {reports} reports < {_fmt(sigmas)} "
@@ -556,7 +577,7 @@ def loss_flat(h: History, window: int, min_fall: float, min_progress: float) -> 
     progress = (start - np.median(s[-third:])) / abs(start) if start else 0.0
     if fall > max(2 * noise, min_fall * level) or progress > min_progress:
         return []
-    return [Hit(None, h.iterations[-window], -100 * (fall / level if level else fall),
+    return [Hit(None, h.score_iterations[-window], -100 * (fall / level if level else fall),
                 f"a change of < -{100 * min_fall:g}% of the level per {window} reports, or of < "
                 f"-{100 * min_progress:g}% since the start",
                 {"window": window, "since_start": -100 * float(progress), "score": float(s[-1])},
@@ -580,7 +601,7 @@ def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
     r = float(np.std(s - s.mean() - slope * x)) / level if level else 0.0
     if r <= ratio:
         return []
-    return [Hit(None, h.iterations[-window], 100 * r, f"scatter <= {100 * ratio:g}% of the level",
+    return [Hit(None, h.score_iterations[-window], 100 * r, f"scatter <= {100 * ratio:g}% of the level",
                 episode="")]
 
 
@@ -593,7 +614,8 @@ def loss_noisy(h: History, window: int, ratio: float) -> list[Hit]:
           "偏っています。標準的な重み初期化を使い、最後の層のバイアスを 0 にしてください。")
 def initial_loss(h: History, tolerance: float) -> list[Hit]:
     num_classes = h.context.num_classes
-    if not num_classes or num_classes < 2 or h.reports != 1 or not math.isfinite(h.scores[0]):
+    if not num_classes or num_classes < 2 or len(h.all_scores) != 1 or not h.scored \
+            or not math.isfinite(h.scores[0]):
         return []
     chance = math.log(num_classes)
     s0 = h.scores[0]
@@ -869,22 +891,38 @@ def overfitting(h: History, rise: float, points: int) -> list[Hit]:
         low = name.lower()
         if "loss" not in low or len(pts) < points + 2:
             continue
-        its = np.array([p[0] for p in pts])
-        vals = np.array([p[1] for p in pts])
-        best = int(np.nanargmin(vals))
-        if best >= len(vals) - points or not np.all(np.diff(vals[best:]) > 0):
+        best = _rising_since_best(h, name, pts)
+        if best is None or best >= len(pts) - points:
             continue
-        if not vals[best] > 0 or vals[-1] <= vals[best] * (1 + rise):
+        its_best, v_best = pts[best]
+        if not v_best > 0 or pts[-1][1] <= v_best * (1 + rise):
             continue
-        cut = bisect.bisect_right(h.all_scores, (int(its[best]), math.inf))
+        cut = bisect.bisect_right(h.all_scores, (int(its_best), math.inf))
         at = [v for _, v in h.all_scores[max(0, cut - 3):cut] if math.isfinite(v)]
         after = [v for _, v in h.all_scores[-3:] if math.isfinite(v)] if cut < len(h.all_scores) else []
         if not at or not after or np.mean(after) >= np.mean(at):
             continue
-        out.append(Hit(None, int(its[best]), 100 * float(vals[-1] / vals[best] - 1),
+        out.append(Hit(None, int(its_best), 100 * float(pts[-1][1] / v_best - 1),
                        f"< {_fmt(100 * rise)}% above its best",
-                       {"metric": name, "best_iteration": int(its[best])}, episode=name))
+                       {"metric": name, "best_iteration": int(its_best)}, episode=name))
     return out
+
+
+def _rising_since_best(h: History, name: str, pts: list[tuple[int, float]]) -> int | None:
+    """The index of the metric's lowest value when every value since has risen (None
+    otherwise), kept up to date a point at a time: a metric logged every step of a long
+    run is not walked whole at every report."""
+    st = h.trends.setdefault(name, [0, -1, math.inf, False, math.nan])
+    seen, best, low, rising, prev = st
+    for i in range(seen, len(pts)):
+        v = pts[i][1]
+        if v < low:  # (NaN is never lower)
+            best, low, rising = i, v, True
+        elif best >= 0:
+            rising = rising and v > prev
+        prev = v
+    st[:] = [len(pts), best, low, rising, prev]
+    return best if best >= 0 and rising else None
 
 
 class Checker:
@@ -941,7 +979,7 @@ class Checker:
 
     def _peers(self, session: str, worker: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """The other workers' recent scores: those this checker is fed, then ``peers``'."""
-        out = {w: (np.array(h.iterations), np.array(h.scores))
+        out = {w: (np.array(h.score_iterations), np.array(h.scores))
                for (s, w), h in self.history.items() if s == session and w != worker and h.reports}
         if self.peers is not None:
             try:
@@ -1066,8 +1104,9 @@ def _aligned(scores: Any, h: History) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(scores, tuple) and len(scores) == 2:
         its, vals = (np.asarray(x) for x in scores)
         return its.astype(np.int64), vals.astype(float)
-    vals = np.asarray(list(scores), dtype=float)[-len(h.iterations):]
-    return np.array(list(h.iterations)[len(h.iterations) - len(vals):], dtype=np.int64), vals
+    last = list(h.score_iterations)
+    vals = np.asarray(list(scores), dtype=float)[-len(last):] if last else np.empty(0)
+    return np.array(last[len(last) - len(vals):], dtype=np.int64), vals
 
 
 def _args(hit: Hit) -> dict[str, Any]:
@@ -1102,6 +1141,73 @@ def _json(x: Any) -> Any:
     return float(x)
 
 
+def _needs(h: History, num_classes: int | None) -> dict[str, str | None]:
+    """Why each check could not judge this history (None: it could): the data it reads
+    never came (an imported TensorBoard run has a score and histograms, no magnitudes)."""
+    def stat(kind: str, name: str, what: str) -> str | None:
+        return None if (kind, name) in h.seen else f"no {what}"
+
+    score = None if h.all_scores else "no score (training loss)"
+    types = None if h._by_name else "no layer table (the layers' types: a listener records it)"
+    ratio = (stat("param", "mean_magnitude", "mean magnitudes of the parameters")
+             or stat("update", "mean_magnitude", "mean magnitudes of the updates"))
+    grads = stat("gradient", "mean_magnitude", "mean magnitudes of the gradients")
+    losses = [n for n in h.metrics if "loss" in n.lower()]
+    return {
+        "nan": None if h.all_scores or h.seen else "no score and no tensor statistics",
+        "amp_skipping": None,  # (a training without a grad scaler: nothing to judge, not missing)
+        "loss_diverging": score, "loss_flat": score, "loss_noisy": score,
+        "initial_loss": score or (None if num_classes else
+                                  "the number of classes is not known (num_classes=)"),
+        "update_ratio_high": ratio, "update_ratio_low": ratio,
+        "exploding_gradients": grads, "vanishing_gradients": grads,
+        "dead_units": stat("activation", "zero_fraction", "zero fractions of the activations")
+        or types,
+        "saturation": stat("activation", "mean", "activation statistics") or types,
+        "activation_scale": stat("activation", "stdev", "activation statistics") or types,
+        "parameters_diverging": stat("param", "mean_magnitude", "mean magnitudes of the parameters"),
+        "bias_growing": stat("param", "mean_magnitude", "mean magnitudes of the parameters"),
+        "overfitting": score or (None if losses else "no validation loss (a metric named *loss*)"),
+    }
+
+
+def not_run(checker: Checker, session: str, worker: str) -> dict[str, str]:
+    """The checks ``checker`` (fed a session) could not run on a worker, each with why: the
+    data it reads never came. Checks turned off, and the grad scaler's without a grad
+    scaler, are not listed."""
+    h = checker.history.get((session, worker))
+    if h is None:
+        return {name: "no reports" for name in checker.params}
+    why = _needs(h, h.context.num_classes)
+    return {name: why[name] for name in checker.params if why.get(name)}  # type: ignore[misc]
+
+
+def replay_session(store: Any, session: str, num_classes: int | None = None,
+                   options: dict | None = None, objective: str | None = None
+                   ) -> tuple[Checker, list[Finding]]:
+    """:func:`check_session`, and the checker it fed (to feed it what comes next, or ask
+    it :func:`not_run`)."""
+    info = store.session(session).info or {}
+    if num_classes is None:
+        num_classes = info.get("num_classes")
+    if objective is None and info.get("objective") in OBJECTIVES:
+        objective = info.get("objective")
+    stream: list[Record] = []
+    timed: list[Record] = []
+    for r in store.records(session):
+        if isinstance(r, Static):
+            stream.append(r)
+        elif isinstance(r, (Update, Metric)):
+            if isinstance(r, Update):
+                for sm in r.summaries.values():  # (the checks read statistics, not bins)
+                    sm.histogram = None
+            timed.append(r)
+    # the order they were written: a metric after the update of its iteration
+    timed.sort(key=lambda r: (r.iteration, isinstance(r, Metric), r.worker))  # type: ignore[union-attr]
+    checker = Checker(num_classes, options, objective)
+    return checker, checker.feed(stream + timed)
+
+
 def check_records(records: Iterable[Record], num_classes: int | None = None,
                   options: dict | None = None, objective: str | None = None) -> list[Finding]:
     """Every finding of these records (a session's, in the order they were written)."""
@@ -1113,17 +1219,7 @@ def check_session(store: Any, session: str, num_classes: int | None = None,
     """Replay a stored session through the checks: the findings the listener gave while it
     ran (``num_classes`` and ``objective`` default to the ones the session's info holds). Its
     workers are fed report by report together, so each sees the others as its peers."""
-    info = store.session(session).info or {}
-    if num_classes is None:
-        num_classes = info.get("num_classes")
-    if objective is None and info.get("objective") in OBJECTIVES:
-        objective = info.get("objective")
-    records = list(store.records(session))
-    # the order they were written: a metric after the update of its iteration
-    stream: list[Record] = [r for r in records if isinstance(r, Static)]
-    timed: list[Record] = [r for r in records if isinstance(r, (Update, Metric))]
-    timed.sort(key=lambda r: (r.iteration, isinstance(r, Metric), r.worker))  # type: ignore[union-attr]
-    return check_records(stream + timed, num_classes, options, objective)
+    return replay_session(store, session, num_classes, options, objective)[1]
 
 
 class StorePeers:
@@ -1183,5 +1279,5 @@ def store_peers(store: Any, every: int = 10) -> StorePeers:
 
 __all__ = ["CHECKS", "CLEAR", "Check", "Checker", "Context", "History", "Hit", "LANGUAGES",
            "OBJECTIVES", "SCOPES", "SEVERITY_RANK", "SEVERITY_TEXT", "StorePeers", "WINDOW", "check",
-           "check_records", "check_session", "describe", "render", "render_finding", "short",
+           "check_records", "check_session", "describe", "not_run", "replay_session", "render", "render_finding", "short",
            "store_peers"]

@@ -208,6 +208,7 @@ class SQLStore(Store):
         pending: dict[tuple, int] = {}
         touched: dict[tuple[str, int], int] = {}
         rows: dict[str, list] = {table: [] for table in _COLUMNS}
+        next_id: dict[int, int] = {}
         with self._transaction() as conn:
             if receipts is not None:
                 records, receipts = self._not_received(conn, records, receipts)
@@ -219,10 +220,13 @@ class SQLStore(Store):
                 elif isinstance(r, Metric):
                     wid = self._id(conn, pending, "workers", (r.session, r.worker))
                     sid = self._id(conn, pending, "series", (wid, "metric/" + r.name))
-                    conn.execute("INSERT INTO points (sid, id, update_id, iteration, wall_time, value)"
-                                 " VALUES (?, (SELECT coalesce(max(id), 0) + 1 FROM points WHERE "
-                                 "sid = ?), NULL, ?, ?, ?)", (sid, sid, r.iteration, r.wall_time,
-                                                              r.value))
+                    # (a metric's cursor: the next number of its series, read once a batch)
+                    n = next_id.get(sid)
+                    if n is None:
+                        n = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM points WHERE "
+                                         "sid = ?", (sid,)).fetchone()[0]
+                    next_id[sid] = n + 1
+                    rows["points"].append((sid, n, None, r.iteration, r.wall_time, r.value))
                     touched[("points", sid)] = touched.get(("points", sid), 0) + 1
                 elif isinstance(r, Session):
                     conn.execute("INSERT INTO sessions VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO "

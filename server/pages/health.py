@@ -42,6 +42,25 @@ def _order(found: list[Finding]) -> list[Finding]:
     return sorted(found, key=lambda f: (SEVERITY_RANK.get(f.severity, 3), f.iteration, f.check))
 
 
+def _not_run(ctx: Context) -> Any:
+    """The checks an imported session's data could not feed (kept in its info by the
+    importer), grouped by why, per session."""
+    t = ctx.t
+    parts = []
+    for s in ctx.sessions:
+        info = s.info if isinstance(s.info, dict) else {}
+        kept = (info.get("health") or {}).get("not_run") if isinstance(info.get("health"), dict) else None
+        if not isinstance(kept, dict) or not kept:
+            continue
+        by: dict[str, list[str]] = {}
+        for name, why in kept.items():
+            by.setdefault(str(why), []).append(str(name))
+        items = "".join(f"<li>{esc(', '.join(names))}: {esc(t(why))}</li>" for why, names in by.items())
+        parts.append(f"<p><b>{esc(t('Checks that could not run for want of data'))}: "
+                     f"{esc(ctx.label(s))}</b></p><ul>{items}</ul>")
+    return div("".join(parts), sizing_mode="stretch_width", name="not-run", visible=bool(parts))
+
+
 def build(ctx: Context) -> Page:
     t = ctx.t
     ids = {s.id for s in ctx.sessions}
@@ -115,7 +134,7 @@ def build(ctx: Context) -> Page:
         table.height = _height(len(state["found"]))
 
     title = div(f"<b>{esc(t('Findings, worst first'))}</b>")
-    layout: Any = stack(title, empty, table, button, whole)
+    layout: Any = stack(title, empty, table, button, whole, _not_run(ctx))
     return Page(layout, polls=[poll])
 
 
