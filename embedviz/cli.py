@@ -70,6 +70,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not os.path.exists(args.file):
         raise EmbedvizError(f"{args.file}: no such file or folder: pass a TensorBoard logdir "
                             "or a .jsonl file from `embedviz export`")
+    if "tfevents" in os.path.basename(args.file):
+        raise EmbedvizError(f"{args.file} is a TensorBoard event file: pass its folder (or the "
+                            "logdir above it), e.g. `embedviz import "
+                            f"{os.path.dirname(args.file) or '.'} {args.store}`")
     if args.score is not None:
         raise EmbedvizError(f"--score is for a TensorBoard logdir, and {args.file} is a file: "
                             "drop --score, or pass the logdir")
@@ -209,6 +213,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         label = _labels(every)
         out = sys.stderr if args.json else sys.stdout
         for sid, checks in unjudged.items():
+            if "nan" in checks:  # (nothing to judge at all: say it once)
+                print(f"{label.get(sid, sid)}: no check could run: {checks['nan']} (only "
+                      "metrics)", file=out)
+                continue
             print(f"{label.get(sid, sid)}: {len(checks)} check(s) could not run for want of "
                   "data:", file=out)
             by_reason: dict[str, list[str]] = {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from embedviz.records import split_stat_key
+
 KINDS = ("param", "gradient", "update", "activation")
 
 
@@ -59,8 +61,9 @@ def tensor_names(keys: Iterable[str], kind: str, static: dict | None = None) -> 
     """Tensors of ``kind`` ("param", "gradient", "update", "activation") that have series
     among ``keys``, in forward order."""
     prefix = kind + "/"
-    names = {k[len(prefix):].rpartition("/")[0] for k in keys
-             if k.startswith(prefix) and k.endswith("/mean_magnitude")}
+    names = {target[len(prefix):] for k in keys
+             if k.startswith(prefix) and (st := split_stat_key(k)) is not None
+             for target in (st[0],)}
     return sort_tensors(names, kind, forward_order(static), static)
 
 

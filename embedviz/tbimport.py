@@ -11,7 +11,8 @@ the same sessions; named by its path, its hparams its tags). What maps to what:
   min and max come from the proto's num, sum, sum of squares, min and max; the mean
   magnitude and the share of zeros are absent (NaN): TensorBoard does not keep them;
   TensorFlow 2's histograms (bucket triples) give count, min and max only;
-- the hparams plugin's session start info: the session's tags;
+- the hparams plugin's session start info: the session's tags (``add_hparams`` writes them
+  to a folder inside its run's: they are that run's tags too);
 - ``projector_config.pbtxt``: each tensor an embedding set of the run, named by its tag and
   dated by the step of its name (``tag:00042``), so the snapshot slider walks them.
 
@@ -37,6 +38,7 @@ import os
 import re
 import struct
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,12 +49,15 @@ import numpy as np
 
 from embedviz.errors import EmbedvizError
 from embedviz.records import (
+    FLOAT_STATS,
     EmbeddingSet,
     Finding,
     Histogram,
     Metric,
+    Projection,
     Record,
     Session,
+    Static,
     Summary,
     Update,
 )
@@ -60,6 +65,8 @@ from embedviz.records import (
 #: scalar tags taken as the training loss (lower case), in the order they are preferred
 SCORE_TAGS = ("loss", "train_loss", "train/loss", "loss/train", "training_loss", "training/loss",
               "loss/training", "train_loss_step", "train/loss_step")
+#: seconds after which a file that ends in a partial first record is no writer's
+STALE = 60
 #: records written in one transaction (it ends at a change of step)
 BATCH = 20_000
 #: tag parts that say which tensor of a layer a histogram is of (the rest: a parameter)
@@ -179,11 +186,7 @@ def _histo_summary(h: Any) -> Summary:
         if not _finite(right) or abs(right) > 1e300:
             last = inner[-1] if inner else left
             right = last + (abs(last) or 1.0)
-        edges = [left, *inner, right]
-        for k in range(1, len(edges)):  # (a bucket of equal values: as narrow as can be)
-            if not edges[k] > edges[k - 1]:
-                edges[k] = float(np.nextafter(edges[k - 1], math.inf))
-        histogram = Histogram(np.array(edges), counts[i:j + 1].astype(np.int64))
+        histogram = Histogram(_increasing([left, *inner, right]), counts[i:j + 1].astype(np.int64))
     held = int(counts.sum())
     missing = max(int(num) - held, 0)  # (values no bucket holds: NaN or Inf, numpy drops them)
     nan_count = missing if missing and math.isnan(h.sum) else 0
@@ -201,14 +204,23 @@ def _tensor_summary(a: np.ndarray) -> Summary | None:
     if not len(a):
         return Summary(count=0, mean=math.nan, stdev=math.nan, mean_magnitude=math.nan,
                        min=math.nan, max=math.nan, zero_fraction=math.nan)
-    edges = [float(a[0, 0]), *(float(x) for x in a[:, 1])]
+    counts = np.rint(a[:, 2]).astype(np.int64)
+    edges = _increasing([float(a[0, 0]), *(float(x) for x in a[:, 1])])
+    return Summary(count=int(counts.sum()), mean=math.nan, stdev=math.nan,
+                   mean_magnitude=math.nan, min=float(a[0, 0]), max=float(a[-1, 1]),
+                   zero_fraction=math.nan, histogram=Histogram(edges, counts))
+
+
+def _increasing(edges: list[float]) -> np.ndarray:
+    """Bucket edges as the store keeps them (strictly increasing): one bucket of equal
+    values is drawn as numpy draws a constant array's, v - 0.5 to v + 0.5; an empty
+    bucket between equal edges as narrow as a float can be."""
+    if len(edges) == 2 and not edges[1] - edges[0] > 1e-9 * max(abs(edges[0]), 1e-300):
+        return np.array([edges[0] - 0.5, edges[0] + 0.5])
     for k in range(1, len(edges)):
         if not edges[k] > edges[k - 1]:
             edges[k] = float(np.nextafter(edges[k - 1], math.inf))
-    counts = np.rint(a[:, 2]).astype(np.int64)
-    return Summary(count=int(counts.sum()), mean=math.nan, stdev=math.nan,
-                   mean_magnitude=math.nan, min=float(a[0, 0]), max=float(a[-1, 1]),
-                   zero_fraction=math.nan, histogram=Histogram(np.array(edges), counts))
+    return np.array(edges)
 
 
 def _hparams(content: bytes) -> dict[str, Any]:
@@ -220,10 +232,27 @@ def _hparams(content: bytes) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, v in data.session_start_info.hparams.items():
         which = v.WhichOneof("kind")
-        out[key] = (v.number_value if which == "number_value" else v.string_value
+        number = v.number_value
+        if which == "number_value" and number.is_integer() and abs(number) < 2**53:
+            number = int(number)  # (a Python int logged as a double: shown as it was given)
+        out[key] = (number if which == "number_value" else v.string_value
                     if which == "string_value" else v.bool_value if which == "bool_value"
                     else None)
     return out
+
+
+def _pca(es: EmbeddingSet) -> list[Record]:
+    """The set's PCA map (the projector's first view), so that it shows on import; t-SNE
+    is a click away in the app."""
+    from embedviz.projection import PCAProjection, quality
+
+    if es.n < 3:
+        return []
+    est = PCAProjection().fit(es.vectors)
+    coords = est.embedding_
+    return [Projection(es.key, est.method, est.params(), coords, state="done", progress=1.0,
+                       quality=quality(es.vectors, coords, normalize=True),
+                       message="PCA on import")]
 
 
 def _session_id(first_file: str) -> str:
@@ -248,6 +277,8 @@ class _Run:
         self.state: dict[str, Any] = {"files": {}, "projector": []}
         self.batch: list[Record] = []
         self.written: tuple | None = None  # (the state and tags as stored)
+        #: the statistics some histogram of the run had (the rest: NaN, absent)
+        self.present: set[str] = set()
         self.checked = False  # (updates or metrics read: the checks have something new)
         self.group: dict[str, Any] | None = None  # (the update of the step being read)
         self.new_timed: list[Record] = []  # (updates and metrics for a checker already fed)
@@ -262,12 +293,19 @@ class _Run:
             self.state.setdefault("files", {})
             self.state.setdefault("projector", [])
             self.written = (_copy(self.state), dict(self.session.tags))
+            kept = self.session.info.get("absent_stats")
+            if isinstance(kept, list):
+                self.present = {k for k in FLOAT_STATS if k not in kept}
 
     def ensure_session(self, created: float) -> Session:
         if self.session is None:
             assert self.id is not None
             self.session = Session(self.id, self.name, created, {},
                                    {"source": "tensorboard", "run": self.rel})
+            # (the worker's static info says where its series came from: the pages explain
+            # the charts TensorBoard's data cannot fill)
+            self.batch.insert(0, Static(self.id, _WORKER, {"source": "tensorboard",
+                                                            "run": self.rel}, created))
         return self.session
 
     # ------------------------------------------------------------- events
@@ -301,7 +339,12 @@ class _Run:
                 done, last = end, index
         except _Damage as d:
             where = f"{path}: record {d.index:,} (byte {d.offset:,})"
-            if d.partial:
+            if d.partial and d.index == 1 and time.time() - os.path.getmtime(path) > STALE:
+                report.problems.append(f"{where} is cut short ({d.why}) and the file has not "
+                                       f"changed for {STALE} s: this is not a TensorBoard event "
+                                       "file, or it was cut before its first record; nothing of "
+                                       "it was imported")
+            elif d.partial:
                 report.notes.append(f"{where} is incomplete ({d.why}): the {d.index - 1:,} "
                                     "records before it are imported; a training still writing "
                                     "it completes it, and the next import reads it")
@@ -388,6 +431,9 @@ class _Run:
         self.imp.report.imported["metrics"] += 1
 
     def histogram(self, tag: str, step: int, wall: float, sm: Summary) -> None:
+        for stat in FLOAT_STATS:
+            if stat not in self.present and math.isfinite(getattr(sm, stat)):
+                self.present.add(stat)
         g = self._group(step, wall)
         key = _kind(tag)
         if key in g["summaries"]:
@@ -416,9 +462,12 @@ class _Run:
             self.batch = []
             return
         state = _copy(self.state)
-        if not self.batch and self.written == (state, self.session.tags):
+        absent = [k for k in FLOAT_STATS if k not in self.present]
+        if not self.batch and self.written == (state, self.session.tags) \
+                and self.session.info.get("absent_stats", absent) == absent:
             return
         self.session.info["tensorboard"] = state
+        self.session.info["absent_stats"] = absent  # (the app charts no all-NaN column)
         self.imp.store.write([self.session, *self.batch])
         self.written = (state, dict(self.session.tags))
         if self.batch and self.name not in report.sessions:
@@ -542,12 +591,21 @@ class TensorBoardImporter:
                     continue
                 todo += max(size - run.state["files"].get(f, {}).get("offset", 0), 0)
         with tqdm(total=todo, unit="B", unit_scale=True, desc="reading event files",
-                  disable=not progress or not todo, file=sys.stderr) as bar:
+                  disable=True if not progress or not todo else None,  # (None: a terminal's)
+                  file=sys.stderr) as bar:
             for run in runs:
                 for f in run.files:
                     run.events(f, report, bar)
                 if run.projector:
                     self.projector(run, report)
+        by_folder = {r.folder: r for r in runs}
+        for run in runs:  # (add_hparams writes to a folder inside its run's: the run's tags too)
+            parent = by_folder.get(os.path.dirname(run.folder))
+            if run.session is not None and run.session.tags and parent is not None \
+                    and parent.session is not None \
+                    and any(parent.session.tags.get(k) != v for k, v in run.session.tags.items()):
+                parent.session.tags.update(run.session.tags)
+                parent.write(report)
         if self.checks:
             for run in runs:
                 if run.id is not None and run.checked:
@@ -594,14 +652,18 @@ class TensorBoardImporter:
             created = os.path.getmtime(tensors)
             if run.session is None and run.id is not None:
                 run.ensure_session(created)
-            es = EmbeddingSet(name, vocab.labels, vocab.vectors, metadata=vocab.metadata,
+            metadata = dict(vocab.metadata)
+            if not metadata and len(set(vocab.labels)) < len(vocab.labels):
+                # (one column of repeated values is a class, as the projector colours by it)
+                metadata["label"] = list(vocab.labels)
+            es = EmbeddingSet(name, vocab.labels, vocab.vectors, metadata=metadata,
                               session=run.id, iteration=step, created=created)
             report.notes.extend(vocab.notes)
             if not self.store._has_embedding(es.key):
                 if run.session is None:
-                    self.store.write([es])
+                    self.store.write([es, *_pca(es)])
                 else:
-                    run.batch.append(es)
+                    run.batch += [es, *_pca(es)]
                     run.write(report)
                 report.imported["embeddings"] += 1
             done.append(e.tensor_path)

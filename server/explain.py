@@ -20,6 +20,9 @@ NO_OPTIMIZER_LR = ("No optimizer attached: updates are measured from parameter c
                    "(the learning rate is the one passed to step()).")
 NO_UPDATES = ("No updates recorded: attach the optimizer (listener.attach(model, optimizer)); "
               "without one, the current listener measures them from parameter changes.")
+FROM_TENSORBOARD = ("Imported from TensorBoard: its histograms keep the count, mean, stdev, min "
+                    "and max of a tensor, not the mean magnitudes of parameters and updates "
+                    "that these charts need (record the training with StatsListener for them).")
 NO_LR = ("No learning rate recorded: attach the optimizer (listener.attach(model, optimizer)) "
          "or pass lr= to listener.step().")
 NO_ACTIVATIONS = ("No activations recorded: the listener was made with activations=False "
@@ -57,6 +60,8 @@ def _has(keys: Iterable[str], prefix: str) -> bool:
 def updates(t: T, keys: frozenset[str], static: dict) -> str | None:
     """How the updates were measured (no optimizer: from parameter changes), or why there
     are none; None when an optimizer measured them, or nothing can be said."""
+    if isinstance(static, dict) and static.get("source") == "tensorboard":
+        return t(FROM_TENSORBOARD)
     if not is_stats(static):
         return None
     if not _has(keys, "update/"):

@@ -21,6 +21,7 @@ from embedviz.server.charts import ALL, Chart, session_color
 from embedviz.server.messages import Messages
 from embedviz.server.provider import Provider
 
+from embedviz.records import split_stat_key
 from embedviz.store import SessionInfo
 
 log = logging.getLogger("embedviz.server")
@@ -145,9 +146,18 @@ class Context:
     def keys(self, s: SessionInfo) -> frozenset[str]:
         """The series keys of the worker shown (every worker's, for all of them)."""
         if self.worker_of(s) == ALL:
-            return frozenset().union(*(self.provider.keys(s.id, w)
+            keys = frozenset().union(*(self.provider.keys(s.id, w)
                                        for w in self.provider.workers(s.id)))
-        return self.provider.keys(s.id, self.worker_of(s))
+        else:
+            keys = self.provider.keys(s.id, self.worker_of(s))
+        # (statistics a session's source never had, e.g. TensorBoard's histograms keep no mean
+        # magnitude: their all-NaN columns are not series, nor NaN to mark)
+        absent = s.info.get("absent_stats") if isinstance(s.info, dict) else None
+        if absent and isinstance(absent, list):
+            gone = {str(a) for a in absent}
+            keys = frozenset(k for k in keys
+                             if (st := split_stat_key(k)) is None or st[1] not in gone)
+        return keys
 
     def static(self, s: SessionInfo) -> dict:
         return self.provider.static(s.id, self.one_worker(s))

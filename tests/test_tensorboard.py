@@ -6,6 +6,7 @@ EventAccumulator over the same files."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import socket
 import subprocess
@@ -133,7 +134,11 @@ def test_hparams_become_tags_and_projector_tensors_snapshots(logdir, imported):
     assert hp.tags == {"lr": 0.1, "optimizer": "sgd", "nesterov": True}
     assert store.read_series(hp.id, "metric/hp/accuracy").values.tolist() == [pytest.approx(0.7)]
     s = session_named(store, "runs/exp1")
+    assert s.tags == hp.tags  # (add_hparams writes into a folder of its run: the run's too)
     sets = sorted(store.embeddings(s.id), key=lambda e: e.iteration)
+    for info in sets:  # (a PCA map each, as the projector opens on one)
+        [p] = store.projections(info.key)
+        assert (p.method, p.state, p.coords.shape) == ("pca", "done", (12, 2))
     assert [(e.name, e.iteration) for e in sets] == [("emb", 0), ("emb", 5)]
     e = store.embedding(sets[1].key)
     assert e.labels == [f"w{i}" for i in range(12)]
@@ -414,5 +419,85 @@ def test_the_health_page_lists_the_checks_an_import_could_not_run(imported):
         note = doc.get_model_by_name("not-run")
         assert note.visible and "runs/exp1" in note.text
         assert "update_ratio_high, update_ratio_low" in note.text
+    finally:
+        app.close()
+
+
+def test_tensorflow_2_summaries_read_by_the_plugin_named_once(tmp_path):
+    """TensorFlow 2 writes scalars and histograms as tensors, naming their plugin on a tag's
+    first value only (written here with TensorBoard's own writer and summary protos)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.histogram.summary import histogram_pb
+    from tensorboard.plugins.scalar.summary import scalar_pb
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    w = EventFileWriter(str(tmp_path / "logs" / "tf2"))
+    data = np.random.default_rng(0).normal(size=1000)
+    for step in range(4):
+        s = scalar_pb("loss", 1.0 / (step + 1))
+        h = histogram_pb("dense/kernel", data * (step + 1), buckets=30)
+        if step:  # (the plugin named once)
+            s.value[0].ClearField("metadata")
+            h.value[0].ClearField("metadata")
+        w.add_event(Event(wall_time=1000.0 + step, step=step, summary=s))
+        w.add_event(Event(wall_time=1000.0 + step, step=step, summary=h))
+    w.close()
+    db = tmp_path / "tf2.db"
+    report = import_tensorboard(tmp_path / "logs", db, progress=False)
+    assert report.imported["scores"] == 4 and report.imported["histograms"] == 4
+    with embedviz.open_store(db, readonly=True) as store:
+        sid = store.sessions()[0].id
+        assert np.allclose(store.read_series(sid, "score").values, [1, 1 / 2, 1 / 3, 1 / 4])
+        got = store.read_histograms(sid, "param/dense/kernel")
+        assert [int(h.histogram.counts.sum()) for h in got] == [1000] * 4
+        assert store.read_series(sid, "param/dense/kernel/min").values[-1] == pytest.approx(4 * data.min())
+        assert store.read_series(sid, "param/dense/kernel/max").values[0] == pytest.approx(data.max())
+        # (bucket triples hold no sum: no mean made up)
+        assert np.isnan(store.read_series(sid, "param/dense/kernel/mean").values).all()
+
+
+def test_an_event_file_passed_for_its_folder_and_an_old_stub_are_named(tmp_path):
+    run = tmp_path / "logs" / "run"
+    w = SummaryWriter(str(run))
+    w.add_scalar("loss", 1.0, 0)
+    w.close()
+    f = event_file(run)
+    out = subprocess.run(["embedviz", "import", str(f), str(tmp_path / "x.db")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "is a TensorBoard event file: pass its folder" in out.stderr
+    stub = tmp_path / "logs" / "stub" / "events.out.tfevents.2.host"
+    stub.parent.mkdir()
+    stub.write_bytes(b"\x01\x02\x03\x04\x05\x06")
+    # (a partial first record: a writer that has just begun, unless the file is old)
+    report = import_tensorboard(tmp_path / "logs", tmp_path / "a.db", progress=False)
+    assert not report.problems and any("stub" in n and "incomplete" in n for n in report.notes)
+    old = time.time() - 3600
+    os.utime(stub, (old, old))
+    report = import_tensorboard(tmp_path / "logs", tmp_path / "b.db", progress=False)
+    assert any("stub" in p and "not a TensorBoard event file" in p for p in report.problems)
+    assert report.imported["scores"] == 1
+
+
+def test_the_model_page_explains_what_tensorboard_does_not_keep(imported):
+    """No mean magnitudes in TensorBoard's histograms: their columns are not series (no NaN
+    marked on a chart), the charts say why; the histograms are drawn."""
+    from bokeh.document import Document
+    from bokeh.models import Div
+    from embedviz.server import AppState
+    from embedviz.server.app_doc import build_document
+
+    store, _ = imported
+    s = session_named(store, "runs/exp1")
+    assert "param/fc.weight/mean_magnitude" in store.series_keys(s.id)  # (stored, all NaN)
+    app = AppState(store.url, jobs=False)
+    try:
+        doc = Document()
+        tab = build_document(doc, app, page="model", sessions=[s.id])
+        text = "\n".join(m.text for m in doc.models if isinstance(m, Div))
+        assert "Imported from TensorBoard" in text
+        charts = tab.pages[tab.current].charts
+        assert not any("mean_magnitude" in str(line.keys) for c in charts for g in c.groups
+                       for line in g.lines)
+        assert any(m.name == "layer" for m in doc.models)
     finally:
         app.close()

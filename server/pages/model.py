@@ -52,7 +52,7 @@ def build(ctx: Context) -> Page:
     for n in acts + [layer_of(p) for p in params]:  # (modules the table does not list)
         if (n or "(model)") not in modules:
             modules.append(n or "(model)")
-            table_rows.append({"name": n or "(model)", "type": "", "n_params": 0, "params": "",
+            table_rows.append({"name": n or "(model)", "type": "", "n_params": "", "params": "",
                                "output": ""})
     charted = [m for m in modules
                if _own(m) in acts or any(layer_of(p) == _own(m) for p in params)]
@@ -294,9 +294,23 @@ def _thin(recs: list[HistogramRecord]) -> list[HistogramRecord]:
     return [recs[i] for i in idx]
 
 
+#: bins of one histogram drawn when its own are uneven
+EVEN_BINS = 50
+
+
 def _hist_cols(rec: HistogramRecord) -> dict:
+    """One report's histogram as bars. Uneven bins (TensorBoard's default buckets grow
+    exponentially away from zero) are drawn as EVEN_BINS even ones over the same range,
+    each bin's count spread uniformly over its width (as TensorBoard draws them): bars of
+    uneven widths read as counts would mislead the eye."""
     e = np.asarray(rec.histogram.edges, dtype=float)
-    return {"left": e[:-1], "right": e[1:], "count": np.asarray(rec.histogram.counts)}
+    counts = np.asarray(rec.histogram.counts, dtype=float)
+    widths = np.diff(e)
+    if len(widths) > 1 and widths.max() > 2 * widths.min():
+        grid = np.linspace(e[0], e[-1], EVEN_BINS + 1)
+        cdf = np.concatenate([[0.0], np.cumsum(counts)])
+        return {"left": grid[:-1], "right": grid[1:], "count": np.diff(np.interp(grid, e, cdf))}
+    return {"left": e[:-1], "right": e[1:], "count": counts}
 
 
 __all__ = ["build"]

@@ -179,10 +179,11 @@ def _metrics(ctx: Context, shown: list[SessionInfo]) -> Chart:
         if "score" in ctx.keys(s):
             fig.add(s, worker, f"{prefix}{t('training score')}", ("score",), width=1.2,
                     color=ctx.color(s) if several else colors[0], alpha=0.6)
-        for i, key in enumerate(keys):
+        for i, key in enumerate(keys):  # (several sessions: a colour each, a dash a metric)
             fig.add(s, worker, f"{prefix}{key[7:]}", (key,), width=2.2,
                     color=ctx.color(s) if several else colors[i + 1],
-                    dash="dashed" if "acc" in key else "solid")
+                    dash=DASHES[i % len(DASHES)] if several else
+                    "dashed" if "acc" in key else "solid")
     return fig
 
 
@@ -259,6 +260,8 @@ def _info(ctx: Context, shown: list[SessionInfo]) -> Any:
         if worker is not None and len(s.workers) > 1:
             rows[("session", "worker")] = (f"{t('all workers')} ({', '.join(w.worker for w in s.workers)})"
                                            if worker == ALL else worker)
+        for name, value in sorted((s.tags or {}).items()):  # (hyperparameters, to compare runs)
+            rows[("tags", str(name))] = str(value)
         for sec, name, value in model_rows(ctx.static(s)):
             rows[(sec, name)] = value
         cols.append(rows)
