@@ -501,3 +501,20 @@ def test_the_model_page_explains_what_tensorboard_does_not_keep(imported):
         assert any(m.name == "layer" for m in doc.models)
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+def test_every_store_takes_an_import_and_a_second_adds_nothing(backend, logdir, imported, request):
+    target = request.getfixturevalue("postgres_url") if backend == "postgres" else ":memory:"
+    want, _ = imported
+    with embedviz.open_store(target) as store:
+        first = import_tensorboard(logdir, store, progress=False)
+        assert first.imported["scores"] == len(LOSS) and first.imported["embeddings"] == 2
+        assert not import_tensorboard(logdir, store, progress=False).imported
+        s, w = session_named(store, "runs/exp1"), session_named(want, "runs/exp1")
+        assert s.id == w.id and s.tags == w.tags
+        for key in ("score", "metric/accuracy", "param/fc.weight/stdev"):
+            assert equal_with_nan(store.read_series(s.id, key).values,
+                                  want.read_series(w.id, key).values)
+        assert [(f.check, f.iteration) for _, f in store.findings(s.id)] == \
+            [(f.check, f.iteration) for _, f in want.findings(w.id)]
