@@ -64,6 +64,28 @@ CLEAR = 3
 
 
 @dataclass
+class Trend:
+    """A metric's course, kept a point at a time (a metric logged every step of a long run
+    is neither kept nor walked whole): how many points, where its lowest was (the first of
+    equals; NaN is never lowest), whether every value since has risen, its last value."""
+
+    n: int = 0
+    best: int = -1
+    best_iteration: int = 0
+    low: float = math.inf
+    rising: bool = False
+    last: float = math.nan
+
+    def add(self, iteration: int, value: float) -> None:
+        if value < self.low:
+            self.best, self.best_iteration, self.low, self.rising = self.n, int(iteration), value, True
+        elif self.best >= 0:
+            self.rising = self.rising and value > self.last
+        self.last = value
+        self.n += 1
+
+
+@dataclass
 class Hit:
     """A check's condition holding now: where, since which iteration, the value (the number
     its message shows), the healthy band, the message's other arguments and which of the
@@ -242,9 +264,7 @@ class History:
         self.first: dict[tuple[str, str], float] = {}
         self.static: dict = {}  # (the worker's static info: its layer table)
         self.order: list[str] = []  # modules in forward order
-        self.metrics: dict[str, list[tuple[int, float]]] = {}
-        #: per metric: points seen, index of the lowest, its value, risen ever since, last value
-        self.trends: dict[str, list] = {}
+        self.metrics: dict[str, Trend] = {}  # (each metric's course, not its points)
         self.reports = 0
         self.start = self.best = math.nan  # (the first finite score, the lowest)
         self.lr = math.nan  # (the first parameter group's, now and at most)
@@ -359,7 +379,7 @@ class History:
     def first_level(self) -> float:
         """Where the score started: the median of its first three finite values."""
         first = [v for _, v in self.all_scores[:6] if math.isfinite(v)][:3]
-        return float(np.median(first)) if first else math.nan
+        return _median(first) if first else math.nan
 
     def adversarial(self, min_points: int = 12, below: float = -0.5) -> bool:
         """Whether the score is one side of a game: said (``objective="adversarial"``), or
@@ -473,10 +493,13 @@ def _robust(a: np.ndarray) -> tuple[float, float]:
     return _median(a), 1.4826 * _median(np.abs(rest - _median(rest)))
 
 
-def _median(a: np.ndarray) -> float:
-    """np.median of a short finite array, without its overhead (a report runs several)."""
-    s = np.sort(a)
+def _median(a: Any) -> float:
+    """np.median of a short 1-d array or list (NaN if it holds one), without np.median's
+    overhead: a report runs several, an imported run has a report a step."""
+    s = np.sort(np.asarray(a, dtype=float))
     n = len(s)
+    if not n or np.isnan(s[-1]):  # (NaN sorts last)
+        return math.nan
     return float(s[n // 2]) if n % 2 else float(0.5 * (s[n // 2 - 1] + s[n // 2]))
 
 
@@ -529,7 +552,7 @@ def loss_diverging(h: History, jump: float, sigmas: float, lost: float, reports:
                 high = bool(np.all(recent > ref + sigmas * noise))
             else:  # (too few reports for a noise: clearly above where it started)
                 high = bool(np.all(recent > f(start) + (math.log(1.5) if log else 0.5 * abs(start))))
-            level = float(np.median(s[-reports:]))
+            level = _median(s[-reports:])
             progress = start - best
             climbing = high and (not progress > 0 or (level - best) / progress > lost)
     if not (blown or climbing):
@@ -570,11 +593,11 @@ def loss_flat(h: History, window: int, min_fall: float, min_progress: float) -> 
     if len(s) < window or not np.isfinite(s).all() or h.adversarial():
         return []  # (one side of a game's loss is not meant to fall)
     third = window // 3
-    level = abs(float(np.median(s)))
+    level = abs(_median(s))
     fall = float(np.mean(s[:third]) - np.mean(s[-third:]))
-    noise = float(np.median(np.abs(np.diff(s)))) / math.sqrt(third)
-    start = np.median([v for _, v in h.all_scores[:3]])
-    progress = (start - np.median(s[-third:])) / abs(start) if start else 0.0
+    noise = _median(np.abs(np.diff(s))) / math.sqrt(third)
+    start = _median([v for _, v in h.all_scores[:3]])
+    progress = (start - _median(s[-third:])) / abs(start) if start else 0.0
     if fall > max(2 * noise, min_fall * level) or progress > min_progress:
         return []
     return [Hit(None, h.score_iterations[-window], -100 * (fall / level if level else fall),
@@ -647,7 +670,7 @@ def _ratio_held(h: History, held_where: Callable[[np.ndarray], np.ndarray], band
         r = _ratio(h, p)
         held = held_where(r)
         if _trailing(held, reports):
-            out.append(Hit(p, h.began(held), float(np.median(r[-reports:])), band,
+            out.append(Hit(p, h.began(held), _median(r[-reports:]), band,
                            {"param": p, "reports": reports}))
     return out
 
@@ -719,7 +742,7 @@ def exploding_gradients(h: History, spike: float, growth: float, window: int) ->
     for i in np.flatnonzero(maybe):
         p = names[i]
         finite = before[i][np.isfinite(before[i])]
-        med = float(np.median(finite)) if finite.size else math.nan
+        med = _median(finite) if finite.size else math.nan
         if med > 0 and now[i] > spike * med:
             factor, variant = now[i] / med, ""
         elif grown[i]:
@@ -887,42 +910,22 @@ def bias_growing(h: History, growth: float, reports: int, least: float) -> list[
           "(重み減衰、ドロップアウト) を加える、データを増やす、といった対策を試してください。")
 def overfitting(h: History, rise: float, points: int) -> list[Hit]:
     out = []
-    for name, pts in h.metrics.items():
-        low = name.lower()
-        if "loss" not in low or len(pts) < points + 2:
+    for name, tr in h.metrics.items():
+        if "loss" not in name.lower() or tr.n < points + 2:
             continue
-        best = _rising_since_best(h, name, pts)
-        if best is None or best >= len(pts) - points:
+        if tr.best < 0 or not tr.rising or tr.best >= tr.n - points:
             continue
-        its_best, v_best = pts[best]
-        if not v_best > 0 or pts[-1][1] <= v_best * (1 + rise):
+        if not tr.low > 0 or tr.last <= tr.low * (1 + rise):
             continue
-        cut = bisect.bisect_right(h.all_scores, (int(its_best), math.inf))
+        cut = bisect.bisect_right(h.all_scores, (tr.best_iteration, math.inf))
         at = [v for _, v in h.all_scores[max(0, cut - 3):cut] if math.isfinite(v)]
         after = [v for _, v in h.all_scores[-3:] if math.isfinite(v)] if cut < len(h.all_scores) else []
         if not at or not after or np.mean(after) >= np.mean(at):
             continue
-        out.append(Hit(None, int(its_best), 100 * float(pts[-1][1] / v_best - 1),
+        out.append(Hit(None, tr.best_iteration, 100 * float(tr.last / tr.low - 1),
                        f"< {_fmt(100 * rise)}% above its best",
-                       {"metric": name, "best_iteration": int(its_best)}, episode=name))
+                       {"metric": name, "best_iteration": tr.best_iteration}, episode=name))
     return out
-
-
-def _rising_since_best(h: History, name: str, pts: list[tuple[int, float]]) -> int | None:
-    """The index of the metric's lowest value when every value since has risen (None
-    otherwise), kept up to date a point at a time: a metric logged every step of a long
-    run is not walked whole at every report."""
-    st = h.trends.setdefault(name, [0, -1, math.inf, False, math.nan])
-    seen, best, low, rising, prev = st
-    for i in range(seen, len(pts)):
-        v = pts[i][1]
-        if v < low:  # (NaN is never lower)
-            best, low, rising = i, v, True
-        elif best >= 0:
-            rising = rising and v > prev
-        prev = v
-    st[:] = [len(pts), best, low, rising, prev]
-    return best if best >= 0 and rising else None
 
 
 class Checker:
@@ -998,8 +1001,8 @@ class Checker:
             if isinstance(r, Static):
                 self._history(r.session, r.worker).set_model(r.info if isinstance(r.info, dict) else {})
             elif isinstance(r, Metric):
-                self._history(r.session, r.worker).metrics.setdefault(r.name, []).append(
-                    (r.iteration, float(r.value)))
+                self._history(r.session, r.worker).metrics.setdefault(r.name, Trend()).add(
+                    r.iteration, float(r.value))
             elif isinstance(r, Update):
                 h = self._history(r.session, r.worker)
                 h.add(r)

@@ -281,7 +281,10 @@ class _Run:
         self.present: set[str] = set()
         self.checked = False  # (updates or metrics read: the checks have something new)
         self.group: dict[str, Any] | None = None  # (the update of the step being read)
-        self.new_timed: list[Record] = []  # (updates and metrics for a checker already fed)
+        #: updates and metrics written but not yet fed to the session's checker (when it has
+        #: one: a new session, or one this importer replayed before), and what it found
+        self.new_timed: list[Record] = []
+        self.found: list[Finding] = []
 
     def load(self, store: Any) -> None:
         if self.id is None:
@@ -473,6 +476,16 @@ class _Run:
         if self.batch and self.name not in report.sessions:
             report.sessions.append(self.name)
         self.batch = []
+        self.feed()
+
+    def feed(self) -> None:
+        """The checker fed what was written, a batch at a time (a batch ends at a change of
+        step: each update before the metrics of its step, as a listener writes them)."""
+        checker = self.imp.checkers.get(self.id) if self.id is not None else None
+        if checker is not None and self.new_timed:
+            timed = sorted(self.new_timed, key=lambda r: (r.iteration, isinstance(r, Metric)))  # type: ignore[union-attr]
+            self.found += checker.feed(timed)
+        self.new_timed = []
 
 
 def _copy(state: dict) -> dict:
@@ -580,6 +593,11 @@ class TensorBoardImporter:
                 continue
             if run.id is not None:
                 seen[run.id] = folder
+                if self.checks and run.id not in self._ids:
+                    # (a new session: checked as it is read, nothing to replay)
+                    from embedviz.health import Checker
+
+                    self.checkers[run.id] = Checker()
             run.load(self.store)
             runs.append(run)
         todo = 0
@@ -676,13 +694,13 @@ class TensorBoardImporter:
 
         assert run.id is not None
         checker = self.checkers.get(run.id)
-        if checker is None:
+        if checker is None:  # (a session stored before: its history replayed once)
             checker, found = replay_session(self.store, run.id)
             self.checkers[run.id] = checker
         else:
-            timed = sorted(run.new_timed, key=lambda r: (r.iteration, isinstance(r, Metric)))  # type: ignore[union-attr]
-            found = checker.feed(timed)
-        run.new_timed = []
+            run.feed()
+            found = run.found
+        run.found = []
         stored = {(f.iteration, f.check, f.layer, f.worker) for _, f in self.store.findings(run.id)}
         new: list[Finding] = [f for f in found
                               if (f.iteration, f.check, f.layer, f.worker) not in stored]
