@@ -313,6 +313,10 @@ def test_lightning_tensorboard_logger_runs_import_whole(tmp_path):
         want = acc.Scalars("train_loss")
         assert score.iterations.tolist() == [e.step for e in want] and len(want) == 12
         assert np.array_equal(score.values, np.array([e.value for e in want]))
+        # (Lightning's "epoch" scalar, logged at each step beside the loss: the update's epoch)
+        epochs = [r.epoch for r in store.records(s.id)
+                  if isinstance(r, embedviz.Update) and r.score is not None]
+        assert epochs == [0] * 4 + [1] * 4 + [2] * 4
         val = store.read_series(s.id, "metric/val_loss")
         assert val.values.tolist() == [e.value for e in acc.Scalars("val_loss")]
         # histograms at the epoch's number, a step without a score: no NaN made of the gap
