@@ -185,6 +185,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             # series, every worker beside the others)
             checker, replayed = replay_session(store, s.id)
             found += replayed
+            if (s.info or {}).get("source") != "tensorboard":
+                continue  # (a listener's session: what it did not record, its pages explain)
             gaps = [not_run(checker, s.id, w.worker) for w in s.workers]
             common = {k: v for k, v in gaps[0].items() if all(k in g for g in gaps)} if gaps else {}
             if common:
@@ -197,7 +199,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(json.dumps(codec.to_jsonable([f.to_dict() for f in found]), indent=1,
                          allow_nan=False, ensure_ascii=False))
     elif not found:
-        print(f"{args.store}: no findings in {len(sessions)} session(s): nothing to worry about")
+        print(f"{args.store}: no findings in {len(sessions)} session(s)"
+              + (": but some checks could not run (below)" if unjudged else
+                 ": nothing to worry about"))
     else:
         label = _labels(every)
         width = max(len(label.get(f.session, f.session)) for f in found)
@@ -214,8 +218,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         out = sys.stderr if args.json else sys.stdout
         for sid, checks in unjudged.items():
             if "nan" in checks:  # (nothing to judge at all: say it once)
-                print(f"{label.get(sid, sid)}: no check could run: {checks['nan']} (only "
-                      "metrics)", file=out)
+                print(f"{label.get(sid, sid)}: no check could run: {checks['nan']}", file=out)
                 continue
             print(f"{label.get(sid, sid)}: {len(checks)} check(s) could not run for want of "
                   "data:", file=out)
@@ -277,9 +280,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise EmbedvizError(f"{store.label} is open read-only, so it cannot take posts: "
                                 "drop readonly=1 to take them, or --token-file to only read")
         label = store.label
-    if args.tensorboard is not None and not os.path.isdir(args.tensorboard):
-        raise EmbedvizError(f"--tensorboard {args.tensorboard}: no such folder: pass the folder "
-                            "you give `tensorboard --logdir`")
+    if args.tensorboard is not None and os.path.exists(args.tensorboard) \
+            and not os.path.isdir(args.tensorboard):
+        raise EmbedvizError(f"--tensorboard {args.tensorboard} is a file: pass the folder you "
+                            "give `tensorboard --logdir`")
     return _serve(args.store, port=args.port, host=args.host, origins=args.allow_websocket_origin,
                   lang=args.lang, show=args.show, token_file=args.token_file, label=label,
                   tensorboard=args.tensorboard)
@@ -315,7 +319,8 @@ def _serve(store: str, *, port: int, host: str, origins: list[str], lang: str | 
     if tensorboard is not None:
         from embedviz.tbimport import Follower
 
-        print(f"embedviz: following {tensorboard} (imported into {label or store} every 5 s)",
+        print(f"embedviz: following {tensorboard} (imported into {label or store} every 5 s"
+              f"{'' if os.path.isdir(tensorboard) else '; it does not exist yet: waiting for it'})",
               flush=True)
         follower = Follower(tensorboard, store,
                             say=lambda line: print(line, file=sys.stderr, flush=True)).start()
@@ -502,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except BrokenPipeError:
         return _reader_gone()
+    except KeyboardInterrupt:  # (what was written is kept: each command writes whole batches)
+        print(f"embedviz {args.command}: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         why = backend_failure(exc)  # (a store damaged or a server gone after it was opened)
         if args.debug or (why is None and not isinstance(exc, (EmbedvizError, OSError))):

@@ -259,6 +259,7 @@ class History:
         self.scored = False  # (whether the newest report has a score)
         #: (kind, stat) of which some report had a finite value, and the scalars seen
         self.seen: set[tuple[str, str]] = set()
+        self.summarised = False  # (some report had tensor statistics)
         self.all_scores: list[tuple[int, float]] = []  # (few: one per report)
         self.values: dict[tuple[str, str], deque] = {}
         self.first: dict[tuple[str, str], float] = {}
@@ -308,6 +309,7 @@ class History:
         seen = set()
         #: the tensors with a NaN or Inf in this report
         self.bad = {key for key, sm in u.summaries.items() if sm.nan_count > 0 or sm.inf_count > 0}
+        self.summarised = self.summarised or bool(u.summaries)
         for key, sm in u.summaries.items():
             for stat in self.STATS.get(key.partition("/")[0], self.OTHER):
                 k = (key, stat)
@@ -1157,7 +1159,7 @@ def _needs(h: History, num_classes: int | None) -> dict[str, str | None]:
     grads = stat("gradient", "mean_magnitude", "mean magnitudes of the gradients")
     losses = [n for n in h.metrics if "loss" in n.lower()]
     return {
-        "nan": None if h.all_scores or h.seen else "no score and no tensor statistics",
+        "nan": None if h.all_scores or h.summarised else "no score and no tensor statistics",
         "amp_skipping": None,  # (a training without a grad scaler: nothing to judge, not missing)
         "loss_diverging": score, "loss_flat": score, "loss_noisy": score,
         "initial_loss": score or (None if num_classes else

@@ -11,8 +11,10 @@ the same sessions; named by its path, its hparams its tags). What maps to what:
   min and max come from the proto's num, sum, sum of squares, min and max; the mean
   magnitude and the share of zeros are absent (NaN): TensorBoard does not keep them;
   TensorFlow 2's histograms (bucket triples) give count, min and max only;
-- the hparams plugin's session start info: the session's tags (``add_hparams`` writes them
-  to a folder inside its run's: they are that run's tags too);
+- the hparams plugin's session start info: the session's tags;
+- a folder of event files directly inside a run's (``add_hparams`` writes one, and
+  ``add_scalars("Loss", {"train": ...})`` one a line, ``Loss_train``): part of that run, its
+  lines the run's metrics ``Loss/train``, its hparams the run's tags;
 - ``projector_config.pbtxt``: each tensor an embedding set of the run, named by its tag and
   dated by the step of its name (``tag:00042``), so the snapshot slider walks them.
 
@@ -38,6 +40,7 @@ import os
 import re
 import struct
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -64,7 +67,7 @@ from embedviz.records import (
 
 #: scalar tags taken as the training loss (lower case), in the order they are preferred
 SCORE_TAGS = ("loss", "train_loss", "train/loss", "loss/train", "training_loss", "training/loss",
-              "loss/training", "train_loss_step", "train/loss_step")
+              "loss/training", "train_loss_step", "train/loss_step", "epoch_loss", "batch_loss")
 #: seconds after which a file that ends in a partial first record is no writer's
 STALE = 60
 #: records written in one transaction (it ends at a change of step)
@@ -140,16 +143,17 @@ def _records(path: str, offset: int, index: int) -> Iterator[tuple[int, int, byt
 
 def _kind(tag: str) -> str:
     """A histogram tag as a tensor key, ``<kind>/<name>``: ``fc1.weight.grad`` ->
-    ``gradient/fc1.weight``, ``fc1.weight`` -> ``param/fc1.weight``."""
-    parts = re.split(r"([/.])", tag)
-    for i in range(0, len(parts), 2):
-        kind = _KIND_WORDS.get(parts[i].lower())
+    ``gradient/fc1.weight``, ``fc1.weight`` -> ``param/fc1.weight``; the parts of a tag are
+    joined by dots, as PyTorch names a module's tensors (Keras' ``dense/kernel/histogram``
+    -> ``param/dense.kernel``: layer ``dense``, tensor ``kernel``)."""
+    parts = [p for p in re.split(r"[/.]", tag) if p]
+    if len(parts) > 1 and parts[-1].lower() == "histogram":
+        parts = parts[:-1]
+    for i, part in enumerate(parts):
+        kind = _KIND_WORDS.get(part.lower())
         if kind is not None and len(parts) > 1:
-            rest = parts[:max(i - 1, 0)] + parts[i + 1:] if i else parts[i + 2:]
-            name = "".join(rest).strip("/.")
-            if name:
-                return f"{kind}/{name}"
-    return f"param/{tag}"
+            return f"{kind}/{'.'.join(parts[:i] + parts[i + 1:])}"
+    return f"param/{'.'.join(parts) or tag}"
 
 
 def _finite(x: float) -> bool:
@@ -285,6 +289,12 @@ class _Run:
         #: one: a new session, or one this importer replayed before), and what it found
         self.new_timed: list[Record] = []
         self.found: list[Finding] = []
+        self.sub = ""
+        self.fname = ""
+        self.said_back = False
+        self.loaded = False  # (its session was in the store before this import)
+        self.metrics_read = False
+        self.said_no_score = False
 
     def load(self, store: Any) -> None:
         if self.id is None:
@@ -296,6 +306,7 @@ class _Run:
             self.state.setdefault("files", {})
             self.state.setdefault("projector", [])
             self.written = (_copy(self.state), dict(self.session.tags))
+            self.loaded = True
             kept = self.session.info.get("absent_stats")
             if isinstance(kept, list):
                 self.present = {k for k in FLOAT_STATS if k not in kept}
@@ -317,6 +328,8 @@ class _Run:
         from tensorboard.compat.proto import event_pb2
 
         path = os.path.join(self.folder, fname)
+        self.sub = os.path.dirname(fname)  # (a file of a folder inside the run's: its name)
+        self.fname = fname
         st = self.state["files"].setdefault(fname, {"offset": 0, "records": 0, "plugins": {}})
         size = os.path.getsize(path)
         if size < st["offset"]:
@@ -337,6 +350,8 @@ class _Run:
                     self.flush_group()
                     st["offset"], st["records"] = done, last
                     self.write(report)
+                    if self.imp.stopping.is_set():  # (the rest next time)
+                        break
                 self.event(event, st["plugins"], report)
                 bar.update(end - done)
                 done, last = end, index
@@ -413,13 +428,24 @@ class _Run:
         return self.group
 
     def scalar(self, tag: str, step: int, wall: float, value: float) -> None:
+        stem = tag.replace("/", "_") + "_"
+        if self.sub and self.sub.startswith(stem) and len(self.sub) > len(stem):
+            tag = f"{tag}/{self.sub[len(stem):]}"  # (add_scalars("Loss", {"train": ...}))
         score = self.state.get("score")
-        if score is None and "score" not in self.state and tag.lower() in SCORE_TAGS:
-            score = self.state["score"] = self.imp.score or tag
-        if self.imp.score is not None and "score" not in self.state:
-            self.state["score"] = self.imp.score
-            score = self.imp.score
+        if "score" not in self.state:  # (chosen once, kept in the store: every import alike)
+            if self.imp.score is not None and not self.loaded:  # (a run new to the store)
+                score = self.state["score"] = self.imp.score
+            elif tag.lower() in SCORE_TAGS:
+                score = self.state["score"] = tag
         if tag == score:
+            last = self.state.get("last_step")
+            if last is not None and step < last and not self.said_back:
+                self.said_back = True
+                self.imp.report.notes.append(
+                    f"{self.name}: the loss's step goes back from {last:,} to {step:,} in "
+                    f"{self.fname} (a training resumed or restarted in the same folder): both "
+                    f"are kept; TensorBoard drops the earlier points from step {step:,} on")
+            self.state["last_step"] = step
             g = self._group(step, wall)
             if g["score"] is not None:  # (the same step logged again: an update of its own)
                 self.flush_group()
@@ -432,6 +458,7 @@ class _Run:
             self.group["epoch"] = int(value)
         self.add(Metric(self.id, _metric_name(tag), value, step, _WORKER, wall))  # type: ignore[arg-type]
         self.imp.report.imported["metrics"] += 1
+        self.metrics_read = True
 
     def histogram(self, tag: str, step: int, wall: float, sm: Summary) -> None:
         for stat in FLOAT_STATS:
@@ -492,7 +519,7 @@ def _copy(state: dict) -> dict:
     return {"files": {k: {"offset": v["offset"], "records": v["records"],
                           "plugins": dict(v["plugins"])} for k, v in state["files"].items()},
             "projector": list(state["projector"]),
-            **({"score": state["score"]} if "score" in state else {})}
+            **{k: state[k] for k in ("score", "last_step") if k in state}}
 
 
 def _run_name(logdir: str, folder: str) -> str:
@@ -526,6 +553,8 @@ class TensorBoardImporter:
         self.store = open_store(store) if self._own else store
         self.checkers: dict[str, Any] = {}
         self.report = TensorBoardReport()
+        #: set (from another thread) to end a poll after the batch being written
+        self.stopping = threading.Event()
         self._ids: set[str] = set()
 
     def close(self) -> None:
@@ -542,17 +571,32 @@ class TensorBoardImporter:
     def _known(self, session_id: str) -> bool:
         return session_id in self._ids
 
-    def runs(self) -> list[tuple[str, str, list[str], bool]]:
-        """(folder, name, event files, has a projector config) of each run, in path order."""
+    def runs(self, require: bool = True) -> list[tuple[str, str, list[str], bool]]:
+        """(folder, name, event files, has a projector config) of each run, in path order.
+        A folder with event files directly inside a run's folder is part of that run
+        (``add_hparams`` and ``add_scalars`` write there): its files are the run's, named
+        by their path below the run's folder. ``require``: a missing logdir is an error
+        (else: nothing yet)."""
         if not os.path.isdir(self.logdir):
+            if not require:
+                return []
             raise TensorBoardError(f"{self.logdir}: no such folder: pass the folder you give "
                                    "`tensorboard --logdir`")
-        out = []
+        out: list[tuple[str, str, list[str], bool]] = []
+        at: dict[str, int] = {}
         for folder, dirs, files in os.walk(self.logdir):
             dirs.sort()
             events = sorted(f for f in files if "tfevents" in f)
             projector = "projector_config.pbtxt" in files
+            parent = os.path.dirname(folder)
+            if events and parent in at and folder != self.logdir and out[at[parent]][2]:
+                run = out[at[parent]]
+                run[2].extend(os.path.join(os.path.basename(folder), f) for f in events)
+                if not projector:
+                    continue
+                events = []
             if events or projector:
+                at[folder] = len(out)
                 out.append((folder, _run_name(self.logdir, folder), events, projector))
         return out
 
@@ -576,7 +620,7 @@ class TensorBoardImporter:
     def _poll(self, report: TensorBoardReport, progress: bool, require: bool) -> TensorBoardReport:
         from tqdm.auto import tqdm
 
-        found = self.runs()
+        found = self.runs(require)
         if require and not found:
             raise TensorBoardError(f"{self.logdir}: no TensorBoard event files (*tfevents*) nor "
                                    "projector_config.pbtxt in it or its folders: pass the folder "
@@ -613,18 +657,27 @@ class TensorBoardImporter:
                   file=sys.stderr) as bar:
             for run in runs:
                 for f in run.files:
-                    run.events(f, report, bar)
+                    if not self.stopping.is_set():
+                        run.events(f, report, bar)
                 if run.projector:
                     self.projector(run, report)
-        by_folder = {r.folder: r for r in runs}
-        for run in runs:  # (add_hparams writes to a folder inside its run's: the run's tags too)
-            parent = by_folder.get(os.path.dirname(run.folder))
-            if run.session is not None and run.session.tags and parent is not None \
-                    and parent.session is not None \
-                    and any(parent.session.tags.get(k) != v for k, v in run.session.tags.items()):
-                parent.session.tags.update(run.session.tags)
-                parent.write(report)
-        if self.checks:
+        for run in runs:
+            if run.session is None:
+                continue
+            if run.metrics_read and "score" not in run.state and not run.said_no_score:
+                run.said_no_score = True
+                report.notes.append(
+                    f"{run.name}: no scalar tag is a training loss embedviz knows ("
+                    f"{', '.join(SCORE_TAGS[:4])}, ...): every scalar is a metric and the loss's "
+                    "checks cannot run; pass --score TAG (score= in Python) to pick one")
+            if self.score is not None and run.state.get("score") != self.score \
+                    and run.written is not None and run.loaded:
+                was = run.state.get("score")
+                report.notes.append(
+                    f"{run.name}: its score is {was!r} since its first import, not "
+                    f"{self.score!r} (its points are stored as they were read): import into a "
+                    f"new store to score it by {self.score!r}")
+        if self.checks and not self.stopping.is_set():
             for run in runs:
                 if run.id is not None and run.checked:
                     self.check(run, report)
@@ -721,14 +774,13 @@ class Follower:
 
     def __init__(self, logdir: str | os.PathLike, store: str, *, interval: float = 5.0,
                  score: str | None = None, say: Callable[[str], None] = print) -> None:
-        import threading
-
         self.logdir, self.store, self.interval, self.score, self.say = (
             os.fspath(logdir), store, float(interval), score, say)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="embedviz-tensorboard",
                                         daemon=True)
         self.polls = 0
+        self._importer: TensorBoardImporter | None = None
 
     def start(self) -> Follower:
         self._thread.start()
@@ -741,7 +793,8 @@ class Follower:
             while not self._stop.is_set():
                 try:
                     if imp is None:
-                        imp = TensorBoardImporter(self.logdir, self.store, score=self.score)
+                        imp = self._importer = TensorBoardImporter(self.logdir, self.store,
+                                                                   score=self.score)
                     report = imp.poll(progress=self.polls == 0)
                     if report.sessions:
                         self.say(f"embedviz: imported {report.summary()} from {self.logdir} "
@@ -761,6 +814,8 @@ class Follower:
 
     def close(self) -> None:
         self._stop.set()
+        if self._importer is not None:
+            self._importer.stopping.set()  # (an import under way ends after its batch)
         if self._thread.is_alive():
             self._thread.join(timeout=60)
 

@@ -20,9 +20,12 @@ NO_OPTIMIZER_LR = ("No optimizer attached: updates are measured from parameter c
                    "(the learning rate is the one passed to step()).")
 NO_UPDATES = ("No updates recorded: attach the optimizer (listener.attach(model, optimizer)); "
               "without one, the current listener measures them from parameter changes.")
-FROM_TENSORBOARD = ("Imported from TensorBoard: its histograms keep the count, mean, stdev, min "
-                    "and max of a tensor, not the mean magnitudes of parameters and updates "
-                    "that these charts need (record the training with StatsListener for them).")
+FROM_TENSORBOARD = ("Imported from TensorBoard: its histograms keep at most the count, mean, "
+                    "stdev, min and max of a tensor, not the mean magnitudes of parameters and "
+                    "updates that these charts need (record the training with StatsListener "
+                    "for them).")
+LR_TENSORBOARD = ("Imported from TensorBoard: a learning rate it logged is among the metrics "
+                  "(overview).")
 NO_LR = ("No learning rate recorded: attach the optimizer (listener.attach(model, optimizer)) "
          "or pass lr= to listener.step().")
 NO_ACTIVATIONS = ("No activations recorded: the listener was made with activations=False "
@@ -73,6 +76,8 @@ def updates(t: T, keys: frozenset[str], static: dict) -> str | None:
 
 def lr(t: T, keys: frozenset[str], static: dict) -> str | None:
     """Why there is no learning rate (None when there is one)."""
+    if isinstance(static, dict) and static.get("source") == "tensorboard":
+        return t(LR_TENSORBOARD)
     if not is_stats(static) or _has(keys, "lr/"):
         return None
     return t(NO_LR)

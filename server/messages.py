@@ -68,12 +68,14 @@ JA: dict[str, str] = {
     "The listener's own cost (ms per reported iteration)": "リスナー自身のコスト (報告1回あたり ms)",
     "Dropped and failed reports": "破棄・失敗したレポート",
     "Findings, worst first": "所見 (重い順)",
-    "Imported from TensorBoard: its histograms keep the count, mean, stdev, min and max of a "
-    "tensor, not the mean magnitudes of parameters and updates that these charts need (record "
-    "the training with StatsListener for them).":
-        "TensorBoard から取り込んだセッションです。そのヒストグラムはテンソルの個数・平均・標準偏差・"
-        "最小・最大を持ちますが、これらのグラフに必要なパラメータと更新量の平均絶対値は持ちません "
+    "Imported from TensorBoard: its histograms keep at most the count, mean, stdev, min and max "
+    "of a tensor, not the mean magnitudes of parameters and updates that these charts need "
+    "(record the training with StatsListener for them).":
+        "TensorBoard から取り込んだセッションです。そのヒストグラムが持つのは多くてもテンソルの個数・"
+        "平均・標準偏差・最小・最大で、これらのグラフに必要なパラメータと更新量の平均絶対値は持ちません "
         "(StatsListener で記録すると得られます)。",
+    "Imported from TensorBoard: a learning rate it logged is among the metrics (overview).":
+        "TensorBoard から取り込んだセッションです。記録された学習率はメトリクス (概要) にあります。",
     "tags": "タグ",
     "Checks that could not run for want of data": "データがないため実行できなかったチェック",
     "no score (training loss)": "スコア (訓練損失) がない",

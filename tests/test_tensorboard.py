@@ -130,11 +130,11 @@ def test_histograms_keep_counts_and_derive_what_the_proto_allows(logdir, importe
 
 def test_hparams_become_tags_and_projector_tensors_snapshots(logdir, imported):
     store, _ = imported
-    hp = session_named(store, "runs/exp1/hp")
-    assert hp.tags == {"lr": 0.1, "optimizer": "sgd", "nesterov": True}
-    assert store.read_series(hp.id, "metric/hp/accuracy").values.tolist() == [pytest.approx(0.7)]
+    # (add_hparams writes into a folder of its run's: part of the run, not a session)
+    assert [s.name for s in store.sessions()] == ["runs/exp1"]
     s = session_named(store, "runs/exp1")
-    assert s.tags == hp.tags  # (add_hparams writes into a folder of its run: the run's too)
+    assert s.tags == {"lr": 0.1, "optimizer": "sgd", "nesterov": True}
+    assert store.read_series(s.id, "metric/hp/accuracy").values.tolist() == [pytest.approx(0.7)]
     sets = sorted(store.embeddings(s.id), key=lambda e: e.iteration)
     for info in sets:  # (a PCA map each, as the projector opens on one)
         [p] = store.projections(info.key)
@@ -331,10 +331,7 @@ def free_port() -> int:
 
 
 def test_serve_follows_a_logdir_a_training_is_writing(tmp_path):
-    logdir = tmp_path / "logs"
-    w = SummaryWriter(str(logdir / "run"), flush_secs=3600)
-    w.add_scalar("loss", 1.0, 0)
-    w.flush()
+    logdir = tmp_path / "logs"  # (not there yet: the app starts first, as TensorBoard can)
     db = tmp_path / "follow.db"
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "embedviz.cli", "serve", str(db), "--port",
@@ -361,6 +358,10 @@ def test_serve_follows_a_logdir_a_training_is_writing(tmp_path):
         raise AssertionError(f"{n} scores not imported in 60 s: {got}")
 
     try:
+        time.sleep(2)
+        w = SummaryWriter(str(logdir / "run"), flush_secs=3600)
+        w.add_scalar("loss", 1.0, 0)
+        w.flush()
         assert wait(1) == [1.0]
         for step in range(1, 4):
             w.add_scalar("loss", 1.0 / (step + 1), step)
@@ -372,8 +373,8 @@ def test_serve_follows_a_logdir_a_training_is_writing(tmp_path):
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
-        w.close()
-    assert f"following {logdir}" in out
+    w.close()
+    assert f"following {logdir}" in out and "waiting for it" in out
 
 
 def test_a_missing_logdir_and_a_file_are_told_apart(tmp_path):
@@ -391,7 +392,8 @@ def test_a_missing_logdir_and_a_file_are_told_apart(tmp_path):
     ("fc1.weight", "param/fc1.weight"),
     ("fc1.weight.grad", "gradient/fc1.weight"),
     ("grad/fc1.weight", "gradient/fc1.weight"),
-    ("gradients/layer1/kernel", "gradient/layer1/kernel"),
+    ("gradients/layer1/kernel", "gradient/layer1.kernel"),
+    ("dense/kernel/histogram", "param/dense.kernel"),  # (Keras: layer dense, tensor kernel)
     ("activations/relu1", "activation/relu1"),
     ("grad", "param/grad"),
 ])
@@ -452,12 +454,12 @@ def test_tensorflow_2_summaries_read_by_the_plugin_named_once(tmp_path):
     with embedviz.open_store(db, readonly=True) as store:
         sid = store.sessions()[0].id
         assert np.allclose(store.read_series(sid, "score").values, [1, 1 / 2, 1 / 3, 1 / 4])
-        got = store.read_histograms(sid, "param/dense/kernel")
+        got = store.read_histograms(sid, "param/dense.kernel")
         assert [int(h.histogram.counts.sum()) for h in got] == [1000] * 4
-        assert store.read_series(sid, "param/dense/kernel/min").values[-1] == pytest.approx(4 * data.min())
-        assert store.read_series(sid, "param/dense/kernel/max").values[0] == pytest.approx(data.max())
+        assert store.read_series(sid, "param/dense.kernel/min").values[-1] == pytest.approx(4 * data.min())
+        assert store.read_series(sid, "param/dense.kernel/max").values[0] == pytest.approx(data.max())
         # (bucket triples hold no sum: no mean made up)
-        assert np.isnan(store.read_series(sid, "param/dense/kernel/mean").values).all()
+        assert np.isnan(store.read_series(sid, "param/dense.kernel/mean").values).all()
 
 
 def test_an_event_file_passed_for_its_folder_and_an_old_stub_are_named(tmp_path):
@@ -522,3 +524,42 @@ def test_every_store_takes_an_import_and_a_second_adds_nothing(backend, logdir, 
                                   want.read_series(w.id, key).values)
         assert [(f.check, f.iteration) for _, f in store.findings(s.id)] == \
             [(f.check, f.iteration) for _, f in want.findings(w.id)]
+
+
+def test_add_scalars_lines_and_a_resumed_run_belong_to_their_run(tmp_path):
+    """add_scalars writes a folder a line inside the run's: the run's metrics "Loss/train"
+    (a loss the score); a training resumed in the same folder at an earlier step is kept
+    whole and said."""
+    run = tmp_path / "logs" / "exp"
+    w = SummaryWriter(str(run))
+    for step in range(6):
+        w.add_scalars("Loss", {"train": 1.0 / (step + 1), "val": 2.0 / (step + 1)}, step)
+    w.close()
+    w = SummaryWriter(str(run))  # (resumed from a checkpoint of step 3: a second file)
+    for step in range(3, 6):
+        w.add_scalars("Loss", {"train": 0.5 / (step + 1), "val": 1.0 / (step + 1)}, step)
+    w.close()
+    report = import_tensorboard(tmp_path / "logs", tmp_path / "s.db", progress=False)
+    assert report.sessions == ["logs/exp"]
+    assert any("goes back from 5 to 3" in n and "both are kept" in n for n in report.notes)
+    with embedviz.open_store(tmp_path / "s.db", readonly=True) as store:
+        [s] = store.sessions()
+        assert store.read_series(s.id, "score").iterations.tolist() == [0, 1, 2, 3, 4, 5, 3, 4, 5]
+        assert store.read_series(s.id, "metric/Loss/val").values[:2].tolist() == [2.0, 1.0]
+
+
+def test_a_run_without_a_known_loss_is_said_and_score_picks_one(tmp_path):
+    w = SummaryWriter(str(tmp_path / "logs" / "run"))
+    for step in range(3):
+        w.add_scalar("objective", 3.0 - step, step)
+    w.close()
+    report = import_tensorboard(tmp_path / "logs", tmp_path / "a.db", progress=False)
+    assert report.imported["metrics"] == 3 and not report.imported["scores"]
+    assert any("no scalar tag is a training loss" in n and "--score TAG" in n for n in report.notes)
+    report = import_tensorboard(tmp_path / "logs", tmp_path / "b.db", score="objective",
+                                progress=False)
+    assert report.imported["scores"] == 3 and not report.notes
+    # (a store that holds the run keeps the score it was imported with, and says so)
+    report = import_tensorboard(tmp_path / "logs", tmp_path / "a.db", score="objective",
+                                progress=False)
+    assert any("import into a new store" in n for n in report.notes)
