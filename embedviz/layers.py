@@ -61,9 +61,8 @@ def tensor_names(keys: Iterable[str], kind: str, static: dict | None = None) -> 
     """Tensors of ``kind`` ("param", "gradient", "update", "activation") that have series
     among ``keys``, in forward order."""
     prefix = kind + "/"
-    names = {target[len(prefix):] for k in keys
-             if k.startswith(prefix) and (st := split_stat_key(k)) is not None
-             for target in (st[0],)}
+    names = {st[0][len(prefix):] for k in keys
+             if k.startswith(prefix) and (st := split_stat_key(k)) is not None}
     return sort_tensors(names, kind, forward_order(static), static)
 
 

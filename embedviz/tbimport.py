@@ -156,10 +156,6 @@ def _kind(tag: str) -> str:
     return f"param/{'.'.join(parts) or tag}"
 
 
-def _finite(x: float) -> bool:
-    return math.isfinite(x)
-
-
 def _histo_summary(h: Any) -> Summary:
     """A HistogramProto (``add_histogram``'s): bucket ``i`` holds the values in
     (``bucket_limit[i-1]``, ``bucket_limit[i]``], the first from -inf; the outer edges are
@@ -170,7 +166,7 @@ def _histo_summary(h: Any) -> Summary:
     mean = h.sum / num if num > 0 else math.nan
     with np.errstate(all="ignore"):
         var = h.sum_squares / num - mean * mean if num > 0 else math.nan
-    stdev = math.sqrt(max(var, 0.0)) if _finite(var) else math.nan
+    stdev = math.sqrt(max(var, 0.0)) if math.isfinite(var) else math.nan
     lo = float(h.min) if num > 0 else math.nan
     hi = float(h.max) if num > 0 else math.nan
     histogram = None
@@ -178,23 +174,23 @@ def _histo_summary(h: Any) -> Summary:
     if len(full):
         i, j = int(full[0]), int(full[-1])
         left = float(limits[i - 1]) if i > 0 else -math.inf
-        if _finite(lo):
+        if math.isfinite(lo):
             left = max(left, lo)
         right = float(limits[j])
-        if _finite(hi):
+        if math.isfinite(hi):
             right = min(right, hi)
         inner = [float(x) for x in limits[i:j]]
-        if not _finite(left) or abs(left) > 1e300:
+        if not math.isfinite(left) or abs(left) > 1e300:
             first = inner[0] if inner else right
             left = first - (abs(first) or 1.0)
-        if not _finite(right) or abs(right) > 1e300:
+        if not math.isfinite(right) or abs(right) > 1e300:
             last = inner[-1] if inner else left
             right = last + (abs(last) or 1.0)
         histogram = Histogram(_increasing([left, *inner, right]), counts[i:j + 1].astype(np.int64))
     held = int(counts.sum())
     missing = max(int(num) - held, 0)  # (values no bucket holds: NaN or Inf, numpy drops them)
     nan_count = missing if missing and math.isnan(h.sum) else 0
-    inf_count = missing if missing and not nan_count and not _finite(h.sum) else 0
+    inf_count = missing if missing and not nan_count and not math.isfinite(h.sum) else 0
     return Summary(count=int(num), mean=mean, stdev=stdev, mean_magnitude=math.nan,
                    min=lo, max=hi, nan_count=nan_count, inf_count=inf_count,
                    zero_fraction=math.nan, histogram=histogram)
