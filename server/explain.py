@@ -77,7 +77,9 @@ def updates(t: T, keys: frozenset[str], static: dict) -> str | None:
 def lr(t: T, keys: frozenset[str], static: dict) -> str | None:
     """Why there is no learning rate (None when there is one)."""
     if isinstance(static, dict) and static.get("source") == "tensorboard":
-        return t(LR_TENSORBOARD)
+        logged = any(k.startswith("metric/") and ("lr" in k.lower() or "learning_rate" in k.lower())
+                     for k in keys)
+        return t(LR_TENSORBOARD) if logged else None
     if not is_stats(static) or _has(keys, "lr/"):
         return None
     return t(NO_LR)

@@ -501,6 +501,7 @@ def test_the_model_page_explains_what_tensorboard_does_not_keep(imported):
         tab = build_document(doc, app, page="model", sessions=[s.id])
         text = "\n".join(m.text for m in doc.models if isinstance(m, Div))
         assert "Imported from TensorBoard" in text
+        assert "a learning rate it logged" not in text  # (this run logged none)
         charts = tab.pages[tab.current].charts
         assert not any("mean_magnitude" in str(line.keys) for c in charts for g in c.groups
                        for line in g.lines)
@@ -563,3 +564,31 @@ def test_a_run_without_a_known_loss_is_said_and_score_picks_one(tmp_path):
     report = import_tensorboard(tmp_path / "logs", tmp_path / "a.db", score="objective",
                                 progress=False)
     assert any("import into a new store" in n for n in report.notes)
+
+
+def test_two_runs_embedding_sets_of_one_name_are_told_apart_in_the_picker(tmp_path):
+    """Bokeh's picker finds a choice by its label: two runs' "hidden" must not read alike."""
+    from bokeh.document import Document
+    from bokeh.models import Select
+    from embedviz.server import AppState
+    from embedviz.server.app_doc import build_document
+
+    for run in ("a", "b"):
+        w = SummaryWriter(str(tmp_path / "logs" / run))
+        w.add_scalar("loss", 1.0, 0)
+        w.add_embedding(torch.randn(10, 4), metadata=[str(i % 2) for i in range(10)],
+                        global_step=0, tag="hidden")
+        w.close()
+    db = tmp_path / "two.db"
+    import_tensorboard(tmp_path / "logs", db, progress=False)
+    app = AppState(str(db), jobs=False)
+    try:
+        doc = Document()
+        ids = [s.id for s in app.store.sessions()]
+        build_document(doc, app, page="embeddings", sessions=ids)
+        pick = next(m for m in doc.models if isinstance(m, Select) and m.title == "Embedding set")
+        labels = [label for _, label in pick.options]
+        assert len(labels) == 2 and len(set(labels)) == 2
+        assert {label.rsplit(": ", 1)[1] for label in labels} == {"logs/a", "logs/b"}
+    finally:
+        app.close()

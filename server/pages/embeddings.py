@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import re
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -313,7 +314,20 @@ class EmbeddingsPage(Reactions):
             label = family_name(last.name) if fam != last.key else last.name
             extra = f", {len(sets)} {self.t('snapshots')}" if len(sets) > 1 else ""
             out.append((fam, f"{label} ({last.n:,} {self.t('words')}{extra})"))
-        return out
+        # (the browser's picker tells choices apart by their labels: two runs' "hidden" are
+        # named by their sessions, and any still alike numbered)
+        seen = Counter(label for _, label in out)
+        named = []
+        for fam, label in out:
+            sid = self.fams[fam][-1].session
+            s = self.ctx.provider.session(sid) if sid is not None else None
+            named.append((fam, f"{label}: {self.ctx.label(s)}" if seen[label] > 1 and s else label))
+        count: Counter = Counter()
+        unique = []
+        for fam, label in named:
+            count[label] += 1
+            unique.append((fam, label if count[label] == 1 else f"{label} #{count[label]}"))
+        return unique
 
     def resolve(self, fam: str | None, default: str | None = None) -> str | None:
         """A family by its key, or by its session's id (an older link's, or a session's
